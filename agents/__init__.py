@@ -1,0 +1,1 @@
+"""Agent servers: app factories, their plumbing and the planners."""

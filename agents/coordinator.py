@@ -1,0 +1,272 @@
+"""The coordinator: starts the agents, waits for them, drives coordination cycles, stops them."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from pydantic import Field
+from rich.console import Console
+from rich.table import Table
+
+from agents.settings import ServerSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class CoordinatorSettings(ServerSettings):
+    """Flags of run_distributed_simulation.py."""
+
+    cycles: int = Field(3, ge=0, description="Coordination cycles to run")
+    interval: float = Field(5.0, ge=0, description="Seconds between cycles (0 = as fast as possible)")
+    exit: bool = Field(False, description="Stop the agents and exit after the last cycle instead of waiting for Ctrl+C")
+    base_port: int = Field(8000, ge=1, le=65533, description="Grid agent's port; home and battery take the next two")
+    planner: str = Field("auto", pattern=r"^(auto|optimal|rule)$", description="auto, optimal or rule")
+    homes: int = Field(1, ge=1, le=1, description="Homes on the feeder (the seed runs one)")
+    transformer_rating_kw: float | None = Field(None, gt=0, description="Rating of every transformer (grid agent's default if unset)")
+    scenario: Path | None = Field(None, description="Scenario file handed to the grid agent")
+    start: str | None = Field(None, description="Simulated start time, ISO 8601 (default: the first row of the data)")
+    resume: bool = Field(False, description="Continue from the agents' saved state instead of starting afresh")
+    startup_timeout_s: float = Field(30.0, gt=0, description="How long to wait for each agent to come up")
+
+
+class CoordinatorError(Exception):
+    """The run cannot go on; the message says which agent and why."""
+
+
+@dataclass
+class Child:
+    """One agent process the coordinator started."""
+
+    name: str
+    agent_id: str
+    port: int
+    command: list[str]
+    output: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def tail(self, lines: int = 3) -> str:
+        try:
+            text = self.output.read_text(encoding="utf-8", errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return " | ".join(line.strip() for line in text[-lines:])
+
+
+@dataclass
+class RunStats:
+    """What the summary reports."""
+
+    cycles: list[dict] = field(default_factory=list)
+    round_trip_ms: list[float] = field(default_factory=list)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens on (host, port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def plan_children(settings: CoordinatorSettings) -> list[Child]:
+    """The three agents of the seed feeder and the command lines that start them."""
+    grid_url = f"http://127.0.0.1:{settings.base_port}"
+    common = ["--host", "127.0.0.1", "--log-dir", str(settings.log_dir), "--state-dir", str(settings.state_dir), "--log-level", settings.log_level]
+    device = ["--grid-url", grid_url, *(["--start", settings.start] if settings.start else []), *([] if settings.resume else ["--fresh"])]
+    grid_flags = ["--planner", settings.planner]
+    if settings.transformer_rating_kw is not None:
+        grid_flags += ["--transformer-rating-kw", str(settings.transformer_rating_kw)]
+    if settings.scenario is not None:
+        grid_flags += ["--scenario", str(settings.scenario)]
+    specs = [
+        ("grid agent", "grid_agent", "grid_agent_server.py", settings.base_port, grid_flags),
+        ("home agent", "home_1", "home_agent_server.py", settings.base_port + 1, ["--agent-id", "home_1", *device]),
+        ("battery agent", "battery_agent_1", "battery_agent_server.py", settings.base_port + 2, ["--agent-id", "battery_agent_1", *device]),
+    ]
+    return [
+        Child(name, agent_id, port, [sys.executable, str(ROOT / script), "--port", str(port), *common, *flags], settings.log_dir / f"{agent_id}_server.log")
+        for name, agent_id, script, port, flags in specs
+    ]
+
+
+class Coordinator:
+    """Runs one simulation: children up, cycles, summary, children down."""
+
+    def __init__(self, settings: CoordinatorSettings, console: Console | None = None) -> None:
+        self.settings = settings
+        self.console = console or Console(highlight=False)
+        self.children = plan_children(settings)
+        self.token = os.environ.get("AGENT_TOKEN") or secrets.token_urlsafe(24)
+        self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {self.token}"})
+        self.stats = RunStats()
+
+    # -- children ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start every agent and wait until each answers /health and the devices have registered."""
+        for child in self.children:
+            if port_in_use("127.0.0.1", child.port):
+                raise CoordinatorError(f"port {child.port} is already in use ({child.name}); stop what holds it or choose another --base-port")
+        self.settings.log_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        for child in self.children:
+            with child.output.open("w", encoding="utf-8") as output:
+                child.process = subprocess.Popen(child.command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(), start_new_session=True)
+        for child in self.children:
+            self._wait_healthy(child)
+            self.console.print(f"[green]up[/green] {child.name:<14} {child.url}  pid {child.process.pid}")
+        self._wait_registered()
+
+    def _wait_healthy(self, child: Child) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        reason = "no answer"
+        while time.monotonic() < deadline:
+            code = child.process.poll()
+            if code is not None:
+                raise CoordinatorError(f"the {child.name} ({child.agent_id}) exited during start-up with code {code}: {child.tail() or 'no output'}")
+            try:
+                answer = httpx.get(f"{child.url}/health", timeout=1.0)
+                if answer.status_code == 200 and answer.json().get("status") == "ok":
+                    return
+                reason = f"HTTP {answer.status_code}"
+            except (httpx.HTTPError, ValueError) as exc:
+                reason = type(exc).__name__
+            time.sleep(0.1)
+        raise CoordinatorError(f"the {child.name} ({child.agent_id}) did not answer /health within {self.settings.startup_timeout_s:g} s ({reason}); its output: {child.tail() or 'none'}")
+
+    def _wait_registered(self) -> None:
+        expected = {c.agent_id for c in self.children[1:]}
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        while time.monotonic() < deadline:
+            agents = {a["agent_id"] for a in self.http.get(f"{self.children[0].url}/agents").json() if a["healthy"]}
+            if expected <= agents:
+                return
+            time.sleep(0.1)
+        raise CoordinatorError(f"agents {', '.join(sorted(expected - agents))} did not register with the grid agent within {self.settings.startup_timeout_s:g} s")
+
+    def stop(self) -> None:
+        """Stop every child: SIGTERM, then SIGKILL after 5 s. Safe to call twice."""
+        running = [c for c in self.children if c.process is not None and c.process.poll() is None]
+        for child in reversed(running):
+            child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 5.0
+        for child in running:
+            try:
+                child.process.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        if running:
+            self.console.print(f"stopped {len(running)} agent processes")
+        self.http.close()
+
+    # -- cycles ------------------------------------------------------------------------------
+    def run_cycles(self) -> None:
+        """Run the configured number of cycles, ``interval`` seconds apart, printing each."""
+        for i in range(self.settings.cycles):
+            started = time.perf_counter()
+            response = self.http.post(f"{self.children[0].url}/coordinate")
+            if response.status_code != 200:
+                raise CoordinatorError(f"the grid agent answered /coordinate with HTTP {response.status_code}: {response.text[:200]}")
+            self.stats.round_trip_ms.append((time.perf_counter() - started) * 1000)
+            result = response.json()
+            self.stats.cycles.append(result)
+            self.print_cycle(result)
+            if i < self.settings.cycles - 1 and self.settings.interval > 0:
+                time.sleep(max(self.settings.interval - (time.perf_counter() - started), 0.0))
+
+    def print_cycle(self, result: dict) -> None:
+        stamp = (result["timestamp"] or "-").replace("T", " ")[:16]
+        self.console.print(f"[bold]cycle {result['cycle']}[/bold]  {stamp}  planner {result['planner']}  {result['duration_ms']:.1f} ms")
+        colour = {"normal": "green", "overload": "red", "reverse_power_flow": "yellow"}
+        for t in result["transformers"]:
+            before, after = t["state_before"], t["state_after"]
+            self.console.print(
+                f"  {t['transformer_id']:<6} {t['loading_before_kw']:7.2f} -> {t['loading_after_kw']:7.2f} kW"
+                f" (limits -{t['reverse_limit_kw']:g}..{t['rating_kw']:g})"
+                f"  [{colour[before]}]{before}[/] -> [{colour[after]}]{after}[/]"
+            )
+        for a in result["actions"]:
+            self.console.print(f"    {a['agent_id']:<16} {a['action']:<18} {a['requested_kw']:6.2f} kW, applied {a['applied_kw']:6.2f} ({a['status']})")
+        if result["unreachable"]:
+            self.console.print(f"    [red]unreachable:[/red] {', '.join(result['unreachable'])}")
+        if result.get("fallback_reason"):
+            self.console.print(f"    fallback: {result['fallback_reason']}")
+
+    def summary(self) -> Table:
+        """A table of what the run did."""
+        cycles = self.stats.cycles
+        table = Table(title="Summary", show_header=True)
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        table.add_row("cycles", str(len(cycles)))
+        if cycles:
+            first, last = (cycles[0]["timestamp"] or "-")[:16], (cycles[-1]["timestamp"] or "-")[:16]
+            table.add_row("simulated time", f"{first} to {last}")
+            rows = [t for c in cycles for t in c["transformers"]]
+            table.add_row("steps outside limits, before", str(sum(t["state_before"] != "normal" for t in rows)))
+            table.add_row("steps outside limits, after", str(sum(t["state_after"] != "normal" for t in rows)))
+            actions = [a for c in cycles for a in c["actions"]]
+            table.add_row("commands sent", str(len(actions)))
+            step_h = (cycles[0].get("step_s") or 0.0) / 3600.0
+            for action in ("discharge_battery", "charge_battery", "curtail_solar", "shed_load"):
+                applied_kwh = sum(a["applied_kw"] for a in actions if a["action"] == action) * step_h
+                table.add_row(f"{action} (kWh)", f"{applied_kwh:.2f}")
+            table.add_row("planners", ", ".join(sorted({c["planner"] for c in cycles})))
+            table.add_row("unreachable (agent-cycles)", str(sum(len(c["unreachable"]) for c in cycles)))
+            table.add_row("median cycle, grid agent (ms)", f"{statistics.median(c['duration_ms'] for c in cycles):.1f}")
+            table.add_row("median cycle, round trip (ms)", f"{statistics.median(self.stats.round_trip_ms):.1f}")
+        return table
+
+    def run(self) -> int:
+        """The whole run; returns the process exit code."""
+        try:
+            self.start()
+            self.run_cycles()
+            self.console.print(self.summary())
+            self.console.print(f"logs and agent output in {self.settings.log_dir}/")
+            if not self.settings.exit:
+                self.console.print(f"agents stay up at {', '.join(c.url for c in self.children)}; press Ctrl+C to stop them")
+                while all(c.process.poll() is None for c in self.children):
+                    time.sleep(0.5)
+                gone = [c for c in self.children if c.process.poll() is not None]
+                raise CoordinatorError(f"the {gone[0].name} ({gone[0].agent_id}) exited with code {gone[0].process.returncode}: {gone[0].tail()}")
+            return 0
+        except KeyboardInterrupt:
+            self.console.print("interrupted; stopping the agents")
+            return 0
+        except CoordinatorError as exc:
+            self.console.print(f"[red]error:[/red] {exc}")
+            return 1
+        except httpx.HTTPError as exc:
+            self.console.print(f"[red]error:[/red] lost the grid agent: {exc}")
+            return 1
+        finally:
+            self.stop()
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of run_distributed_simulation.py."""
+    settings = CoordinatorSettings.from_cli(args)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    return Coordinator(settings).run()
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

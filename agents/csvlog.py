@@ -1,0 +1,60 @@
+"""The CSV log writer: a header, then whole rows, each flushed as it is written."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+class CsvLogWriter:
+    """Append rows to one CSV file; a killed process leaves no torn row behind.
+
+    Each row is formatted in memory and written with a single ``write`` call followed by a
+    flush, so the file only ever holds whole rows. An existing file with the same header is
+    appended to; one with another header is moved aside to ``<name>.old.csv``.
+    """
+
+    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.columns = list(columns)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        header = self._format(dict(zip(self.columns, self.columns)))
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with self.path.open(encoding="utf-8", newline="") as existing:
+                if existing.readline() != header:
+                    self.path.replace(self.path.with_suffix(".old.csv"))
+        self._file = self.path.open("a", encoding="utf-8", newline="")
+        if self._file.tell() == 0:
+            self._file.write(header)
+            self._file.flush()
+
+    def _format(self, row: Mapping[str, Any]) -> str:
+        buffer = io.StringIO()
+        csv.writer(buffer, lineterminator="\n").writerow([_cell(row.get(column)) for column in self.columns])
+        return buffer.getvalue()
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        """Write one whole row and flush it."""
+        self._file.write(self._format(row))
+        self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        if not self._file.closed:
+            self._file.close()
+
+
+def _cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if not math.isfinite(value) else round(value, 6)
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if hasattr(value, "value"):  # enums
+        return value.value
+    return value

@@ -1,0 +1,96 @@
+"""Loading an agent's historical data CSV, with errors that name the file, row and column."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from agents.settings import StartupError
+
+HOME_COLUMNS = ("solar_kw", "load_kw", "temp_air_c")
+HOME_NONNEGATIVE = ("solar_kw", "load_kw")
+BATTERY_COLUMNS = ("price_per_kwh", "temp_air_c")
+
+
+@dataclass(frozen=True)
+class TimeSeries:
+    """Evenly spaced historical data: a start, a step and one float array per column."""
+
+    path: Path
+    start: datetime
+    step_s: float
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def row(self, index: int) -> dict[str, float]:
+        """The values of one row, wrapping around at the end of the data."""
+        i = index % len(self)
+        return {name: float(values[i]) for name, values in self.columns.items()}
+
+    def timestamp(self, index: int) -> datetime:
+        """Simulated time of row ``index``; past the end the clock keeps running while the data wraps."""
+        return self.start + timedelta(seconds=self.step_s * index)
+
+    def index_of(self, when: datetime) -> int:
+        """The row at or just before ``when``, within the first pass through the data."""
+        offset = (when - self.start).total_seconds()
+        index = int(offset // self.step_s)
+        if not 0 <= index < len(self):
+            raise ValueError(f"{when.isoformat()} is outside the data ({self.start.isoformat()} to {self.timestamp(len(self) - 1).isoformat()})")
+        return index
+
+
+def load_timeseries(path: Path, columns: tuple[str, ...], nonnegative: tuple[str, ...] = ()) -> TimeSeries:
+    """Read and check a CSV with a ``timestamp`` column and the named float columns.
+
+    Raises StartupError naming the file, the 1-based line and the column of the first problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StartupError(f"{path}: data file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise StartupError(f"{path}: not a readable CSV: {exc}") from exc
+    missing = [name for name in ("timestamp", *columns) if name not in frame.columns]
+    if missing:
+        raise StartupError(f"{path}, line 1: missing column(s) {', '.join(missing)} (found {', '.join(map(str, frame.columns))})")
+    if len(frame) < 2:
+        raise StartupError(f"{path}: needs at least two data rows, found {len(frame)}")
+
+    def fail(row_index: int, column: str, problem: str) -> StartupError:
+        value = frame[column].iloc[row_index]
+        return StartupError(f"{path}, line {row_index + 2}, column {column}: {problem} (got {value!r})")
+
+    stamps = pd.to_datetime(frame["timestamp"], errors="coerce", format="ISO8601")
+    bad = np.flatnonzero(stamps.isna().to_numpy())
+    if bad.size:
+        raise fail(int(bad[0]), "timestamp", "not an ISO 8601 timestamp")
+    if stamps.dt.tz is not None:
+        stamps = stamps.dt.tz_localize(None)
+    step = (stamps.iloc[1] - stamps.iloc[0]).total_seconds()
+    if step <= 0:
+        raise fail(1, "timestamp", "timestamps must increase")
+    gaps = stamps.diff().dt.total_seconds().to_numpy()[1:]
+    uneven = np.flatnonzero(gaps != step)
+    if uneven.size:
+        raise fail(int(uneven[0]) + 1, "timestamp", f"timestamps must be evenly spaced {step:g} s apart")
+
+    values: dict[str, np.ndarray] = {}
+    for name in columns:
+        numbers = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+        bad = np.flatnonzero(~np.isfinite(numbers))
+        if bad.size:
+            raise fail(int(bad[0]), name, "not a finite number")
+        if name in nonnegative:
+            negative = np.flatnonzero(numbers < 0)
+            if negative.size:
+                raise fail(int(negative[0]), name, "must not be negative")
+        values[name] = numbers
+    return TimeSeries(path=path, start=stamps.iloc[0].to_pydatetime(), step_s=step, columns=values)

@@ -1,0 +1,336 @@
+"""What home and battery agents share: the step/curtail state machine and its HTTP app."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import random
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from datetime import datetime
+from contextlib import asynccontextmanager, suppress
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, FastAPI, Header
+
+from agents.csvlog import CsvLogWriter
+from agents.data import TimeSeries
+from agents.errors import ConflictError, UnauthorizedError, install_error_handlers
+from agents.settings import DeviceSettings, agent_token_from_env
+from agents.state import StateStore
+from models.devices import POWER_TOLERANCE_KW, BatteryModule
+from models.schemas import (
+    AgentInfo,
+    AgentReport,
+    AgentStatus,
+    AgentType,
+    BatteryStatus,
+    CommandStatus,
+    CurtailAction,
+    CurtailCommand,
+    CurtailResult,
+    Flexibility,
+    Health,
+)
+
+logger = logging.getLogger(__name__)
+
+#: How many answered command ids an agent remembers for idempotency.
+SEEN_COMMANDS_LIMIT = 10_000
+
+STEP_LOG_COLUMNS = (
+    "step",
+    "timestamp",
+    "net_power_kw",
+    "solar_available_kw",
+    "solar_output_kw",
+    "solar_curtailed_kw",
+    "load_demand_kw",
+    "load_served_kw",
+    "load_shed_kw",
+    "battery_power_kw",
+    "battery_soc_fraction",
+    "price_per_kwh",
+    "temp_air_c",
+    "commands",
+)
+
+
+class DeviceAgent:
+    """A home or storage agent without its transport: steps through data, applies commands.
+
+    Subclasses set ``agent_type`` and implement ``_begin_step`` (the local policy) and
+    ``_apply`` (one command's physics). Everything here runs on the event loop without
+    awaiting, so each request sees and leaves a consistent state.
+    """
+
+    agent_type: AgentType
+    description: str = ""
+
+    def __init__(self, settings: DeviceSettings, data: TimeSeries, battery: BatteryModule | None) -> None:
+        self.settings = settings
+        self.agent_id = settings.agent_id
+        self.data = data
+        self.battery = battery
+        self.start_index = data.index_of(_parse_start(settings.start)) if settings.start else 0
+        self.step = 0
+        self.row: dict[str, float] = {}
+        self.commands_this_step = 0
+        self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._unsaved: dict[str, dict[str, Any]] = {}
+        self.store = StateStore(settings.state_dir, self.agent_id, fresh=settings.fresh)
+        self._restore()
+        self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", STEP_LOG_COLUMNS)
+
+    # -- state -------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        saved = self.store.load()
+        self._seen.update(self.store.commands(SEEN_COMMANDS_LIMIT))
+        if not saved:
+            return
+        self.step = int(saved["step"])
+        self.start_index = int(saved.get("start_index", self.start_index))
+        if self.battery is not None and saved.get("soc_fraction") is not None:
+            self.battery.soc_fraction = float(saved["soc_fraction"])
+            self.battery.begin_step()
+        logger.info("%s: resumed at step %d from %s", self.agent_id, self.step, self.store.path)
+
+    def _save(self) -> None:
+        state = {"step": self.step, "start_index": self.start_index}
+        if self.battery is not None:
+            state["soc_fraction"] = self.battery.soc_fraction
+        self.store.save(state, self._unsaved)
+        self._unsaved = {}
+
+    # -- the step ----------------------------------------------------------------------------
+    @property
+    def timestamp(self) -> datetime | None:
+        """Simulated time of the current step; None before the first."""
+        return self.data.timestamp(self.start_index + self.step - 1) if self.step > 0 else None
+
+    def simulate(self) -> AgentStatus:
+        """Advance one step through the data and run the local policy."""
+        if self.step > 0:
+            self._write_log_row()
+        self.step += 1
+        self.row = self.data.row(self.start_index + self.step - 1)
+        self.commands_this_step = 0
+        if self.battery is not None:
+            self.battery.begin_step()
+        self._begin_step(self.row)
+        self._save()
+        return self.status()
+
+    def _begin_step(self, row: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def _apply(self, action: CurtailAction, power_kw: float) -> tuple[float, str | None]:
+        """Apply one command; return the kW applied and, when short of the request, why."""
+        raise NotImplementedError
+
+    def _apply_battery(self, action: CurtailAction, power_kw: float) -> tuple[float, str | None]:
+        if self.battery is None:
+            return 0.0, "this agent has no battery"
+        if self.step == 0:
+            return 0.0, "no step simulated yet"
+        shift = self.battery.shift(power_kw if action is CurtailAction.charge_battery else -power_kw)
+        applied = abs(shift)
+        limit = "full or at its charge limit" if action is CurtailAction.charge_battery else "empty or at its discharge limit"
+        return applied, None if applied >= power_kw - POWER_TOLERANCE_KW else f"battery {limit}"
+
+    def curtail(self, command: CurtailCommand) -> CurtailResult:
+        """Apply a command once; a repeated id answers ``duplicate``, a reused id with another body 409."""
+        body = {"action": command.action.value, "power_kw": command.power_kw}
+        seen = self._seen.get(command.command_id)
+        if seen is not None:
+            if seen["body"] != body:
+                raise ConflictError(f"command_id {command.command_id!r} was already used with another body", self.agent_id)
+            first = seen["result"]
+            return CurtailResult(**{**first, "status": CommandStatus.duplicate, "agent_status": self.status()})
+        applied, reason = self._apply(command.action, command.power_kw)
+        applied = min(max(applied, 0.0), command.power_kw)
+        if applied >= command.power_kw - POWER_TOLERANCE_KW:
+            status, applied = CommandStatus.applied, command.power_kw
+        elif applied > POWER_TOLERANCE_KW:
+            status = CommandStatus.partial
+        else:
+            status, applied = CommandStatus.rejected, 0.0
+        if applied > 0:
+            self.commands_this_step += 1
+        result = CurtailResult(
+            command_id=command.command_id,
+            action=command.action,
+            status=status,
+            requested_kw=command.power_kw,
+            applied_kw=applied,
+            reason=reason if status is not CommandStatus.applied else None,
+            agent_status=self.status(),
+        )
+        record = {"body": body, "result": result.model_dump(mode="json", exclude={"agent_status"})}
+        self._seen[command.command_id] = record
+        self._unsaved[command.command_id] = record
+        while len(self._seen) > SEEN_COMMANDS_LIMIT:
+            self._seen.popitem(last=False)
+        self._save()
+        logger.debug("%s step %d: %s %.3f kW -> %s %.3f kW", self.agent_id, self.step, command.action.value, command.power_kw, status.value, applied)
+        return result
+
+    # -- reporting ---------------------------------------------------------------------------
+    def _battery_status(self) -> BatteryStatus | None:
+        b = self.battery
+        if b is None:
+            return None
+        return BatteryStatus(
+            soc_fraction=b.soc_fraction,
+            power_kw=b.power_kw,
+            capacity_kwh=b.spec.capacity_kwh,
+            max_charge_kw=b.spec.max_charge_kw,
+            max_discharge_kw=b.spec.max_discharge_kw,
+            soc_min_fraction=b.spec.soc_min_fraction,
+            soc_max_fraction=b.spec.soc_max_fraction,
+        )
+
+    def _flexibility(self) -> Flexibility:
+        if self.battery is None or self.step == 0:
+            return Flexibility()
+        return Flexibility(
+            charge_battery_kw=self.battery.charge_headroom_kw,
+            discharge_battery_kw=self.battery.discharge_headroom_kw,
+        )
+
+    def status(self) -> AgentStatus:
+        raise NotImplementedError
+
+    def _write_log_row(self) -> None:
+        s = self.status()
+        self.log.write(
+            {
+                "step": s.step,
+                "timestamp": s.timestamp,
+                "net_power_kw": s.net_power_kw,
+                "solar_available_kw": s.solar.available_kw if s.solar else None,
+                "solar_output_kw": s.solar.output_kw if s.solar else None,
+                "solar_curtailed_kw": s.solar.curtailed_kw if s.solar else None,
+                "load_demand_kw": s.load.demand_kw if s.load else None,
+                "load_served_kw": s.load.served_kw if s.load else None,
+                "load_shed_kw": s.load.shed_kw if s.load else None,
+                "battery_power_kw": s.battery.power_kw if s.battery else None,
+                "battery_soc_fraction": s.battery.soc_fraction if s.battery else None,
+                "price_per_kwh": s.price_per_kwh,
+                "temp_air_c": s.temp_air_c,
+                "commands": self.commands_this_step,
+            }
+        )
+
+    def close(self) -> None:
+        """Write the last step's row, save the state and close the files."""
+        if self.step > 0:
+            self._write_log_row()
+        self._save()
+        self.log.close()
+        self.store.close()
+
+
+def _parse_start(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=None)
+
+
+async def register_forever(agent: DeviceAgent, client: httpx.AsyncClient, settings: DeviceSettings) -> None:
+    """Register with the grid agent, then heartbeat; retry with back-off and jitter while it is away."""
+    delay_s = 0.25
+    registered = False
+    headers = _auth_headers()
+    while True:
+        try:
+            report = AgentReport(url=settings.own_url, status=agent.status())
+            response = await client.post(f"/agents/{agent.agent_id}/status", json=report.model_dump(mode="json"), headers=headers)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            if registered:
+                logger.warning("%s: lost the grid agent at %s (%s); retrying", agent.agent_id, settings.grid_url, exc)
+            registered = False
+            await asyncio.sleep(delay_s * random.uniform(0.8, 1.2))
+            delay_s = min(delay_s * 2, settings.heartbeat_s)
+            continue
+        if not registered:
+            logger.info("%s: registered with the grid agent at %s", agent.agent_id, settings.grid_url)
+        registered, delay_s = True, 0.25
+        await asyncio.sleep(settings.heartbeat_s)
+
+
+def _auth_headers() -> dict[str, str]:
+    token = agent_token_from_env()
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def require_token_dependency(agent_id: str):
+    """A dependency that enforces ``Authorization: Bearer $AGENT_TOKEN`` when the token is set."""
+    token = agent_token_from_env()
+
+    async def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        if token is None:
+            return
+        expected = f"Bearer {token}".encode()
+        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+            raise UnauthorizedError("missing or wrong bearer token", agent_id)
+
+    return check
+
+
+def build_device_app(agent: DeviceAgent, settings: DeviceSettings, register: bool = True) -> FastAPI:
+    """The HTTP face of a home or battery agent."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = None
+        client = httpx.AsyncClient(base_url=settings.grid_url, timeout=settings.request_timeout_s)
+        if register:
+            task = asyncio.create_task(register_forever(agent, client, settings))
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+            await client.aclose()
+            agent.close()
+
+    app = FastAPI(title=f"{agent.agent_type.value} agent {agent.agent_id}", description=agent.description, lifespan=lifespan)
+    app.state.agent = agent
+    install_error_handlers(app, agent.agent_id)
+    Authorized = Depends(require_token_dependency(agent.agent_id))
+
+    @app.get("/", response_model=AgentInfo)
+    async def info() -> AgentInfo:
+        """What this agent is and what it serves."""
+        return AgentInfo(
+            agent_id=agent.agent_id,
+            agent_type=agent.agent_type,
+            description=agent.description,
+            endpoints=["GET /", "GET /health", "GET /status", "POST /simulate", "POST /curtail", "GET /docs"],
+        )
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        """Liveness."""
+        return Health(agent_id=agent.agent_id, agent_type=agent.agent_type)
+
+    @app.get("/status", response_model=AgentStatus)
+    async def status() -> AgentStatus:
+        """The agent's current step, modules and flexibility."""
+        return agent.status()
+
+    @app.post("/simulate", response_model=AgentStatus, dependencies=[Authorized])
+    async def simulate() -> AgentStatus:
+        """Advance one step and run the local policy."""
+        return agent.simulate()
+
+    @app.post("/curtail", response_model=CurtailResult, dependencies=[Authorized])
+    async def curtail(command: CurtailCommand) -> CurtailResult:
+        """Shift the operating point by power_kw through action; answers what was applied."""
+        return agent.curtail(command)
+
+    return app

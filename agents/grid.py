@@ -1,0 +1,387 @@
+"""The grid agent: registers agents, and each cycle steps them, assesses, plans, acts and records."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+from fastapi import Depends, FastAPI
+
+from agents.csvlog import CsvLogWriter
+from agents.device import _auth_headers, require_token_dependency
+from agents.errors import BadRequestError, PeerUnavailableError, install_error_handlers
+from agents.planners import PLANNERS, AgentFlex, Command, Snapshot, TransformerSnapshot
+from agents.scenario import Scenario, load_scenario
+from agents.settings import GridSettings
+from models.grid import classify_loading, transformer_loading_kw, violation_kw
+from models.schemas import (
+    ActionReport,
+    AgentInfo,
+    AgentRecord,
+    AgentReport,
+    AgentStatus,
+    AgentType,
+    CommandStatus,
+    CoordinationResult,
+    CurtailAction,
+    CurtailResult,
+    GridStatus,
+    Health,
+    TransformerReport,
+)
+
+logger = logging.getLogger(__name__)
+
+GRID_LOG_COLUMNS = (
+    "cycle",
+    "timestamp",
+    "transformer_id",
+    "rating_kw",
+    "reverse_limit_kw",
+    "loading_before_kw",
+    "loading_after_kw",
+    "state_before",
+    "state_after",
+    "unfixed_kw",
+    "planner",
+    "fallback_reason",
+    "commands",
+    "requested_kw",
+    "applied_kw",
+    "unreachable",
+    "step_ms",
+    "plan_ms",
+    "act_ms",
+    "duration_ms",
+)
+
+
+def resolve_planner(name: str) -> str:
+    """The planner a setting names; ``auto`` is ``optimal`` until a model-backed planner is configured."""
+    return "optimal" if name == "auto" else name
+
+
+class GridAgent:
+    """The grid agent without its transport."""
+
+    def __init__(self, settings: GridSettings, scenario: Scenario | None = None) -> None:
+        self.settings = settings
+        self.agent_id = settings.agent_id
+        self.planner = resolve_planner(settings.planner)
+        self.scenario = scenario or (load_scenario(settings.scenario) if settings.scenario else Scenario())
+        self.registry: dict[str, AgentRecord] = {}
+        self.cycle = 0
+        self.last_result: CoordinationResult | None = None
+        self.cycle_ms: list[float] = []
+        self.http: httpx.AsyncClient | None = None
+        self.run_id = uuid.uuid4().hex[:8]
+        self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", GRID_LOG_COLUMNS)
+        self._lock = asyncio.Lock()
+        self._limits = {t.id: (t.rating_kw, t.reverse_limit_kw or t.rating_kw) for t in self.scenario.transformers}
+
+    # -- registry ----------------------------------------------------------------------------
+    def register(self, agent_id: str, report: AgentReport) -> AgentRecord:
+        """Record an agent's registration or heartbeat."""
+        if report.status.agent_id != agent_id:
+            raise BadRequestError(f"status.agent_id {report.status.agent_id!r} does not match the path's {agent_id!r}", self.agent_id)
+        known = self.registry.get(agent_id)
+        if known is None or not known.healthy or known.url != report.url:
+            logger.info("agent %s (%s) registered at %s on %s", agent_id, report.status.agent_type.value, report.url, report.status.transformer_id)
+        record = AgentRecord(
+            agent_id=agent_id,
+            agent_type=report.status.agent_type,
+            url=report.url.rstrip("/"),
+            transformer_id=report.status.transformer_id,
+            healthy=True,
+            last_seen=_now(),
+            last_status=report.status,
+        )
+        self.registry[agent_id] = record
+        return record
+
+    def agents(self) -> list[AgentRecord]:
+        """Every registered agent; one unheard of for ``stale_after_s`` counts as unhealthy."""
+        now = _now()
+        for record in self.registry.values():
+            if record.healthy and (now - record.last_seen).total_seconds() > self.settings.stale_after_s:
+                record.healthy = False
+        return list(self.registry.values())
+
+    def limits(self, transformer_id: str) -> tuple[float, float]:
+        """(rating_kw, reverse_limit_kw) of a transformer; unrated ones take the settings'."""
+        if transformer_id in self._limits:
+            return self._limits[transformer_id]
+        rating = self.settings.transformer_rating_kw
+        return rating, self.settings.reverse_limit_kw or rating
+
+    def transformer_ids(self) -> list[str]:
+        ids = {t.id: None for t in self.scenario.transformers}
+        ids.update({r.transformer_id: None for r in self.registry.values()})
+        return list(ids)
+
+    # -- talking to agents -------------------------------------------------------------------
+    async def _call(self, record: AgentRecord, path: str, body: dict | None = None) -> dict[str, Any]:
+        assert self.http is not None, "the grid agent's client opens with its lifespan"
+        try:
+            response = await self.http.post(f"{record.url}{path}", json=body, headers=_auth_headers())
+            response.raise_for_status()
+            return response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise PeerUnavailableError(record.agent_id, _describe(exc), self.agent_id) from exc
+
+    async def _fan_out(self, calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
+        semaphore = asyncio.Semaphore(self.settings.max_concurrency)
+
+        async def bounded(call: Callable[[], Awaitable[Any]]) -> Any:
+            async with semaphore:
+                return await call()
+
+        return await asyncio.gather(*(bounded(c) for c in calls), return_exceptions=True)
+
+    # -- the cycle ---------------------------------------------------------------------------
+    async def coordinate(self) -> CoordinationResult:
+        """One coordination cycle: step, assess, plan, act, record. Cycles never overlap."""
+        async with self._lock:
+            return await self._coordinate()
+
+    async def _coordinate(self) -> CoordinationResult:
+        started = time.perf_counter()
+        self.cycle += 1
+        records = self.agents()
+        unreachable: list[str] = []
+
+        # 1. step every agent in parallel
+        answers = await self._fan_out([lambda r=r: self._call(r, "/simulate") for r in records])
+        statuses: dict[str, AgentStatus] = {}
+        for record, answer in zip(records, answers):
+            if isinstance(answer, Exception):
+                unreachable.append(record.agent_id)
+                record.healthy = False
+                logger.warning("cycle %d: %s", self.cycle, answer)
+                continue
+            status = AgentStatus.model_validate(answer)
+            record.last_status, record.healthy, record.last_seen = status, True, _now()
+            record.transformer_id = status.transformer_id
+            statuses[record.agent_id] = status
+        stepped = time.perf_counter()
+
+        # 2. assess
+        snapshot = self._snapshot(statuses)
+        before = {t.transformer_id: t.loading_kw for t in snapshot.transformers}
+
+        # 3. plan
+        plan = PLANNERS[self.planner](snapshot)
+        planned = time.perf_counter()
+
+        # 4. act
+        actions = await self._act(plan.commands, statuses, unreachable)
+        acted = time.perf_counter()
+
+        # 5. record
+        after = self._loadings(statuses)
+        reports = []
+        for t in snapshot.transformers:
+            rating, reverse = t.rating_kw, t.reverse_limit_kw
+            loading_after = after.get(t.transformer_id, 0.0)
+            reports.append(
+                TransformerReport(
+                    transformer_id=t.transformer_id,
+                    rating_kw=rating,
+                    reverse_limit_kw=reverse,
+                    loading_before_kw=before[t.transformer_id],
+                    loading_after_kw=loading_after,
+                    state_before=classify_loading(before[t.transformer_id], rating, reverse),
+                    state_after=classify_loading(loading_after, rating, reverse),
+                    unfixed_kw=violation_kw(loading_after, rating, reverse),
+                )
+            )
+        timestamps = [s.timestamp for s in statuses.values() if s.timestamp is not None]
+        step_s = next((s.step_s for s in statuses.values()), None)
+        phase_ms = {
+            "step": (stepped - started) * 1000,
+            "plan": (planned - stepped) * 1000,
+            "act": (acted - planned) * 1000,
+        }
+        result = CoordinationResult(
+            cycle=self.cycle,
+            timestamp=max(timestamps) if timestamps else None,
+            step_s=step_s,
+            planner=self.planner,
+            fallback_reason=None,
+            transformers=reports,
+            actions=actions,
+            unreachable=sorted(set(unreachable)),
+            agents_stepped=len(statuses),
+            duration_ms=(time.perf_counter() - started) * 1000,
+            phase_ms=phase_ms,
+        )
+        self._record(result)
+        return result
+
+    def _loadings(self, statuses: dict[str, AgentStatus]) -> dict[str, float]:
+        by_transformer: dict[str, list[float]] = {tid: [] for tid in self.transformer_ids()}
+        for status in statuses.values():
+            by_transformer.setdefault(status.transformer_id, []).append(status.net_power_kw)
+        return {tid: transformer_loading_kw(powers) for tid, powers in by_transformer.items()}
+
+    def _snapshot(self, statuses: dict[str, AgentStatus]) -> Snapshot:
+        transformers = []
+        for tid, loading in self._loadings(statuses).items():
+            rating, reverse = self.limits(tid)
+            transformers.append(TransformerSnapshot(transformer_id=tid, rating_kw=rating, reverse_limit_kw=reverse, loading_kw=loading))
+        agents = tuple(
+            AgentFlex(
+                agent_id=s.agent_id,
+                transformer_id=s.transformer_id,
+                net_power_kw=s.net_power_kw,
+                headroom_kw={action: s.flexibility.headroom_kw(action) for action in CurtailAction},
+                battery_power_kw=s.battery.power_kw if s.battery else 0.0,
+            )
+            for s in statuses.values()
+        )
+        return Snapshot(transformers=tuple(transformers), agents=agents)
+
+    async def _act(self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str]) -> list[ActionReport]:
+        calls = []
+        for command in commands:
+            record = self.registry[command.agent_id]
+            body = {
+                "command_id": f"{self.run_id}-{self.cycle}-{command.agent_id}-{command.action.value}",
+                "action": command.action.value,
+                "power_kw": command.power_kw,
+            }
+            calls.append(lambda r=record, b=body: self._call(r, "/curtail", b))
+        answers = await self._fan_out(calls)
+        reports = []
+        for command, answer in zip(commands, answers):
+            transformer_id = statuses[command.agent_id].transformer_id
+            if isinstance(answer, Exception):
+                unreachable.append(command.agent_id)
+                self.registry[command.agent_id].healthy = False
+                reports.append(ActionReport(agent_id=command.agent_id, transformer_id=transformer_id, action=command.action, requested_kw=command.power_kw, applied_kw=0.0, status="unreachable", reason=str(answer)))
+                continue
+            result = CurtailResult.model_validate(answer)
+            statuses[command.agent_id] = result.agent_status
+            self.registry[command.agent_id].last_status = result.agent_status
+            reports.append(ActionReport(agent_id=command.agent_id, transformer_id=transformer_id, action=command.action, requested_kw=command.power_kw, applied_kw=result.applied_kw, status=result.status, reason=result.reason))
+        return reports
+
+    def _record(self, result: CoordinationResult) -> None:
+        self.last_result = result
+        self.cycle_ms.append(result.duration_ms)
+        del self.cycle_ms[:-1000]
+        for t in result.transformers:
+            mine = [a for a in result.actions if a.transformer_id == t.transformer_id]
+            self.log.write(
+                {
+                    "cycle": result.cycle,
+                    "timestamp": result.timestamp,
+                    **t.model_dump(),
+                    "planner": result.planner,
+                    "fallback_reason": result.fallback_reason,
+                    "commands": len(mine),
+                    "requested_kw": sum(a.requested_kw for a in mine),
+                    "applied_kw": sum(a.applied_kw for a in mine),
+                    "unreachable": ";".join(result.unreachable),
+                    "step_ms": result.phase_ms["step"],
+                    "plan_ms": result.phase_ms["plan"],
+                    "act_ms": result.phase_ms["act"],
+                    "duration_ms": result.duration_ms,
+                }
+            )
+        states = ", ".join(f"{t.transformer_id} {t.loading_before_kw:.1f}->{t.loading_after_kw:.1f} kW {t.state_after.value}" for t in result.transformers)
+        logger.info("cycle %d at %s: %s; %d commands; %.1f ms", result.cycle, result.timestamp, states, len(result.actions), result.duration_ms)
+
+    def status(self) -> GridStatus:
+        """The feeder as of the last cycle."""
+        agents = self.agents()
+        return GridStatus(
+            agent_id=self.agent_id,
+            planner=self.planner,
+            cycles=self.cycle,
+            agents_registered=len(agents),
+            agents_healthy=sum(a.healthy for a in agents),
+            transformers=self.last_result.transformers if self.last_result else [],
+            last_cycle=self.last_result,
+            median_cycle_ms=statistics.median(self.cycle_ms) if self.cycle_ms else None,
+        )
+
+    def close(self) -> None:
+        self.log.close()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code} from {exc.request.url}"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
+    """Build the grid agent's app; ``transport`` lets tests route its calls to in-process agents."""
+    agent = GridAgent(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        limits = httpx.Limits(max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency)
+        agent.http = httpx.AsyncClient(timeout=settings.step_timeout_s, limits=limits, transport=transport)
+        try:
+            yield
+        finally:
+            await agent.http.aclose()
+            agent.close()
+
+    app = FastAPI(title="grid agent", description="Watches transformers and coordinates curtailment.", lifespan=lifespan)
+    app.state.agent = agent
+    install_error_handlers(app, agent.agent_id)
+    Authorized = Depends(require_token_dependency(agent.agent_id))
+
+    @app.get("/", response_model=AgentInfo)
+    async def info() -> AgentInfo:
+        """What this agent is and what it serves."""
+        return AgentInfo(
+            agent_id=agent.agent_id,
+            agent_type=AgentType.grid,
+            description=f"Grid agent; planner {agent.planner}; transformers {', '.join(agent.transformer_ids()) or 'none yet'}",
+            endpoints=["GET /", "GET /health", "GET /status", "GET /agents", "POST /agents/{agent_id}/status", "POST /coordinate", "GET /docs"],
+        )
+
+    @app.get("/health", response_model=Health)
+    async def health() -> Health:
+        """Liveness."""
+        return Health(agent_id=agent.agent_id, agent_type=AgentType.grid)
+
+    @app.get("/status", response_model=GridStatus)
+    async def status() -> GridStatus:
+        """Transformers as of the last cycle, registered agents, the planner."""
+        return agent.status()
+
+    @app.get("/agents", response_model=list[AgentRecord], response_model_exclude={"__all__": {"last_status"}})
+    async def agents() -> list[AgentRecord]:
+        """Every registered agent and whether it is healthy."""
+        return agent.agents()
+
+    @app.post("/agents/{agent_id}/status", response_model=AgentRecord, dependencies=[Authorized], response_model_exclude={"last_status"})
+    async def report(agent_id: str, body: AgentReport) -> AgentRecord:
+        """Register an agent, or take its heartbeat."""
+        return agent.register(agent_id, body)
+
+    @app.post("/coordinate", response_model=CoordinationResult, dependencies=[Authorized])
+    async def coordinate() -> CoordinationResult:
+        """Run one coordination cycle: step, assess, plan, act, record."""
+        return await agent.coordinate()
+
+    return app

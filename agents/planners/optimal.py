@@ -1,0 +1,94 @@
+"""The optimal planner: a linear program, solved with HiGHS, over one coordination step."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linprog
+
+from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot
+from models.schemas import CurtailAction
+
+#: Cost of each kW of an action: the battery first, then solar curtailment, then load shedding.
+ACTION_COST = {
+    CurtailAction.charge_battery: 1.0,
+    CurtailAction.discharge_battery: 1.0,
+    CurtailAction.curtail_solar: 10.0,
+    CurtailAction.shed_load: 100.0,
+}
+#: Cost of each kW by which a battery's own setpoint is merely held back (less charging or less
+#: discharging): cheaper than driving it the other way, which costs a fresh cycle and its losses.
+HOLD_BACK_COST = 0.5
+#: Cost of each kW left outside a limit: dearer than any action, so slack is the last resort.
+SLACK_COST = 10_000.0
+
+
+def plan_optimal(snapshot: Snapshot) -> Plan:
+    """Bring every transformer within its limits at the least weighted cost.
+
+    minimise    sum_a c_a x_a + M sum_t (o_t + r_t)
+    subject to  L_t + sum_{a on t} d_a x_a - o_t <= rating_t          (overload)
+               -L_t - sum_{a on t} d_a x_a - r_t <= reverse_limit_t    (reverse flow)
+                0 <= x_a <= headroom_a,  o_t, r_t >= 0
+    where d_a = +1 for actions that raise net power and -1 for those that lower it. The slack
+    o_t, r_t keeps the program feasible; what is left in it is reported as unfixed.
+    Only agents on transformers outside their limits get variables: others would only add cost.
+    A battery's shift is split in two variables: holding back what its local policy is doing
+    (cost HOLD_BACK_COST) and going beyond it (full cost), so a charging battery is first told
+    to charge less before another is told to discharge into it.
+    """
+    plan = Plan()
+    troubled = [t for t in snapshot.transformers if t.violation_kw > 0]
+    if not troubled:
+        return plan
+    row_of = {t.transformer_id: i for i, t in enumerate(troubled)}
+    variables = [
+        (agent.agent_id, row_of[agent.transformer_id], action, headroom, cost)
+        for agent in snapshot.agents
+        if agent.transformer_id in row_of
+        for action, total in agent.headroom_kw.items()
+        for headroom, cost in _segments(agent, action, total)
+        if headroom > MIN_COMMAND_KW
+    ]
+    n_actions, n_t = len(variables), len(troubled)
+    n = n_actions + 2 * n_t
+    cost = np.empty(n)
+    a_ub = np.zeros((2 * n_t, n))
+    b_ub = np.empty(2 * n_t)
+    bounds = []
+    for j, (_, t, action, headroom, unit_cost) in enumerate(variables):
+        cost[j] = unit_cost
+        a_ub[2 * t, j] = action.direction
+        a_ub[2 * t + 1, j] = -action.direction
+        bounds.append((0.0, headroom))
+    for t, transformer in enumerate(troubled):
+        over, reverse = n_actions + 2 * t, n_actions + 2 * t + 1
+        cost[over] = cost[reverse] = SLACK_COST
+        a_ub[2 * t, over] = -1.0
+        a_ub[2 * t + 1, reverse] = -1.0
+        b_ub[2 * t] = transformer.rating_kw - transformer.loading_kw
+        b_ub[2 * t + 1] = transformer.reverse_limit_kw + transformer.loading_kw
+    bounds += [(0.0, None)] * (2 * n_t)
+    result = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
+    if result.status != 0:  # cannot happen with slack; keep the cycle going with no commands
+        plan.unfixed_kw = {t.transformer_id: t.violation_kw for t in troubled}
+        return plan
+    totals: dict[tuple[str, CurtailAction], float] = {}
+    for j, (agent_id, _, action, _, _) in enumerate(variables):
+        totals[agent_id, action] = totals.get((agent_id, action), 0.0) + float(result.x[j])
+    for (agent_id, action), power_kw in totals.items():
+        if power_kw > MIN_COMMAND_KW:
+            plan.commands.append(Command(agent_id=agent_id, action=action, power_kw=power_kw))
+    for t, transformer in enumerate(troubled):
+        plan.unfixed_kw[transformer.transformer_id] = float(result.x[n_actions + 2 * t] + result.x[n_actions + 2 * t + 1])
+    return plan
+
+
+def _segments(agent: AgentFlex, action: CurtailAction, headroom_kw: float) -> list[tuple[float, float]]:
+    """(headroom kW, cost per kW) pieces of one action, cheapest first."""
+    if action is CurtailAction.discharge_battery:
+        held_back = min(max(agent.battery_power_kw, 0.0), headroom_kw)
+    elif action is CurtailAction.charge_battery:
+        held_back = min(max(-agent.battery_power_kw, 0.0), headroom_kw)
+    else:
+        return [(headroom_kw, ACTION_COST[action])]
+    return [(held_back, HOLD_BACK_COST), (headroom_kw - held_back, ACTION_COST[action])]

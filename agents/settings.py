@@ -1,0 +1,139 @@
+"""Settings of every agent: flags, then ``EMS_*`` environment variables, then defaults."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
+
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+S = TypeVar("S", bound="ServerSettings")
+
+
+class ServerSettings(BaseSettings):
+    """What every agent server takes."""
+
+    model_config = SettingsConfigDict(env_prefix="EMS_", cli_kebab_case=True, cli_implicit_flags=True, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Interface to bind")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    log_dir: Path = Field(Path("logs"), description="Folder for the CSV logs")
+    state_dir: Path = Field(Path("state"), description="Folder for durable agent state")
+    log_level: str = Field("info", description="Server log level (debug, info, warning, error)")
+
+    @classmethod
+    def from_cli(cls: type[S], args: list[str] | None = None, prog: str | None = None) -> S:
+        """Parse flags and environment; on bad values print one line per field and exit 2."""
+        try:
+            return CliApp.run(cls, cli_args=args if args is not None else sys.argv[1:])
+        except ValidationError as exc:
+            for error in exc.errors():
+                field = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
+                print(f"error: {field}: {error['msg']} (got {error.get('input')!r})", file=sys.stderr)
+            raise SystemExit(2) from None
+
+
+class DeviceSettings(ServerSettings):
+    """What home and battery agents take."""
+
+    agent_id: str = Field("home_1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    grid_url: str = Field("http://127.0.0.1:8000", description="Base URL of the grid agent")
+    public_url: str | None = Field(None, description="URL the grid agent should call (default http://HOST:PORT)")
+    transformer_id: str = Field("T1", min_length=1, max_length=64)
+    data_file: Path = Field(DATA_DIR / "historical_data.csv", description="Historical data CSV")
+    start: str | None = Field(None, description="Simulated start time (ISO 8601); default the first row")
+    heartbeat_s: float = Field(5.0, gt=0, description="Seconds between heartbeats to the grid agent")
+    request_timeout_s: float = Field(2.0, gt=0, description="Timeout of calls to the grid agent")
+    fresh: bool = Field(False, description="Discard the saved state and start again from the first step")
+
+    @property
+    def own_url(self) -> str:
+        """The base URL at which the grid agent reaches this agent."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
+        return f"http://{host}:{self.port}"
+
+
+class HomeSettings(DeviceSettings):
+    """A home: rooftop PV, household load with a flexible share, a home battery."""
+
+    port: int = Field(8001, ge=0, le=65535)
+    pv_kwp: float = Field(6.0, gt=0, description="PV size; the data file's solar_kw is for 6 kWp")
+    annual_load_kwh: float = Field(4500.0, gt=0, description="Annual consumption; the data file's is 4,500 kWh")
+    flexible_fraction: float = Field(0.3, ge=0, le=1, description="Share of demand that may be shed")
+    battery_kwh: float = Field(13.5, ge=0, description="Home battery capacity; 0 for none")
+    battery_kw: float = Field(5.0, ge=0, description="Home battery power limit (charge and discharge)")
+    initial_soc_fraction: float = Field(0.5, ge=0, le=1)
+
+
+class BatterySettings(DeviceSettings):
+    """A storage system driven by price and temperature."""
+
+    agent_id: str = Field("battery_agent_1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    port: int = Field(8002, ge=0, le=65535)
+    data_file: Path = Field(DATA_DIR / "battery_historical_data.csv", description="Historical data CSV")
+    capacity_kwh: float = Field(50.0, gt=0)
+    power_kw: float = Field(25.0, gt=0, description="Power limit (charge and discharge)")
+    initial_soc_fraction: float = Field(0.5, ge=0, le=1)
+    charge_below_price_per_kwh: float = Field(0.12, description="Charge at full power at or below this price")
+    discharge_above_price_per_kwh: float = Field(0.30, description="Discharge at full power at or above this price")
+
+
+class GridSettings(ServerSettings):
+    """The grid agent: transformers, planner, fan-out."""
+
+    port: int = Field(8000, ge=0, le=65535)
+    agent_id: str = Field("grid_agent", min_length=1, max_length=64)
+    transformer_rating_kw: float = Field(15.0, gt=0, description="Rating of every transformer the scenario does not rate")
+    reverse_limit_kw: float | None = Field(None, gt=0, description="Reverse-flow limit (default: the rating)")
+    scenario: Path | None = Field(None, description="Scenario file (transformers and their limits)")
+    planner: str = Field("auto", pattern=r"^(auto|optimal|rule)$", description="auto, optimal or rule")
+    step_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /simulate and /curtail call")
+    max_concurrency: int = Field(64, ge=1, description="Calls to agents in flight at once")
+    stale_after_s: float = Field(15.0, gt=0, description="An agent unheard of this long is unhealthy")
+
+
+def agent_token_from_env() -> str | None:
+    """The shared bearer token, from ``AGENT_TOKEN`` only (never a flag, never logged)."""
+    return os.environ.get("AGENT_TOKEN") or None
+
+
+def configure_logging(level: str) -> None:
+    """Configure the root logger once, for an entry point."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the agents' own
+
+
+def serve(create_app: Callable, settings: ServerSettings) -> None:
+    """Build the app and run it under uvicorn; a busy port is a one-line error, not a traceback."""
+    import uvicorn
+
+    configure_logging(settings.log_level)
+    try:
+        app = create_app(settings)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((settings.host, settings.port))
+    except OSError as exc:
+        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(1) from None
+    finally:
+        probe.close()
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+
+
+class StartupError(Exception):
+    """An agent cannot start: bad data file, bad scenario. The message says what and where."""

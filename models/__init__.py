@@ -1,0 +1,1 @@
+"""Wire schemas and device physics: pure code, no I/O, no HTTP."""

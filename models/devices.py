@@ -1,0 +1,211 @@
+"""Physical device models of a home or storage site: solar, load and battery.
+
+Sign conventions (see README's vocabulary): every power is in kW; a battery's ``power_kw`` > 0
+charges it and < 0 discharges it; a site's ``net_power_kw`` > 0 imports from the grid.
+Everything here is pure: no I/O, no logging, no clock.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from models.units import energy_kwh, seconds_to_hours
+
+#: Differences below this many kW are rounding noise, not a change of operating point.
+POWER_TOLERANCE_KW = 1e-9
+
+
+@dataclass(frozen=True)
+class BatterySpec:
+    """Parameters of a battery; all limits are inclusive.
+
+    capacity_kwh: usable nameplate energy; max_charge_kw / max_discharge_kw: AC power limits
+    (both > 0); charge/discharge efficiencies in (0, 1]; SoC window [soc_min, soc_max] in 0-1.
+    """
+
+    capacity_kwh: float
+    max_charge_kw: float
+    max_discharge_kw: float
+    charge_efficiency_fraction: float = 0.95
+    discharge_efficiency_fraction: float = 0.95
+    soc_min_fraction: float = 0.1
+    soc_max_fraction: float = 0.95
+
+    def __post_init__(self) -> None:
+        checks = {
+            "capacity_kwh": self.capacity_kwh > 0,
+            "max_charge_kw": self.max_charge_kw >= 0,
+            "max_discharge_kw": self.max_discharge_kw >= 0,
+            "charge_efficiency_fraction": 0 < self.charge_efficiency_fraction <= 1,
+            "discharge_efficiency_fraction": 0 < self.discharge_efficiency_fraction <= 1,
+            "soc_min_fraction": 0 <= self.soc_min_fraction < self.soc_max_fraction,
+            "soc_max_fraction": self.soc_min_fraction < self.soc_max_fraction <= 1,
+        }
+        for name, ok in checks.items():
+            if not ok or not math.isfinite(getattr(self, name)):
+                raise ValueError(f"invalid battery parameter {name}={getattr(self, name)!r}")
+
+
+#: A home battery (about a Tesla Powerwall 2): 13.5 kWh, 5 kW continuous.
+HOME_BATTERY = BatterySpec(capacity_kwh=13.5, max_charge_kw=5.0, max_discharge_kw=5.0)
+
+#: A small community storage system on the feeder: 50 kWh, 25 kW.
+COMMUNITY_BATTERY = BatterySpec(
+    capacity_kwh=50.0,
+    max_charge_kw=25.0,
+    max_discharge_kw=25.0,
+    charge_efficiency_fraction=0.96,
+    discharge_efficiency_fraction=0.96,
+)
+
+
+@dataclass(frozen=True)
+class BatteryStep:
+    """Outcome of one battery step: the power actually applied and the SoC at the step's end."""
+
+    power_kw: float
+    soc_fraction: float
+    stored_kwh: float  # energy added to (> 0) or taken from (< 0) the cells
+    grid_kwh: float  # energy drawn at the terminals (> 0 charging, < 0 discharging)
+
+
+def step_battery(soc_fraction: float, power_kw: float, step_s: float, spec: BatterySpec) -> BatteryStep:
+    """Apply a requested power for one step; return the power actually applied and the new SoC.
+
+    power_kw > 0 charges, < 0 discharges. The request is clipped to the power limits and to the
+    energy room between spec.soc_min_fraction and spec.soc_max_fraction. Losses follow the
+    efficiencies: charging stores ``P * dt * eta_c``; discharging takes ``P * dt / eta_d`` from
+    the cells. A SoC outside the window is first clamped into it.
+    """
+    if not math.isfinite(power_kw) or not math.isfinite(soc_fraction):
+        raise ValueError("power_kw and soc_fraction must be finite")
+    if step_s <= 0:
+        raise ValueError("step_s must be positive")
+    soc = min(max(soc_fraction, spec.soc_min_fraction), spec.soc_max_fraction)
+    hours = seconds_to_hours(step_s)
+    if power_kw > 0:
+        room_kwh = (spec.soc_max_fraction - soc) * spec.capacity_kwh
+        applied = min(power_kw, spec.max_charge_kw, room_kwh / (spec.charge_efficiency_fraction * hours))
+        stored = energy_kwh(applied, step_s) * spec.charge_efficiency_fraction
+    elif power_kw < 0:
+        available_kwh = (soc - spec.soc_min_fraction) * spec.capacity_kwh
+        magnitude = min(-power_kw, spec.max_discharge_kw, available_kwh * spec.discharge_efficiency_fraction / hours)
+        applied = -magnitude
+        stored = -energy_kwh(magnitude, step_s) / spec.discharge_efficiency_fraction
+    else:
+        applied, stored = 0.0, 0.0
+    new_soc = min(max(soc + stored / spec.capacity_kwh, spec.soc_min_fraction), spec.soc_max_fraction)
+    return BatteryStep(power_kw=applied, soc_fraction=new_soc, stored_kwh=stored, grid_kwh=energy_kwh(applied, step_s))
+
+
+@dataclass
+class BatteryModule:
+    """A battery held at one power setpoint for the current step.
+
+    ``soc_start_fraction`` is the SoC when the step began; every change of setpoint within a
+    step is re-applied from it, so the SoC at the end of the step always matches the final
+    setpoint and energy is conserved however often the grid agent adjusts it.
+    """
+
+    spec: BatterySpec
+    step_s: float
+    soc_fraction: float = 0.5
+    soc_start_fraction: float = field(init=False)
+    power_kw: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self.soc_fraction = min(max(self.soc_fraction, self.spec.soc_min_fraction), self.spec.soc_max_fraction)
+        self.soc_start_fraction = self.soc_fraction
+
+    def begin_step(self) -> None:
+        """Start a new step from the SoC the last one ended at, idle until told otherwise."""
+        self.soc_start_fraction = self.soc_fraction
+        self.power_kw = 0.0
+
+    def set_power(self, power_kw: float) -> float:
+        """Set the step's power (> 0 charges); return the power the physics allows."""
+        result = step_battery(self.soc_start_fraction, power_kw, self.step_s, self.spec)
+        self.power_kw, self.soc_fraction = result.power_kw, result.soc_fraction
+        return result.power_kw
+
+    def shift(self, delta_kw: float) -> float:
+        """Move the setpoint by ``delta_kw`` (> 0 towards charging); return the shift applied."""
+        before = self.power_kw
+        return self.set_power(before + delta_kw) - before
+
+    @property
+    def charge_headroom_kw(self) -> float:
+        """How much further the setpoint can move towards charging this step."""
+        top = step_battery(self.soc_start_fraction, self.spec.max_charge_kw, self.step_s, self.spec).power_kw
+        return max(top - self.power_kw, 0.0)
+
+    @property
+    def discharge_headroom_kw(self) -> float:
+        """How much further the setpoint can move towards discharging this step."""
+        bottom = step_battery(self.soc_start_fraction, -self.spec.max_discharge_kw, self.step_s, self.spec).power_kw
+        return max(self.power_kw - bottom, 0.0)
+
+
+@dataclass
+class SolarModule:
+    """Rooftop PV: what the sun makes available this step and how much of it is curtailed."""
+
+    capacity_kwp: float
+    available_kw: float = 0.0
+    curtailed_kw: float = 0.0
+
+    def begin_step(self, available_kw: float) -> None:
+        """Start a step with ``available_kw`` of generation on offer and nothing curtailed."""
+        self.available_kw = max(available_kw, 0.0)
+        self.curtailed_kw = 0.0
+
+    @property
+    def output_kw(self) -> float:
+        """Generation actually delivered (kW, >= 0)."""
+        return self.available_kw - self.curtailed_kw
+
+    def curtail(self, power_kw: float) -> float:
+        """Curtail up to ``power_kw`` more; return what was curtailed."""
+        applied = min(max(power_kw, 0.0), self.output_kw)
+        self.curtailed_kw += applied
+        return applied
+
+
+@dataclass
+class LoadModule:
+    """Household demand, of which ``flexible_fraction`` can be shed on request."""
+
+    flexible_fraction: float = 0.3
+    demand_kw: float = 0.0
+    shed_kw: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.flexible_fraction <= 1:
+            raise ValueError(f"flexible_fraction must be within [0, 1], got {self.flexible_fraction!r}")
+
+    def begin_step(self, demand_kw: float) -> None:
+        """Start a step with ``demand_kw`` of demand, all of it served."""
+        self.demand_kw = max(demand_kw, 0.0)
+        self.shed_kw = 0.0
+
+    @property
+    def flexible_kw(self) -> float:
+        """The part of this step's demand that may be shed (kW)."""
+        return self.demand_kw * self.flexible_fraction
+
+    @property
+    def served_kw(self) -> float:
+        """Demand actually served (kW)."""
+        return self.demand_kw - self.shed_kw
+
+    @property
+    def shed_headroom_kw(self) -> float:
+        """How much more can be shed this step (kW)."""
+        return max(self.flexible_kw - self.shed_kw, 0.0)
+
+    def shed(self, power_kw: float) -> float:
+        """Shed up to ``power_kw`` more of the flexible demand; return what was shed."""
+        applied = min(max(power_kw, 0.0), self.shed_headroom_kw)
+        self.shed_kw += applied
+        return applied

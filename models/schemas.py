@@ -1,0 +1,234 @@
+"""The wire contract: Pydantic schemas every agent shares.
+
+Units travel in the field names. ``net_power_kw`` > 0 imports from the grid; a battery's
+``power_kw`` > 0 charges it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.grid import TransformerState
+
+AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+NonNegativeKw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class AgentType(str, Enum):
+    """Kinds of agent."""
+
+    grid = "grid"
+    home = "home"
+    battery = "battery"
+
+
+class CurtailAction(str, Enum):
+    """What a command asks an agent to do; each shifts its net power by the command's power_kw."""
+
+    curtail_solar = "curtail_solar"  # raises net power
+    shed_load = "shed_load"  # lowers net power
+    charge_battery = "charge_battery"  # raises net power
+    discharge_battery = "discharge_battery"  # lowers net power
+
+    @property
+    def direction(self) -> int:
+        """+1 when the action raises the agent's net power, -1 when it lowers it."""
+        return 1 if self in (CurtailAction.curtail_solar, CurtailAction.charge_battery) else -1
+
+
+class CommandStatus(str, Enum):
+    """How an agent answered a command."""
+
+    applied = "applied"
+    partial = "partial"
+    rejected = "rejected"
+    duplicate = "duplicate"
+
+
+class SolarStatus(BaseModel):
+    """Rooftop PV this step (kW, all >= 0)."""
+
+    capacity_kwp: float
+    available_kw: float
+    output_kw: float
+    curtailed_kw: float
+
+
+class LoadStatus(BaseModel):
+    """Household demand this step (kW, all >= 0)."""
+
+    demand_kw: float
+    served_kw: float
+    shed_kw: float
+    flexible_kw: float
+
+
+class BatteryStatus(BaseModel):
+    """Battery this step: ``power_kw`` > 0 charges; ``soc_fraction`` at the end of the step."""
+
+    soc_fraction: float
+    power_kw: float
+    capacity_kwh: float
+    max_charge_kw: float
+    max_discharge_kw: float
+    soc_min_fraction: float
+    soc_max_fraction: float
+
+
+class Flexibility(BaseModel):
+    """The most each action could still apply this step (kW, >= 0)."""
+
+    curtail_solar_kw: float = 0.0
+    shed_load_kw: float = 0.0
+    charge_battery_kw: float = 0.0
+    discharge_battery_kw: float = 0.0
+
+    def headroom_kw(self, action: CurtailAction) -> float:
+        """The headroom of one action."""
+        return getattr(self, f"{action.value}_kw")
+
+
+class AgentStatus(BaseModel):
+    """What a home or battery agent reports about itself."""
+
+    agent_id: AgentId
+    agent_type: AgentType
+    transformer_id: str
+    step: int = Field(ge=0, description="Steps simulated so far")
+    timestamp: datetime | None = Field(description="Simulated time of the current step; null before the first")
+    step_s: float = Field(gt=0, description="Length of one step in seconds")
+    net_power_kw: float = Field(allow_inf_nan=False, description="> 0 imports from the grid, < 0 exports")
+    solar: SolarStatus | None = None
+    load: LoadStatus | None = None
+    battery: BatteryStatus | None = None
+    price_per_kwh: float | None = None
+    temp_air_c: float | None = None
+    flexibility: Flexibility = Field(default_factory=Flexibility)
+
+
+class Health(BaseModel):
+    """Liveness answer."""
+
+    status: Literal["ok"] = "ok"
+    agent_id: str
+    agent_type: AgentType
+
+
+class AgentInfo(BaseModel):
+    """What an agent is, for ``GET /``."""
+
+    agent_id: str
+    agent_type: AgentType
+    description: str
+    endpoints: list[str]
+
+
+class CurtailCommand(BaseModel):
+    """A command from the grid agent: shift net power by ``power_kw`` through ``action``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command_id: str = Field(min_length=1, max_length=128, description="Client-chosen id; a repeat is not re-applied")
+    action: CurtailAction
+    power_kw: NonNegativeKw
+
+
+class CurtailResult(BaseModel):
+    """An agent's answer to a command."""
+
+    command_id: str
+    action: CurtailAction
+    status: CommandStatus
+    requested_kw: float
+    applied_kw: float
+    reason: str | None = None
+    agent_status: AgentStatus
+
+
+class AgentReport(BaseModel):
+    """Registration and heartbeat body: where the agent is and how it stands."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(min_length=1, max_length=512, pattern=r"^https?://", description="Base URL the grid agent calls")
+    status: AgentStatus
+
+
+class AgentRecord(BaseModel):
+    """The grid agent's view of one registered agent."""
+
+    agent_id: str
+    agent_type: AgentType
+    url: str
+    transformer_id: str
+    healthy: bool
+    last_seen: datetime
+    last_status: AgentStatus | None = None
+
+
+class TransformerReport(BaseModel):
+    """One transformer in one coordination cycle."""
+
+    transformer_id: str
+    rating_kw: float
+    reverse_limit_kw: float
+    loading_before_kw: float
+    loading_after_kw: float
+    state_before: TransformerState
+    state_after: TransformerState
+    unfixed_kw: float = Field(description="How far the loading is still outside its limits after acting")
+
+
+class ActionReport(BaseModel):
+    """One command sent in a cycle and what came of it."""
+
+    agent_id: str
+    transformer_id: str
+    action: CurtailAction
+    requested_kw: float
+    applied_kw: float
+    status: CommandStatus | Literal["unreachable"]
+    reason: str | None = None
+
+
+class CoordinationResult(BaseModel):
+    """The record of one coordination cycle."""
+
+    cycle: int
+    timestamp: datetime | None
+    step_s: float | None = Field(None, description="Length of the simulated step the agents took")
+    planner: str
+    fallback_reason: str | None = None
+    transformers: list[TransformerReport]
+    actions: list[ActionReport]
+    unreachable: list[str]
+    agents_stepped: int
+    duration_ms: float
+    phase_ms: dict[str, float]
+
+
+class GridStatus(BaseModel):
+    """The grid agent's view of the feeder."""
+
+    agent_id: str
+    agent_type: AgentType = AgentType.grid
+    planner: str
+    cycles: int
+    agents_registered: int
+    agents_healthy: int
+    transformers: list[TransformerReport]
+    last_cycle: CoordinationResult | None
+    median_cycle_ms: float | None = Field(None, description="Median duration of the last 1,000 cycles")
+
+
+class ErrorBody(BaseModel):
+    """The one shape of every error answer."""
+
+    error: str
+    message: str
+    agent_id: str
+    detail: list[dict] | None = None
