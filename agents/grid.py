@@ -76,6 +76,7 @@ class GridAgent:
         self.settings = settings
         self.agent_id = settings.agent_id
         self.planner = resolve_planner(settings.planner)
+        self.plan = PLANNERS[self.planner]()
         self.scenario = scenario or (load_scenario(settings.scenario) if settings.scenario else Scenario())
         self.registry: dict[str, AgentRecord] = {}
         self.cycle = 0
@@ -178,7 +179,7 @@ class GridAgent:
         before = {t.transformer_id: t.loading_kw for t in snapshot.transformers}
 
         # 3. plan
-        plan = PLANNERS[self.planner](snapshot)
+        plan = self.plan(snapshot)
         planned = time.perf_counter()
 
         # 4. act
@@ -244,10 +245,13 @@ class GridAgent:
                 net_power_kw=s.net_power_kw,
                 headroom_kw={action: s.flexibility.headroom_kw(action) for action in CurtailAction},
                 battery_power_kw=s.battery.power_kw if s.battery else 0.0,
+                status=s,
             )
             for s in statuses.values()
         )
-        return Snapshot(transformers=tuple(transformers), agents=agents)
+        timestamps = [s.timestamp for s in statuses.values() if s.timestamp is not None]
+        step_s = next((s.step_s for s in statuses.values()), 900.0)
+        return Snapshot(transformers=tuple(transformers), agents=agents, timestamp=max(timestamps) if timestamps else None, step_s=step_s)
 
     async def _act(self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str]) -> list[ActionReport]:
         calls = []

@@ -1,9 +1,12 @@
-"""Planners: a snapshot of the feeder in, a list of commands out. Pure functions, no I/O."""
+"""Planners: a snapshot of the feeder in, a list of commands out. No I/O."""
 
-from agents.planners.base import AgentFlex, Command, Plan, Snapshot, TransformerSnapshot, apply_plan
+from collections.abc import Callable
+
+from agents.planners.base import AgentFlex, Command, Plan, Planner, Snapshot, TransformerSnapshot, apply_plan
 from agents.planners.optimal import plan_optimal
 from agents.planners.rule import plan_rule
 
-PLANNERS = {"optimal": plan_optimal, "rule": plan_rule}
+#: Planner factories by name; each call makes a fresh planner (stateful ones keep their own history).
+PLANNERS: dict[str, Callable[[], Planner]] = {"optimal": lambda: plan_optimal, "rule": lambda: plan_rule}
 
-__all__ = ["PLANNERS", "AgentFlex", "Command", "Plan", "Snapshot", "TransformerSnapshot", "apply_plan", "plan_optimal", "plan_rule"]
+__all__ = ["PLANNERS", "AgentFlex", "Command", "Plan", "Planner", "Snapshot", "TransformerSnapshot", "apply_plan", "plan_optimal", "plan_rule"]

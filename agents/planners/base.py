@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
 from models.grid import violation_kw
-from models.schemas import CurtailAction, NonNegativeKw
+from models.schemas import AgentStatus, CurtailAction, NonNegativeKw
 
 #: Commands smaller than this are not worth a network call.
 MIN_COMMAND_KW = 1e-4
@@ -36,6 +38,7 @@ class AgentFlex:
     net_power_kw: float
     headroom_kw: dict[CurtailAction, float]
     battery_power_kw: float = 0.0  # > 0 charging, as the agent's local policy set it
+    status: AgentStatus | None = None  # the whole report, for planners that look ahead
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ class Snapshot:
 
     transformers: tuple[TransformerSnapshot, ...]
     agents: tuple[AgentFlex, ...]
+    timestamp: datetime | None = None  # simulated time of the step being planned
+    step_s: float = 900.0
 
     def agents_on(self, transformer_id: str) -> list[AgentFlex]:
         return [a for a in self.agents if a.transformer_id == transformer_id]
@@ -72,3 +77,9 @@ def apply_plan(snapshot: Snapshot, commands: list[Command]) -> dict[str, float]:
     for command in commands:
         loading[where[command.agent_id]] += command.action.direction * command.power_kw
     return loading
+
+
+class Planner(Protocol):
+    """Anything that turns a snapshot into a plan; may keep state across cycles (history, forecasts)."""
+
+    def __call__(self, snapshot: Snapshot) -> Plan: ...
