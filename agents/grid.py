@@ -7,7 +7,7 @@ import logging
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -228,30 +228,10 @@ class GridAgent:
         return result
 
     def _loadings(self, statuses: dict[str, AgentStatus]) -> dict[str, float]:
-        by_transformer: dict[str, list[float]] = {tid: [] for tid in self.transformer_ids()}
-        for status in statuses.values():
-            by_transformer.setdefault(status.transformer_id, []).append(status.net_power_kw)
-        return {tid: transformer_loading_kw(powers) for tid, powers in by_transformer.items()}
+        return feeder_loadings(statuses.values(), self.transformer_ids())
 
     def _snapshot(self, statuses: dict[str, AgentStatus]) -> Snapshot:
-        transformers = []
-        for tid, loading in self._loadings(statuses).items():
-            rating, reverse = self.limits(tid)
-            transformers.append(TransformerSnapshot(transformer_id=tid, rating_kw=rating, reverse_limit_kw=reverse, loading_kw=loading))
-        agents = tuple(
-            AgentFlex(
-                agent_id=s.agent_id,
-                transformer_id=s.transformer_id,
-                net_power_kw=s.net_power_kw,
-                headroom_kw={action: s.flexibility.headroom_kw(action) for action in CurtailAction},
-                battery_power_kw=s.battery.power_kw if s.battery else 0.0,
-                status=s,
-            )
-            for s in statuses.values()
-        )
-        timestamps = [s.timestamp for s in statuses.values() if s.timestamp is not None]
-        step_s = next((s.step_s for s in statuses.values()), 900.0)
-        return Snapshot(transformers=tuple(transformers), agents=agents, timestamp=max(timestamps) if timestamps else None, step_s=step_s)
+        return build_snapshot(statuses.values(), self.transformer_ids(), self.limits)
 
     async def _act(self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str]) -> list[ActionReport]:
         calls = []
@@ -320,6 +300,41 @@ class GridAgent:
 
     def close(self) -> None:
         self.log.close()
+
+
+def feeder_loadings(statuses: Iterable[AgentStatus], transformer_ids: Iterable[str] = ()) -> dict[str, float]:
+    """Loading of every transformer (kW): the sum of its agents' net powers; listed ones start at 0."""
+    by_transformer: dict[str, list[float]] = {tid: [] for tid in transformer_ids}
+    for status in statuses:
+        by_transformer.setdefault(status.transformer_id, []).append(status.net_power_kw)
+    return {tid: transformer_loading_kw(powers) for tid, powers in by_transformer.items()}
+
+
+def build_snapshot(
+    statuses: Iterable[AgentStatus],
+    transformer_ids: Iterable[str],
+    limits: Callable[[str], tuple[float, float]],
+) -> Snapshot:
+    """The planners' view of a feeder from its agents' statuses; ``limits(tid)`` gives (rating, reverse limit)."""
+    statuses = list(statuses)
+    transformers = []
+    for tid, loading in feeder_loadings(statuses, transformer_ids).items():
+        rating, reverse = limits(tid)
+        transformers.append(TransformerSnapshot(transformer_id=tid, rating_kw=rating, reverse_limit_kw=reverse, loading_kw=loading))
+    agents = tuple(
+        AgentFlex(
+            agent_id=s.agent_id,
+            transformer_id=s.transformer_id,
+            net_power_kw=s.net_power_kw,
+            headroom_kw={action: s.flexibility.headroom_kw(action) for action in CurtailAction},
+            battery_power_kw=s.battery.power_kw if s.battery else 0.0,
+            status=s,
+        )
+        for s in statuses
+    )
+    timestamps = [s.timestamp for s in statuses if s.timestamp is not None]
+    step_s = next((s.step_s for s in statuses), 900.0)
+    return Snapshot(transformers=tuple(transformers), agents=agents, timestamp=max(timestamps) if timestamps else None, step_s=step_s)
 
 
 def _now() -> datetime:
