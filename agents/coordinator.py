@@ -30,7 +30,7 @@ class CoordinatorSettings(ServerSettings):
     interval: float = Field(5.0, ge=0, description="Seconds between cycles (0 = as fast as possible)")
     exit: bool = Field(False, description="Stop the agents and exit after the last cycle instead of waiting for Ctrl+C")
     base_port: int = Field(8000, ge=1, le=65533, description="Grid agent's port; home and battery take the next two")
-    planner: str = Field("auto", pattern=r"^(auto|optimal|rule)$", description="auto, optimal or rule")
+    planner: str = Field("auto", pattern=r"^(auto|optimal|rule|ai|mpc)$", description="auto (ai with an OpenAI key, else optimal), optimal, rule, ai or mpc")
     homes: int = Field(1, ge=1, le=1, description="Homes on the feeder (the seed runs one)")
     transformer_rating_kw: float | None = Field(None, gt=0, description="Rating of every transformer (grid agent's default if unset)")
     scenario: Path | None = Field(None, description="Scenario file handed to the grid agent")

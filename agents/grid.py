@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import httpx
+import openai
 from fastapi import Depends, FastAPI
 
 from agents.csvlog import CsvLogWriter
@@ -20,7 +21,8 @@ from agents.device import _auth_headers, require_token_dependency
 from agents.errors import BadRequestError, PeerUnavailableError, install_error_handlers
 from agents.planners import PLANNERS, AgentFlex, Command, Snapshot, TransformerSnapshot
 from agents.scenario import Scenario, load_scenario
-from agents.settings import GridSettings
+from agents.planners.ai import AiPlanner
+from agents.settings import GridSettings, StartupError, openai_settings_from_env
 from models.grid import classify_loading, transformer_loading_kw, violation_kw
 from models.schemas import (
     ActionReport,
@@ -64,9 +66,18 @@ GRID_LOG_COLUMNS = (
 )
 
 
-def resolve_planner(name: str) -> str:
-    """The planner a setting names; ``auto`` is ``optimal`` until a model-backed planner is configured."""
-    return "optimal" if name == "auto" else name
+def resolve_planner(name: str, api_key: str | None) -> str:
+    """The planner a setting names; ``auto`` is ``ai`` when an OpenAI key is set, else ``optimal``."""
+    if name == "auto":
+        return "ai" if api_key else "optimal"
+    return name
+
+
+def make_ai_planner(settings: GridSettings) -> AiPlanner:
+    """The ai planner with an OpenAI client from the environment (none, and so always falling back, without a key)."""
+    api_key, model, base_url = openai_settings_from_env()
+    client = openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=settings.ai_timeout_s, max_retries=0) if api_key else None
+    return AiPlanner(client, model=model, timeout_s=settings.ai_timeout_s)
 
 
 class GridAgent:
@@ -75,8 +86,9 @@ class GridAgent:
     def __init__(self, settings: GridSettings, scenario: Scenario | None = None) -> None:
         self.settings = settings
         self.agent_id = settings.agent_id
-        self.planner = resolve_planner(settings.planner)
-        self.plan = PLANNERS[self.planner]()
+        self.planner = resolve_planner(settings.planner, openai_settings_from_env()[0])
+        self.ai = make_ai_planner(settings) if self.planner == "ai" else None
+        self.plan = PLANNERS["optimal" if self.ai else self.planner]()
         self.scenario = scenario or (load_scenario(settings.scenario) if settings.scenario else Scenario())
         self.registry: dict[str, AgentRecord] = {}
         self.cycle = 0
@@ -179,7 +191,12 @@ class GridAgent:
         before = {t.transformer_id: t.loading_kw for t in snapshot.transformers}
 
         # 3. plan
-        plan = self.plan(snapshot)
+        decided, fallback_reason = self.planner, None
+        if self.ai is not None:
+            plan, fallback_reason = await self.ai.plan(snapshot)
+            decided = "ai" if fallback_reason is None else "optimal"
+        else:
+            plan = self.plan(snapshot)
         planned = time.perf_counter()
 
         # 4. act
@@ -215,8 +232,8 @@ class GridAgent:
             cycle=self.cycle,
             timestamp=max(timestamps) if timestamps else None,
             step_s=step_s,
-            planner=self.planner,
-            fallback_reason=None,
+            planner=decided,
+            fallback_reason=fallback_reason,
             transformers=reports,
             actions=actions,
             unreachable=sorted(set(unreachable)),
@@ -296,6 +313,7 @@ class GridAgent:
             transformers=self.last_result.transformers if self.last_result else [],
             last_cycle=self.last_result,
             median_cycle_ms=statistics.median(self.cycle_ms) if self.cycle_ms else None,
+            ai=self.ai.stats.as_dict() if self.ai else None,
         )
 
     def close(self) -> None:
@@ -351,6 +369,8 @@ def _describe(exc: Exception) -> str:
 
 def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """Build the grid agent's app; ``transport`` lets tests route its calls to in-process agents."""
+    if resolve_planner(settings.planner, openai_settings_from_env()[0]) not in {*PLANNERS, "ai"}:
+        raise StartupError(f"planner {settings.planner!r} is not available here (known: {', '.join(sorted({*PLANNERS, 'ai'}))})")
     agent = GridAgent(settings)
 
     @asynccontextmanager
@@ -361,6 +381,8 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
             yield
         finally:
             await agent.http.aclose()
+            if agent.ai is not None and agent.ai.client is not None:
+                await agent.ai.client.close()
             agent.close()
 
     app = FastAPI(title="grid agent", description="Watches transformers and coordinates curtailment.", lifespan=lifespan)

@@ -96,7 +96,8 @@ class GridSettings(ServerSettings):
     transformer_rating_kw: float = Field(15.0, gt=0, description="Rating of every transformer the scenario does not rate")
     reverse_limit_kw: float | None = Field(None, gt=0, description="Reverse-flow limit (default: the rating)")
     scenario: Path | None = Field(None, description="Scenario file (transformers and their limits)")
-    planner: str = Field("auto", pattern=r"^(auto|optimal|rule)$", description="auto, optimal or rule")
+    planner: str = Field("auto", pattern=r"^(auto|optimal|rule|ai|mpc)$", description="auto (ai with an OpenAI key, else optimal), optimal, rule, ai or mpc")
+    ai_timeout_s: float = Field(5.0, gt=0, description="Deadline of one model call; past it the optimal plan is used")
     step_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /simulate and /curtail call")
     max_concurrency: int = Field(64, ge=1, description="Calls to agents in flight at once")
     stale_after_s: float = Field(15.0, gt=0, description="An agent unheard of this long is unhealthy")
@@ -105,6 +106,11 @@ class GridSettings(ServerSettings):
 def agent_token_from_env() -> str | None:
     """The shared bearer token, from ``AGENT_TOKEN`` only (never a flag, never logged)."""
     return os.environ.get("AGENT_TOKEN") or None
+
+
+def openai_settings_from_env() -> tuple[str | None, str, str | None]:
+    """(OPENAI_API_KEY, OPENAI_MODEL or gpt-3.5-turbo, OPENAI_BASE_URL): environment only, never flags."""
+    return os.environ.get("OPENAI_API_KEY") or None, os.environ.get("OPENAI_MODEL") or "gpt-3.5-turbo", os.environ.get("OPENAI_BASE_URL") or None
 
 
 def configure_logging(level: str) -> None:

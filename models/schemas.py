@@ -223,6 +223,7 @@ class GridStatus(BaseModel):
     transformers: list[TransformerReport]
     last_cycle: CoordinationResult | None
     median_cycle_ms: float | None = Field(None, description="Median duration of the last 1,000 cycles")
+    ai: dict | None = Field(None, description="The ai planner's model calls, tokens, latency and fallbacks")
 
 
 class ErrorBody(BaseModel):

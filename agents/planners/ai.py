@@ -1,0 +1,224 @@
+"""The ai planner: an OpenAI chat model proposes a plan; physics guardrails decide whether it is used.
+
+The model sees only numbers and aliases (``t1``, ``a1``...): no text an agent reported reaches the
+prompt, so nothing an agent says can steer the model. Its answer is parsed into the same
+``Command`` model the other planners emit, checked (known agents and actions, finite
+non-negative kW within each agent's headroom, no transformer made worse, nothing left out of
+limits that the optimal plan would fix), and on any failure the optimal plan is used instead with
+the reason recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import openai
+from pydantic import BaseModel, Field, ValidationError
+
+from agents.planners.base import MIN_COMMAND_KW, Command, Plan, Snapshot, apply_plan
+from agents.planners.optimal import plan_optimal
+from models.grid import violation_kw
+from models.schemas import CurtailAction
+
+logger = logging.getLogger(__name__)
+
+#: Within this many kW a plan counts as not making a transformer worse, or as fixing it as well as the optimum.
+GUARD_TOLERANCE_KW = 1e-3
+
+
+class ModelCommand(Command):
+    """A command as the model writes it: ``agent_id`` is the alias given in the prompt."""
+
+
+class ModelPlan(BaseModel):
+    """The JSON object the model must answer with."""
+
+    commands: list[ModelCommand] = Field(default_factory=list, description="Commands to send; empty if none are needed")
+
+
+SYSTEM_PROMPT = """You are the operator of a low-voltage distribution feeder. You decide which agents \
+change their power this 15-minute step so that every transformer stays within its limits.
+
+Physics and signs:
+- A transformer's loading_kw is the sum of its agents' net power. Positive = import from the grid, negative = export.
+- It must satisfy -reverse_limit_kw <= loading_kw <= rating_kw. Above rating_kw is an overload; below -reverse_limit_kw is reverse power flow.
+- Actions shift one agent's net power by power_kw (>= 0): "discharge_battery" and "shed_load" LOWER it (use them against overload); \
+"charge_battery" and "curtail_solar" RAISE it (use them against reverse power flow).
+- Each agent lists the most each action can apply now (headroom_kw). Never exceed it. Only use agent ids and actions that are listed.
+- Prefer batteries, then solar curtailment, then load shedding (shedding inconveniences people). Use as little as needed.
+- Do not push any transformer outside its limits, and touch no agent on a transformer that is within its limits.
+
+Answer with one JSON object and nothing else, matching this JSON schema:
+""" + json.dumps(ModelPlan.model_json_schema())
+
+
+@dataclass
+class AiStats:
+    """Counters shown in the grid agent's /status."""
+
+    calls: int = 0
+    plans_used: int = 0
+    fallbacks: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_ms: list[float] = field(default_factory=list)
+    fallback_reasons: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        ordered = sorted(self.latency_ms)
+        return {
+            "calls": self.calls,
+            "plans_used": self.plans_used,
+            "fallbacks": self.fallbacks,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "latency_ms_median": ordered[len(ordered) // 2] if ordered else None,
+            "latency_ms_max": ordered[-1] if ordered else None,
+            "fallback_reasons": dict(self.fallback_reasons),
+        }
+
+
+class PlanRejected(Exception):
+    """The model's answer cannot be used; the message says why."""
+
+
+def build_prompt(snapshot: Snapshot) -> tuple[str, dict[str, str]]:
+    """The user message (numbers and aliases only) and the alias -> agent id map."""
+    t_alias = {t.transformer_id: f"t{i + 1}" for i, t in enumerate(snapshot.transformers)}
+    a_alias = {a.agent_id: f"a{i + 1}" for i, a in enumerate(snapshot.agents)}
+    payload = {
+        "transformers": [
+            {
+                "id": t_alias[t.transformer_id],
+                "loading_kw": round(t.loading_kw, 3),
+                "rating_kw": round(t.rating_kw, 3),
+                "reverse_limit_kw": round(t.reverse_limit_kw, 3),
+            }
+            for t in snapshot.transformers
+        ],
+        "agents": [
+            {
+                "id": a_alias[a.agent_id],
+                "transformer": t_alias.get(a.transformer_id, "unknown"),
+                "net_power_kw": round(a.net_power_kw, 3),
+                "headroom_kw": {action.value: round(kw, 3) for action, kw in a.headroom_kw.items() if kw > MIN_COMMAND_KW},
+            }
+            for a in snapshot.agents
+        ],
+    }
+    return json.dumps(payload, separators=(",", ":")), {alias: agent_id for agent_id, alias in a_alias.items()}
+
+
+def check_plan(snapshot: Snapshot, proposed: ModelPlan, agents_by_alias: dict[str, str], reference: Plan) -> list[Command]:
+    """The model's plan as commands, if it passes every guardrail; otherwise PlanRejected says why."""
+    flex = {a.agent_id: a for a in snapshot.agents}
+    commands: list[Command] = []
+    seen: set[tuple[str, CurtailAction]] = set()
+    for c in proposed.commands:
+        agent_id = agents_by_alias.get(c.agent_id)
+        if agent_id is None:
+            raise PlanRejected(f"unknown agent {c.agent_id[:32]!r}")
+        if (agent_id, c.action) in seen:
+            raise PlanRejected(f"two {c.action.value} commands for {c.agent_id}")
+        seen.add((agent_id, c.action))
+        if not math.isfinite(c.power_kw) or c.power_kw < 0:
+            raise PlanRejected(f"{c.agent_id} {c.action.value}: power_kw must be finite and >= 0")
+        headroom = flex[agent_id].headroom_kw.get(c.action, 0.0)
+        if c.power_kw > headroom + GUARD_TOLERANCE_KW:
+            raise PlanRejected(f"{c.agent_id} {c.action.value} {c.power_kw:.3f} kW exceeds its headroom of {headroom:.3f} kW")
+        if c.power_kw > MIN_COMMAND_KW:
+            commands.append(Command(agent_id=agent_id, action=c.action, power_kw=min(c.power_kw, headroom)))
+    after = apply_plan(snapshot, commands)
+    best = apply_plan(snapshot, reference.commands)
+    for t in snapshot.transformers:
+        before_kw = t.violation_kw
+        after_kw = violation_kw(after[t.transformer_id], t.rating_kw, t.reverse_limit_kw)
+        if after_kw > before_kw + GUARD_TOLERANCE_KW:
+            raise PlanRejected(f"the plan makes {t.transformer_id} worse ({before_kw:.2f} -> {after_kw:.2f} kW outside its limits)")
+        best_kw = violation_kw(best[t.transformer_id], t.rating_kw, t.reverse_limit_kw)
+        if after_kw > best_kw + GUARD_TOLERANCE_KW:
+            raise PlanRejected(f"the plan leaves {t.transformer_id} {after_kw:.2f} kW outside its limits; the optimal plan leaves {best_kw:.2f} kW")
+    return commands
+
+
+class AiPlanner:
+    """Ask the model for a plan; fall back to the optimal plan, with the reason, whenever it cannot be trusted."""
+
+    def __init__(self, client: openai.AsyncOpenAI | None, model: str = "gpt-3.5-turbo", timeout_s: float = 5.0, missing_reason: str | None = None) -> None:
+        self.client = client
+        self.model = model
+        self.timeout_s = timeout_s
+        self.missing_reason = missing_reason or "OPENAI_API_KEY is not set"
+        self.stats = AiStats()
+
+    async def plan(self, snapshot: Snapshot) -> tuple[Plan, str | None]:
+        """(plan, fallback_reason): the model's plan with None, or the optimal plan and why."""
+        reference = plan_optimal(snapshot)
+        if not any(t.violation_kw > 0 for t in snapshot.transformers):
+            return reference, None  # nothing to decide: no call, no tokens
+        if self.client is None:
+            return self._fallback(reference, self.missing_reason)
+        prompt, agents_by_alias = build_prompt(snapshot)
+        self.stats.calls += 1
+        started = time.perf_counter()
+        try:
+            response = await asyncio.wait_for(
+                self.client.chat.completions.create(
+                    model=self.model,
+                    messages=[{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": prompt}],
+                    response_format={"type": "json_object"},
+                    temperature=0,
+                ),
+                timeout=self.timeout_s,
+            )
+        except (asyncio.TimeoutError, openai.APITimeoutError):
+            return self._fallback(reference, f"model timed out after {self.timeout_s:g} s", started)
+        except openai.RateLimitError:
+            return self._fallback(reference, "model rate-limited (HTTP 429)", started)
+        except openai.APIStatusError as exc:
+            return self._fallback(reference, f"model server error (HTTP {exc.status_code})", started)
+        except openai.APIConnectionError as exc:
+            return self._fallback(reference, f"model unreachable ({type(exc).__name__})", started)
+        except openai.OpenAIError as exc:
+            return self._fallback(reference, f"model call failed ({type(exc).__name__})", started)
+        self._record_latency(started)
+        if response.usage is not None:
+            self.stats.prompt_tokens += response.usage.prompt_tokens or 0
+            self.stats.completion_tokens += response.usage.completion_tokens or 0
+        try:
+            choice = response.choices[0]
+            if getattr(choice.message, "refusal", None) or choice.finish_reason == "content_filter":
+                raise PlanRejected("the model refused")
+            if choice.finish_reason == "length":
+                raise PlanRejected("the model's answer was cut off")
+            proposed = ModelPlan.model_validate_json(choice.message.content or "")
+            commands = check_plan(snapshot, proposed, agents_by_alias, reference)
+        except (IndexError, AttributeError):
+            return self._fallback(reference, "the model sent no answer")
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(p) for p in error["loc"]) or "answer"
+            return self._fallback(reference, f"invalid plan JSON at {where}: {error['msg']}")
+        except PlanRejected as exc:
+            return self._fallback(reference, f"plan rejected: {exc}")
+        self.stats.plans_used += 1
+        unfixed = apply_plan(snapshot, commands)
+        return Plan(commands=commands, unfixed_kw={t.transformer_id: violation_kw(unfixed[t.transformer_id], t.rating_kw, t.reverse_limit_kw) for t in snapshot.transformers}), None
+
+    def _record_latency(self, started: float) -> None:
+        self.stats.latency_ms.append((time.perf_counter() - started) * 1000)
+        del self.stats.latency_ms[:-1000]
+
+    def _fallback(self, reference: Plan, reason: str, started: float | None = None) -> tuple[Plan, str]:
+        if started is not None:
+            self._record_latency(started)
+        self.stats.fallbacks += 1
+        kind = reason.split(":")[0].split(" (")[0]
+        self.stats.fallback_reasons[kind] = self.stats.fallback_reasons.get(kind, 0) + 1
+        logger.warning("ai planner fell back to optimal: %s", reason)
+        return reference, reason
