@@ -108,17 +108,20 @@ class GridAgent:
         known = self.registry.get(agent_id)
         if known is None or not known.healthy or known.url != report.url:
             logger.info("agent %s (%s) registered at %s on %s", agent_id, report.status.agent_type.value, report.url, report.status.transformer_id)
-        record = AgentRecord(
-            agent_id=agent_id,
-            agent_type=report.status.agent_type,
-            url=report.url.rstrip("/"),
-            transformer_id=report.status.transformer_id,
-            healthy=True,
-            last_seen=_now(),
-            last_status=report.status,
-        )
-        self.registry[agent_id] = record
-        return record
+        fields = {
+            "agent_type": report.status.agent_type,
+            "url": report.url.rstrip("/"),
+            "transformer_id": report.status.transformer_id,
+            "healthy": True,
+            "last_seen": _now(),
+            "last_status": report.status,
+        }
+        if known is None:
+            self.registry[agent_id] = known = AgentRecord(agent_id=agent_id, **fields)
+        else:  # in place, so that a cycle in flight holding this record sees the heartbeat
+            for name, value in fields.items():
+                setattr(known, name, value)
+        return known
 
     def agents(self) -> list[AgentRecord]:
         """Every registered agent; one unheard of for ``stale_after_s`` counts as unhealthy."""
