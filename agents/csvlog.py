@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,8 @@ class CsvLogWriter:
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
-    if isinstance(value, float):
-        return "" if not math.isfinite(value) else round(value, 6)
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return "" if not math.isfinite(value) else round(float(value), 6)
     if hasattr(value, "isoformat"):
         return value.isoformat()
     if hasattr(value, "value"):  # enums

@@ -55,20 +55,28 @@ def load_timeseries(path: Path, columns: tuple[str, ...], nonnegative: tuple[str
     if not path.is_file():
         raise StartupError(f"{path}: data file not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
         raise StartupError(f"{path}: not a readable CSV: {exc}") from exc
     missing = [name for name in ("timestamp", *columns) if name not in frame.columns]
     if missing:
         raise StartupError(f"{path}, line 1: missing column(s) {', '.join(missing)} (found {', '.join(map(str, frame.columns))})")
+    frame.index = frame.index + 2  # the line each row stands on in the file (header = line 1)
+    blank = (frame == "").all(axis=1) | frame.isna().all(axis=1)
+    frame = frame[~blank]
     if len(frame) < 2:
         raise StartupError(f"{path}: needs at least two data rows, found {len(frame)}")
 
     def fail(row_index: int, column: str, problem: str) -> StartupError:
         value = frame[column].iloc[row_index]
-        return StartupError(f"{path}, line {row_index + 2}, column {column}: {problem} (got {value!r})")
+        return StartupError(f"{path}, line {frame.index[row_index]}, column {column}: {problem} (got {value!r})")
 
-    stamps = pd.to_datetime(frame["timestamp"], errors="coerce", format="ISO8601")
+    try:
+        stamps = pd.to_datetime(frame["timestamp"], errors="coerce", format="ISO8601")
+    except ValueError:  # pandas refuses a column that mixes time zones
+        zones = [getattr(pd.Timestamp(text), "tzinfo", None) if text else None for text in frame["timestamp"]]
+        first = next(i for i, zone in enumerate(zones) if zone != zones[0])
+        raise fail(first, "timestamp", "time zone differs from the first row's") from None
     bad = np.flatnonzero(stamps.isna().to_numpy())
     if bad.size:
         raise fail(int(bad[0]), "timestamp", "not an ISO 8601 timestamp")

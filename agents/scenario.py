@@ -13,7 +13,7 @@ from agents.settings import StartupError
 class TransformerSpec(BaseModel):
     """One distribution transformer."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # a quoted "50" is a mistake, not a rating
 
     id: str = Field(min_length=1, max_length=64)
     rating_kw: float = Field(gt=0, allow_inf_nan=False)
@@ -44,6 +44,8 @@ def load_scenario(path: Path) -> Scenario:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise StartupError(f"{path}: scenario file not found") from None
+    except OSError as exc:
+        raise StartupError(f"{path}: cannot read the scenario: {exc.strerror or exc}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise StartupError(f"{path}: not valid TOML: {exc}") from exc
     try:

@@ -21,7 +21,7 @@ class BatterySpec:
     """Parameters of a battery; all limits are inclusive.
 
     capacity_kwh: usable nameplate energy; max_charge_kw / max_discharge_kw: AC power limits
-    (both > 0); charge/discharge efficiencies in (0, 1]; SoC window [soc_min, soc_max] in 0-1.
+    (both >= 0; 0 means the battery cannot move that way); charge/discharge efficiencies in (0, 1]; SoC window [soc_min, soc_max] in 0-1.
     """
 
     capacity_kwh: float
@@ -33,6 +33,10 @@ class BatterySpec:
     soc_max_fraction: float = 0.95
 
     def __post_init__(self) -> None:
+        for name in ("capacity_kwh", "max_charge_kw", "max_discharge_kw", "charge_efficiency_fraction",
+                     "discharge_efficiency_fraction", "soc_min_fraction", "soc_max_fraction"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"invalid battery parameter {name}={getattr(self, name)!r}")
         checks = {
             "capacity_kwh": self.capacity_kwh > 0,
             "max_charge_kw": self.max_charge_kw >= 0,
@@ -43,7 +47,7 @@ class BatterySpec:
             "soc_max_fraction": self.soc_min_fraction < self.soc_max_fraction <= 1,
         }
         for name, ok in checks.items():
-            if not ok or not math.isfinite(getattr(self, name)):
+            if not ok:
                 raise ValueError(f"invalid battery parameter {name}={getattr(self, name)!r}")
 
 
@@ -80,8 +84,8 @@ def step_battery(soc_fraction: float, power_kw: float, step_s: float, spec: Batt
     """
     if not math.isfinite(power_kw) or not math.isfinite(soc_fraction):
         raise ValueError("power_kw and soc_fraction must be finite")
-    if step_s <= 0:
-        raise ValueError("step_s must be positive")
+    if not (math.isfinite(step_s) and step_s > 0):
+        raise ValueError(f"step_s must be positive and finite, got {step_s!r}")
     soc = min(max(soc_fraction, spec.soc_min_fraction), spec.soc_max_fraction)
     hours = seconds_to_hours(step_s)
     if power_kw > 0:
@@ -157,6 +161,7 @@ class SolarModule:
 
     def begin_step(self, available_kw: float) -> None:
         """Start a step with ``available_kw`` of generation on offer and nothing curtailed."""
+        _require_finite(available_kw, "available_kw")
         self.available_kw = max(available_kw, 0.0)
         self.curtailed_kw = 0.0
 
@@ -167,6 +172,7 @@ class SolarModule:
 
     def curtail(self, power_kw: float) -> float:
         """Curtail up to ``power_kw`` more; return what was curtailed."""
+        _require_finite(power_kw, "power_kw")
         applied = min(max(power_kw, 0.0), self.output_kw)
         self.curtailed_kw += applied
         return applied
@@ -186,6 +192,7 @@ class LoadModule:
 
     def begin_step(self, demand_kw: float) -> None:
         """Start a step with ``demand_kw`` of demand, all of it served."""
+        _require_finite(demand_kw, "demand_kw")
         self.demand_kw = max(demand_kw, 0.0)
         self.shed_kw = 0.0
 
@@ -206,6 +213,12 @@ class LoadModule:
 
     def shed(self, power_kw: float) -> float:
         """Shed up to ``power_kw`` more of the flexible demand; return what was shed."""
+        _require_finite(power_kw, "power_kw")
         applied = min(max(power_kw, 0.0), self.shed_headroom_kw)
         self.shed_kw += applied
         return applied
+
+
+def _require_finite(value: float, name: str) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
