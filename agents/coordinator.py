@@ -111,7 +111,8 @@ class Coordinator:
 
     def __init__(self, settings: CoordinatorSettings, console: Console | None = None) -> None:
         self.settings = settings
-        self.console = console or Console(highlight=False)
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.errors = Console(stderr=True, highlight=False, soft_wrap=True)
         self.children = plan_children(settings)
         self.token = os.environ.get("AGENT_TOKEN") or secrets.token_urlsafe(24)
         self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {self.token}"})
@@ -252,10 +253,10 @@ class Coordinator:
             self.console.print("interrupted; stopping the agents")
             return 0
         except CoordinatorError as exc:
-            self.console.print(f"[red]error:[/red] {exc}")
+            self.errors.print(f"[red]error:[/red] {exc}")
             return 1
         except httpx.HTTPError as exc:
-            self.console.print(f"[red]error:[/red] lost the grid agent: {exc}")
+            self.errors.print(f"[red]error:[/red] lost the grid agent: {exc}")
             return 1
         finally:
             self.stop()

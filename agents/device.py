@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 import random
+import sqlite3
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -18,7 +19,7 @@ from fastapi import Depends, FastAPI, Header
 from agents.csvlog import CsvLogWriter
 from agents.data import TimeSeries
 from agents.errors import ConflictError, UnauthorizedError, install_error_handlers
-from agents.settings import DeviceSettings, agent_token_from_env
+from agents.settings import DeviceSettings, StartupError, agent_token_from_env
 from agents.state import StateStore
 from models.devices import POWER_TOLERANCE_KW, BatteryModule
 from models.schemas import (
@@ -76,31 +77,56 @@ class DeviceAgent:
         self.battery = battery
         self.start_index = data.index_of(_parse_start(settings.start)) if settings.start else 0
         self.step = 0
+        self.logged_step = 0
         self.row: dict[str, float] = {}
         self.commands_this_step = 0
         self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._unsaved: dict[str, dict[str, Any]] = {}
-        self.store = StateStore(settings.state_dir, self.agent_id, fresh=settings.fresh)
+        try:
+            self.store = StateStore(settings.state_dir, self.agent_id, fresh=settings.fresh)
+            self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", STEP_LOG_COLUMNS)
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"agent {self.agent_id}: cannot keep its state in {settings.state_dir} or its log in {settings.log_dir}: {exc}") from exc
         self._restore()
-        self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", STEP_LOG_COLUMNS)
 
     # -- state -------------------------------------------------------------------------------
     def _restore(self) -> None:
+        """Resume where the saved state left off: same step, same SoC, same operating point."""
         saved = self.store.load()
         self._seen.update(self.store.commands(SEEN_COMMANDS_LIMIT))
         if not saved:
             return
         self.step = int(saved["step"])
+        self.logged_step = int(saved.get("logged_step", self.step - 1))
         self.start_index = int(saved.get("start_index", self.start_index))
-        if self.battery is not None and saved.get("soc_fraction") is not None:
-            self.battery.soc_fraction = float(saved["soc_fraction"])
+        self.commands_this_step = int(saved.get("commands_this_step", 0))
+        if self.battery is not None and saved.get("soc_start_fraction") is not None:
+            self.battery.soc_fraction = float(saved["soc_start_fraction"])
             self.battery.begin_step()
+        if self.step > 0:
+            self.row = self.data.row(self.start_index + self.step - 1)
+            self._begin_step(self.row)
+            self._restore_operating_point(saved)
         logger.info("%s: resumed at step %d from %s", self.agent_id, self.step, self.store.path)
 
+    def _operating_point(self) -> dict[str, Any]:
+        """What commands changed this step, so that a restart restores it."""
+        if self.battery is None:
+            return {}
+        return {"soc_start_fraction": self.battery.soc_start_fraction, "battery_power_kw": self.battery.power_kw}
+
+    def _restore_operating_point(self, saved: dict[str, Any]) -> None:
+        if self.battery is not None and saved.get("battery_power_kw") is not None:
+            self.battery.set_power(float(saved["battery_power_kw"]))
+
     def _save(self) -> None:
-        state = {"step": self.step, "start_index": self.start_index}
-        if self.battery is not None:
-            state["soc_fraction"] = self.battery.soc_fraction
+        state = {
+            "step": self.step,
+            "logged_step": self.logged_step,
+            "start_index": self.start_index,
+            "commands_this_step": self.commands_this_step,
+            **self._operating_point(),
+        }
         self.store.save(state, self._unsaved)
         self._unsaved = {}
 
@@ -112,8 +138,7 @@ class DeviceAgent:
 
     def simulate(self) -> AgentStatus:
         """Advance one step through the data and run the local policy."""
-        if self.step > 0:
-            self._write_log_row()
+        self._write_log_row()
         self.step += 1
         self.row = self.data.row(self.start_index + self.step - 1)
         self.commands_this_step = 0
@@ -139,6 +164,11 @@ class DeviceAgent:
         applied = abs(shift)
         limit = "full or at its charge limit" if action is CurtailAction.charge_battery else "empty or at its discharge limit"
         return applied, None if applied >= power_kw - POWER_TOLERANCE_KW else f"battery {limit}"
+
+    def check_addressee(self, expected: str | None) -> None:
+        """A call meant for another agent (a stale or wrong URL) must not step or command this one."""
+        if expected is not None and expected != self.agent_id:
+            raise ConflictError(f"this is agent {self.agent_id}, not {expected}", self.agent_id)
 
     def curtail(self, command: CurtailCommand) -> CurtailResult:
         """Apply a command once; a repeated id answers ``duplicate``, a reused id with another body 409."""
@@ -204,6 +234,10 @@ class DeviceAgent:
         raise NotImplementedError
 
     def _write_log_row(self) -> None:
+        """Log the current step once it is final (when the next begins, or at shutdown)."""
+        if self.step <= self.logged_step:
+            return
+        self.logged_step = self.step
         s = self.status()
         self.log.write(
             {
@@ -226,8 +260,7 @@ class DeviceAgent:
 
     def close(self) -> None:
         """Write the last step's row, save the state and close the files."""
-        if self.step > 0:
-            self._write_log_row()
+        self._write_log_row()
         self._save()
         self.log.close()
         self.store.close()
@@ -324,13 +357,15 @@ def build_device_app(agent: DeviceAgent, settings: DeviceSettings, register: boo
         return agent.status()
 
     @app.post("/simulate", response_model=AgentStatus, dependencies=[Authorized])
-    async def simulate() -> AgentStatus:
+    async def simulate(x_agent_id: Annotated[str | None, Header()] = None) -> AgentStatus:
         """Advance one step and run the local policy."""
+        agent.check_addressee(x_agent_id)
         return agent.simulate()
 
     @app.post("/curtail", response_model=CurtailResult, dependencies=[Authorized])
-    async def curtail(command: CurtailCommand) -> CurtailResult:
+    async def curtail(command: CurtailCommand, x_agent_id: Annotated[str | None, Header()] = None) -> CurtailResult:
         """Shift the operating point by power_kw through action; answers what was applied."""
+        agent.check_addressee(x_agent_id)
         return agent.curtail(command)
 
     return app

@@ -83,7 +83,11 @@ def install_error_handlers(app: FastAPI, agent_id: str) -> None:
     async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         detail = [
-            {"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", ""), "type": e.get("type", "")}
+            {
+                "field": "body" if e.get("type") == "json_invalid" else _field_name(tuple(e.get("loc", ()))),
+                "message": e.get("msg", ""),
+                "type": e.get("type", ""),
+            }
             for e in errors
         ]
         fields = ", ".join(sorted({d["field"] for d in detail}))

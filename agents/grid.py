@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import openai
+from pydantic import ValidationError
 from fastapi import Depends, FastAPI
 
 from agents.csvlog import CsvLogWriter
@@ -144,13 +145,20 @@ class GridAgent:
         return list(ids)
 
     # -- talking to agents -------------------------------------------------------------------
-    async def _call(self, record: AgentRecord, path: str, body: dict | None = None) -> dict[str, Any]:
+    async def _call(self, record: AgentRecord, path: str, body: dict | None = None) -> AgentStatus | CurtailResult:
+        """POST to an agent and parse its answer; any failure is a PeerUnavailableError."""
         assert self.http is not None, "the grid agent's client opens with its lifespan"
         try:
-            response = await self.http.post(f"{record.url}{path}", json=body, headers=_auth_headers())
+            response = await self.http.post(f"{record.url}{path}", json=body, headers={**_auth_headers(), "X-Agent-Id": record.agent_id})
             response.raise_for_status()
-            return response.json()
-        except (httpx.HTTPError, ValueError) as exc:
+            answer = response.json()
+            if path == "/simulate":
+                status = AgentStatus.model_validate(answer)
+                if status.agent_id != record.agent_id:
+                    raise ValueError(f"answered as {status.agent_id}")
+                return status
+            return CurtailResult.model_validate(answer)
+        except (httpx.HTTPError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
             raise PeerUnavailableError(record.agent_id, _describe(exc), self.agent_id) from exc
 
     async def _fan_out(self, calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
@@ -183,7 +191,7 @@ class GridAgent:
                 record.healthy = False
                 logger.warning("cycle %d: %s", self.cycle, answer)
                 continue
-            status = AgentStatus.model_validate(answer)
+            status = answer
             record.last_status, record.healthy, record.last_seen = status, True, _now()
             record.transformer_id = status.transformer_id
             statuses[record.agent_id] = status
@@ -272,7 +280,7 @@ class GridAgent:
                 self.registry[command.agent_id].healthy = False
                 reports.append(ActionReport(agent_id=command.agent_id, transformer_id=transformer_id, action=command.action, requested_kw=command.power_kw, applied_kw=0.0, status="unreachable", reason=str(answer)))
                 continue
-            result = CurtailResult.model_validate(answer)
+            result = answer
             statuses[command.agent_id] = result.agent_status
             self.registry[command.agent_id].last_status = result.agent_status
             reports.append(ActionReport(agent_id=command.agent_id, transformer_id=transformer_id, action=command.action, requested_kw=command.power_kw, applied_kw=result.applied_kw, status=result.status, reason=result.reason))
@@ -367,6 +375,8 @@ def _describe(exc: Exception) -> str:
         return f"HTTP {exc.response.status_code} from {exc.request.url}"
     if isinstance(exc, httpx.TimeoutException):
         return f"timed out ({type(exc).__name__})"
+    if isinstance(exc, ValidationError):
+        return f"answered with an invalid body ({exc.error_count()} errors)"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 

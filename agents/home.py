@@ -55,6 +55,14 @@ class HomeAgent(DeviceAgent):
             return applied, None if applied >= power_kw else "no more flexible load to shed"
         return self._apply_battery(action, power_kw)
 
+    def _operating_point(self) -> dict:
+        return {**super()._operating_point(), "solar_curtailed_kw": self.solar.curtailed_kw, "load_shed_kw": self.load.shed_kw}
+
+    def _restore_operating_point(self, saved: dict) -> None:
+        super()._restore_operating_point(saved)
+        self.solar.curtail(float(saved.get("solar_curtailed_kw", 0.0)))
+        self.load.shed(float(saved.get("load_shed_kw", 0.0)))
+
     @property
     def net_power_kw(self) -> float:
         battery_kw = self.battery.power_kw if self.battery is not None else 0.0

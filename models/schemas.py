@@ -16,6 +16,8 @@ from models.grid import TransformerState
 
 AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
 NonNegativeKw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+#: On the wire a command's power must be a JSON number: no "0.1" strings, no booleans.
+StrictNonNegativeKw = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
 
 
 class AgentType(str, Enum):
@@ -134,7 +136,7 @@ class CurtailCommand(BaseModel):
 
     command_id: str = Field(min_length=1, max_length=128, description="Client-chosen id; a repeat is not re-applied")
     action: CurtailAction
-    power_kw: NonNegativeKw
+    power_kw: StrictNonNegativeKw
 
 
 class CurtailResult(BaseModel):
