@@ -16,17 +16,18 @@ class CsvLogWriter:
 
     Each row is formatted in memory and written with a single ``write`` call followed by a
     flush, so the file only ever holds whole rows. An existing file with the same header is
-    appended to; one with another header is moved aside to ``<name>.old.csv``.
+    appended to; one with another header, or any when ``fresh``, is moved aside to
+    ``<name>.old.csv``, so one file never mixes two runs' step numbers.
     """
 
-    def __init__(self, path: Path, columns: Sequence[str]) -> None:
+    def __init__(self, path: Path, columns: Sequence[str], fresh: bool = False) -> None:
         self.path = Path(path)
         self.columns = list(columns)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         header = self._format(dict(zip(self.columns, self.columns)))
         if self.path.exists() and self.path.stat().st_size > 0:
             with self.path.open(encoding="utf-8", newline="") as existing:
-                if existing.readline() != header:
+                if fresh or existing.readline() != header:
                     self.path.replace(self.path.with_suffix(".old.csv"))
         self._file = self.path.open("a", encoding="utf-8", newline="")
         if self._file.tell() == 0:

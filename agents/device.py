@@ -75,7 +75,7 @@ class DeviceAgent:
         self.agent_id = settings.agent_id
         self.data = data
         self.battery = battery
-        self.start_index = data.index_of(_parse_start(settings.start)) if settings.start else 0
+        self.start_index = _start_index(data, settings.start) if settings.start else 0
         self.step = 0
         self.logged_step = 0
         self.row: dict[str, float] = {}
@@ -84,7 +84,7 @@ class DeviceAgent:
         self._unsaved: dict[str, dict[str, Any]] = {}
         try:
             self.store = StateStore(settings.state_dir, self.agent_id, fresh=settings.fresh)
-            self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", STEP_LOG_COLUMNS)
+            self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", STEP_LOG_COLUMNS, fresh=settings.fresh)
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"agent {self.agent_id}: cannot keep its state in {settings.state_dir} or its log in {settings.log_dir}: {exc}") from exc
         self._restore()
@@ -266,20 +266,39 @@ class DeviceAgent:
         self.store.close()
 
 
-def _parse_start(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=None)
+def _start_index(data: TimeSeries, text: str) -> int:
+    """The data row a ``--start`` time names; a clear StartupError otherwise."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise StartupError(f"--start {text!r}: not an ISO 8601 time such as 2025-07-15T17:00") from None
+    if when.tzinfo is not None:
+        raise StartupError(f"--start {text!r}: give the data's local time without a UTC offset")
+    try:
+        return data.index_of(when)
+    except ValueError as exc:
+        raise StartupError(f"--start {text!r}: {exc}") from None
 
 
 async def register_forever(agent: DeviceAgent, client: httpx.AsyncClient, settings: DeviceSettings) -> None:
     """Register with the grid agent, then heartbeat; retry with back-off and jitter while it is away."""
     delay_s = 0.25
     registered = False
+    last_refusal = None
     headers = _auth_headers()
     while True:
         try:
             report = AgentReport(url=settings.own_url, status=agent.status())
             response = await client.post(f"/agents/{agent.agent_id}/status", json=report.model_dump(mode="json"), headers=headers)
             response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            refusal = f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"
+            if refusal != last_refusal:  # say why once, not every retry
+                logger.warning("%s: the grid agent at %s refused registration (%s); retrying", agent.agent_id, settings.grid_url, refusal)
+            last_refusal, registered = refusal, False
+            await asyncio.sleep(delay_s * random.uniform(0.8, 1.2))
+            delay_s = min(delay_s * 2, settings.heartbeat_s)
+            continue
         except httpx.HTTPError as exc:
             if registered:
                 logger.warning("%s: lost the grid agent at %s (%s); retrying", agent.agent_id, settings.grid_url, exc)
@@ -289,7 +308,7 @@ async def register_forever(agent: DeviceAgent, client: httpx.AsyncClient, settin
             continue
         if not registered:
             logger.info("%s: registered with the grid agent at %s", agent.agent_id, settings.grid_url)
-        registered, delay_s = True, 0.25
+        registered, delay_s, last_refusal = True, 0.25, None
         await asyncio.sleep(settings.heartbeat_s)
 
 
@@ -305,8 +324,8 @@ def require_token_dependency(agent_id: str):
     async def check(authorization: Annotated[str | None, Header()] = None) -> None:
         if token is None:
             return
-        expected = f"Bearer {token}".encode()
-        if authorization is None or not hmac.compare_digest(authorization.encode(), expected):
+        scheme, _, given = (authorization or "").strip().partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise UnauthorizedError("missing or wrong bearer token", agent_id)
 
     return check

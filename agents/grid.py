@@ -54,6 +54,8 @@ GRID_LOG_COLUMNS = (
     "state_before",
     "state_after",
     "unfixed_kw",
+    "agents_reporting",
+    "agents_unreachable",
     "planner",
     "fallback_reason",
     "commands",
@@ -217,6 +219,7 @@ class GridAgent:
         # 5. record
         after = self._loadings(statuses)
         reports = []
+        missing = [self.registry[a].transformer_id for a in set(unreachable) if a in self.registry and a not in statuses]
         for t in snapshot.transformers:
             rating, reverse = t.rating_kw, t.reverse_limit_kw
             loading_after = after.get(t.transformer_id, 0.0)
@@ -230,6 +233,8 @@ class GridAgent:
                     state_before=classify_loading(before[t.transformer_id], rating, reverse),
                     state_after=classify_loading(loading_after, rating, reverse),
                     unfixed_kw=violation_kw(loading_after, rating, reverse),
+                    agents_reporting=sum(1 for s in statuses.values() if s.transformer_id == t.transformer_id),
+                    agents_unreachable=missing.count(t.transformer_id),
                 )
             )
         timestamps = [s.timestamp for s in statuses.values() if s.timestamp is not None]

@@ -183,6 +183,8 @@ class TransformerReport(BaseModel):
     state_before: TransformerState
     state_after: TransformerState
     unfixed_kw: float = Field(description="How far the loading is still outside its limits after acting")
+    agents_reporting: int = Field(0, description="Agents whose net power this loading sums")
+    agents_unreachable: int = Field(0, description="Registered agents on this transformer that did not answer (not in the loading)")
 
 
 class ActionReport(BaseModel):
