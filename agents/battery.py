@@ -69,6 +69,7 @@ class BatteryAgent(DeviceAgent):
             price_per_kwh=self.row.get("price_per_kwh"),
             temp_air_c=self.row.get("temp_air_c"),
             flexibility=self._flexibility(),
+            **self._control(),
         )
 
 

@@ -7,9 +7,10 @@ import hmac
 import logging
 import random
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from contextlib import asynccontextmanager, suppress
 from typing import Annotated, Any
 
@@ -19,10 +20,12 @@ from fastapi import Depends, FastAPI, Header
 from agents.csvlog import CsvLogWriter
 from agents.data import TimeSeries
 from agents.errors import ConflictError, UnauthorizedError, install_error_handlers
+from agents.metrics import DeviceMetrics, mount_metrics
 from agents.settings import DeviceSettings, StartupError, agent_token_from_env
 from agents.state import StateStore
 from models.devices import POWER_TOLERANCE_KW, BatteryModule
 from models.schemas import (
+    ActiveCommand,
     AgentInfo,
     AgentReport,
     AgentStatus,
@@ -80,8 +83,12 @@ class DeviceAgent:
         self.logged_step = 0
         self.row: dict[str, float] = {}
         self.commands_this_step = 0
+        self.active: dict[str, ActiveCommand] = {}
+        self.control_reason: str | None = None
+        self.last_grid_contact: float | None = None  # time.monotonic() of the last word from the grid agent
         self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._unsaved: dict[str, dict[str, Any]] = {}
+        self.metrics = DeviceMetrics(self.status)
         try:
             self.store = StateStore(settings.state_dir, self.agent_id, fresh=settings.fresh)
             self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", STEP_LOG_COLUMNS, fresh=settings.fresh)
@@ -100,6 +107,7 @@ class DeviceAgent:
         self.logged_step = int(saved.get("logged_step", self.step - 1))
         self.start_index = int(saved.get("start_index", self.start_index))
         self.commands_this_step = int(saved.get("commands_this_step", 0))
+        self.active = {c["command_id"]: ActiveCommand.model_validate(c) for c in saved.get("active_commands", [])}
         if self.battery is not None and saved.get("soc_start_fraction") is not None:
             self.battery.soc_fraction = float(saved["soc_start_fraction"])
             self.battery.begin_step()
@@ -125,6 +133,7 @@ class DeviceAgent:
             "logged_step": self.logged_step,
             "start_index": self.start_index,
             "commands_this_step": self.commands_this_step,
+            "active_commands": [c.model_dump(mode="json") for c in self.active.values()],
             **self._operating_point(),
         }
         self.store.save(state, self._unsaved)
@@ -136,8 +145,33 @@ class DeviceAgent:
         """Simulated time of the current step; None before the first."""
         return self.data.timestamp(self.start_index + self.step - 1) if self.step > 0 else None
 
+    def heard_from_grid(self) -> None:
+        """The grid agent called, or answered a heartbeat."""
+        self.last_grid_contact = time.monotonic()
+
+    def check_fail_safe(self) -> bool:
+        """Drop the grid agent's commands and return to local policy if it has been silent too long."""
+        if self.last_grid_contact is None or not (self.active or self.commands_this_step):
+            return False
+        silent_s = time.monotonic() - self.last_grid_contact
+        if silent_s <= self.settings.fail_safe_after_s:
+            return False
+        self._revert(f"fail-safe: no word from the grid agent for {silent_s:.0f} s")
+        return True
+
+    def _revert(self, reason: str) -> None:
+        """Back to the local policy for this step: active commands dropped, the step re-planned locally."""
+        dropped = len(self.active) + self.commands_this_step
+        self.active.clear()
+        self.commands_this_step = 0
+        if self.step > 0:
+            self._begin_step(self.row)  # the battery re-plans from the SoC the step began with
+        self.control_reason = reason
+        self._save()
+        logger.warning("%s step %d: %s; dropped %d command(s), back on local policy", self.agent_id, self.step, reason, dropped)
+
     def simulate(self) -> AgentStatus:
-        """Advance one step through the data and run the local policy."""
+        """Advance one step through the data, run the local policy, then re-apply commands still holding."""
         self._write_log_row()
         self.step += 1
         self.row = self.data.row(self.start_index + self.step - 1)
@@ -145,6 +179,14 @@ class DeviceAgent:
         if self.battery is not None:
             self.battery.begin_step()
         self._begin_step(self.row)
+        now = self.timestamp
+        for command_id, command in list(self.active.items()):
+            if command.valid_until <= now:
+                del self.active[command_id]
+                self.control_reason = f"command {command_id} ended at {command.valid_until.isoformat()}"
+                continue
+            applied, _ = self._apply(command.action, command.power_kw)
+            self.commands_this_step += applied > POWER_TOLERANCE_KW
         self._save()
         return self.status()
 
@@ -170,16 +212,31 @@ class DeviceAgent:
         if expected is not None and expected != self.agent_id:
             raise ConflictError(f"this is agent {self.agent_id}, not {expected}", self.agent_id)
 
+    def _valid_until(self, command: CurtailCommand) -> datetime | None:
+        """When a command ends in simulated time; None before the first step (it cannot apply)."""
+        if self.timestamp is None:
+            return None
+        if command.valid_until is not None:
+            return command.valid_until.replace(tzinfo=None)
+        return self.timestamp + timedelta(seconds=command.duration_s or self.data.step_s)
+
     def curtail(self, command: CurtailCommand) -> CurtailResult:
         """Apply a command once; a repeated id answers ``duplicate``, a reused id with another body 409."""
-        body = {"action": command.action.value, "power_kw": command.power_kw}
+        body = command.model_dump(mode="json", exclude={"command_id"}, exclude_none=True)
         seen = self._seen.get(command.command_id)
         if seen is not None:
             if seen["body"] != body:
                 raise ConflictError(f"command_id {command.command_id!r} was already used with another body", self.agent_id)
             first = seen["result"]
+            self.metrics.command(command.action, CommandStatus.duplicate)
             return CurtailResult(**{**first, "status": CommandStatus.duplicate, "agent_status": self.status()})
-        applied, reason = self._apply(command.action, command.power_kw)
+        valid_until = self._valid_until(command)
+        if valid_until is not None and valid_until <= self.timestamp:
+            applied, reason = 0.0, f"expired: valid until {valid_until.isoformat()}, the agent is at {self.timestamp.isoformat()}"
+        else:
+            applied, reason = self._apply(command.action, command.power_kw)
+            if applied > POWER_TOLERANCE_KW and valid_until > self.timestamp + timedelta(seconds=self.data.step_s):
+                self.active[command.command_id] = ActiveCommand(command_id=command.command_id, action=command.action, power_kw=command.power_kw, valid_until=valid_until)
         applied = min(max(applied, 0.0), command.power_kw)
         if applied >= command.power_kw - POWER_TOLERANCE_KW:
             status, applied = CommandStatus.applied, command.power_kw
@@ -205,6 +262,7 @@ class DeviceAgent:
             self._seen.popitem(last=False)
         self._save()
         logger.debug("%s step %d: %s %.3f kW -> %s %.3f kW", self.agent_id, self.step, command.action.value, command.power_kw, status.value, applied)
+        self.metrics.command(command.action, status)
         return result
 
     # -- reporting ---------------------------------------------------------------------------
@@ -232,6 +290,11 @@ class DeviceAgent:
 
     def status(self) -> AgentStatus:
         raise NotImplementedError
+
+    def _control(self) -> dict[str, Any]:
+        """The control fields of the status: who is in charge this step and why."""
+        in_charge = "grid" if (self.active or self.commands_this_step) else "local"
+        return {"control": in_charge, "control_reason": self.control_reason, "active_commands": list(self.active.values())}
 
     def _write_log_row(self) -> None:
         """Log the current step once it is final (when the next begins, or at shutdown)."""
@@ -292,6 +355,7 @@ async def register_forever(agent: DeviceAgent, client: httpx.AsyncClient, settin
             response = await client.post(f"/agents/{agent.agent_id}/status", json=report.model_dump(mode="json"), headers=headers)
             response.raise_for_status()
         except httpx.HTTPStatusError as exc:
+            agent.metrics.peer_error(settings.grid_url, exc)
             refusal = f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"
             if refusal != last_refusal:  # say why once, not every retry
                 logger.warning("%s: the grid agent at %s refused registration (%s); retrying", agent.agent_id, settings.grid_url, refusal)
@@ -300,12 +364,15 @@ async def register_forever(agent: DeviceAgent, client: httpx.AsyncClient, settin
             delay_s = min(delay_s * 2, settings.heartbeat_s)
             continue
         except httpx.HTTPError as exc:
+            agent.metrics.peer_error(settings.grid_url, exc)
             if registered:
                 logger.warning("%s: lost the grid agent at %s (%s); retrying", agent.agent_id, settings.grid_url, exc)
             registered = False
+            agent.check_fail_safe()
             await asyncio.sleep(delay_s * random.uniform(0.8, 1.2))
             delay_s = min(delay_s * 2, settings.heartbeat_s)
             continue
+        agent.heard_from_grid()
         if not registered:
             logger.info("%s: registered with the grid agent at %s", agent.agent_id, settings.grid_url)
         registered, delay_s, last_refusal = True, 0.25, None
@@ -353,6 +420,7 @@ def build_device_app(agent: DeviceAgent, settings: DeviceSettings, register: boo
     app = FastAPI(title=f"{agent.agent_type.value} agent {agent.agent_id}", description=agent.description, lifespan=lifespan)
     app.state.agent = agent
     install_error_handlers(app, agent.agent_id)
+    mount_metrics(app, agent.metrics.registry)
     Authorized = Depends(require_token_dependency(agent.agent_id))
 
     @app.get("/", response_model=AgentInfo)
@@ -362,7 +430,7 @@ def build_device_app(agent: DeviceAgent, settings: DeviceSettings, register: boo
             agent_id=agent.agent_id,
             agent_type=agent.agent_type,
             description=agent.description,
-            endpoints=["GET /", "GET /health", "GET /status", "POST /simulate", "POST /curtail", "GET /docs"],
+            endpoints=["GET /", "GET /health", "GET /status", "POST /simulate", "POST /curtail", "GET /metrics", "GET /docs"],
         )
 
     @app.get("/health", response_model=Health)
@@ -372,19 +440,22 @@ def build_device_app(agent: DeviceAgent, settings: DeviceSettings, register: boo
 
     @app.get("/status", response_model=AgentStatus)
     async def status() -> AgentStatus:
-        """The agent's current step, modules and flexibility."""
+        """The agent's current step, modules, flexibility and who is in control."""
+        agent.check_fail_safe()
         return agent.status()
 
     @app.post("/simulate", response_model=AgentStatus, dependencies=[Authorized])
     async def simulate(x_agent_id: Annotated[str | None, Header()] = None) -> AgentStatus:
-        """Advance one step and run the local policy."""
+        """Advance one step, run the local policy and re-apply commands still holding."""
         agent.check_addressee(x_agent_id)
+        agent.heard_from_grid()
         return agent.simulate()
 
     @app.post("/curtail", response_model=CurtailResult, dependencies=[Authorized])
     async def curtail(command: CurtailCommand, x_agent_id: Annotated[str | None, Header()] = None) -> CurtailResult:
-        """Shift the operating point by power_kw through action; answers what was applied."""
+        """Shift the operating point by power_kw through action (for duration_s or until valid_until); answers what was applied."""
         agent.check_addressee(x_agent_id)
+        agent.heard_from_grid()
         return agent.curtail(command)
 
     return app

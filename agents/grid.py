@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import statistics
 import time
 import uuid
@@ -18,8 +19,10 @@ from pydantic import ValidationError
 from fastapi import Depends, FastAPI
 
 from agents.csvlog import CsvLogWriter
+from agents.dashboard import CycleHistory, dashboard_router
 from agents.device import _auth_headers, require_token_dependency
 from agents.errors import BadRequestError, PeerUnavailableError, install_error_handlers
+from agents.metrics import GridMetrics, mount_metrics
 from agents.planners import PLANNERS, AgentFlex, Command, Snapshot, TransformerSnapshot
 from agents.scenario import Scenario, load_scenario
 from agents.planners.ai import AiPlanner
@@ -102,6 +105,8 @@ class GridAgent:
         self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", GRID_LOG_COLUMNS)
         self._lock = asyncio.Lock()
         self._limits = {t.id: (t.rating_kw, t.reverse_limit_kw or t.rating_kw) for t in self.scenario.transformers}
+        self.metrics = GridMetrics(self.agents)
+        self.history = CycleHistory()
 
     # -- registry ----------------------------------------------------------------------------
     def register(self, agent_id: str, report: AgentReport) -> AgentRecord:
@@ -148,20 +153,33 @@ class GridAgent:
 
     # -- talking to agents -------------------------------------------------------------------
     async def _call(self, record: AgentRecord, path: str, body: dict | None = None) -> AgentStatus | CurtailResult:
-        """POST to an agent and parse its answer; any failure is a PeerUnavailableError."""
+        """POST to an agent and parse its answer; any failure is a PeerUnavailableError.
+
+        A /curtail that could not even connect is retried with back-off and jitter under the same
+        command_id (the agent applies a command id once). A timeout is not retried, so a hung
+        agent costs one timeout, and /simulate is never retried: it is not idempotent.
+        """
         assert self.http is not None, "the grid agent's client opens with its lifespan"
-        try:
-            response = await self.http.post(f"{record.url}{path}", json=body, headers={**_auth_headers(), "X-Agent-Id": record.agent_id})
-            response.raise_for_status()
-            answer = response.json()
-            if path == "/simulate":
-                status = AgentStatus.model_validate(answer)
-                if status.agent_id != record.agent_id:
-                    raise ValueError(f"answered as {status.agent_id}")
-                return status
-            return CurtailResult.model_validate(answer)
-        except (httpx.HTTPError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-            raise PeerUnavailableError(record.agent_id, _describe(exc), self.agent_id) from exc
+        attempts = 1 + (self.settings.curtail_retries if path == "/curtail" else 0)
+        for attempt in range(attempts):
+            try:
+                response = await self.http.post(f"{record.url}{path}", json=body, headers={**_auth_headers(), "X-Agent-Id": record.agent_id})
+                response.raise_for_status()
+                answer = response.json()
+                if path == "/simulate":
+                    status = AgentStatus.model_validate(answer)
+                    if status.agent_id != record.agent_id:
+                        raise ValueError(f"answered as {status.agent_id}")
+                    return status
+                return CurtailResult.model_validate(answer)
+            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
+                    continue
+                raise PeerUnavailableError(record.agent_id, _describe(exc), self.agent_id) from exc
+            except (httpx.HTTPError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+                raise PeerUnavailableError(record.agent_id, _describe(exc), self.agent_id) from exc
+        raise AssertionError("unreachable: the loop returns or raises")
 
     async def _fan_out(self, calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
         semaphore = asyncio.Semaphore(self.settings.max_concurrency)
@@ -293,6 +311,8 @@ class GridAgent:
 
     def _record(self, result: CoordinationResult) -> None:
         self.last_result = result
+        self.metrics.observe_cycle(result)
+        self.history.append(result, self.registry.values())
         self.cycle_ms.append(result.duration_ms)
         del self.cycle_ms[:-1000]
         for t in result.transformers:
@@ -406,6 +426,8 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     app = FastAPI(title="grid agent", description="Watches transformers and coordinates curtailment.", lifespan=lifespan)
     app.state.agent = agent
     install_error_handlers(app, agent.agent_id)
+    mount_metrics(app, agent.metrics.registry)
+    app.include_router(dashboard_router(agent))
     Authorized = Depends(require_token_dependency(agent.agent_id))
 
     @app.get("/", response_model=AgentInfo)
@@ -415,7 +437,7 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
             agent_id=agent.agent_id,
             agent_type=AgentType.grid,
             description=f"Grid agent; planner {agent.planner}; transformers {', '.join(agent.transformer_ids()) or 'none yet'}",
-            endpoints=["GET /", "GET /health", "GET /status", "GET /agents", "POST /agents/{agent_id}/status", "POST /coordinate", "GET /docs"],
+            endpoints=["GET /", "GET /health", "GET /status", "GET /agents", "POST /agents/{agent_id}/status", "POST /coordinate", "GET /metrics", "GET /dashboard", "GET /docs"],
         )
 
     @app.get("/health", response_model=Health)

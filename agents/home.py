@@ -100,6 +100,7 @@ class HomeAgent(DeviceAgent):
             battery=self._battery_status(),
             temp_air_c=self.row.get("temp_air_c"),
             flexibility=flexibility,
+            **self._control(),
         )
 
 

@@ -53,6 +53,7 @@ class DeviceSettings(ServerSettings):
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between heartbeats to the grid agent")
     request_timeout_s: float = Field(2.0, gt=0, description="Timeout of calls to the grid agent")
     fresh: bool = Field(False, description="Discard the saved state and start again from the first step")
+    fail_safe_after_s: float = Field(30.0, gt=0, description="With no word from the grid agent this long, drop its commands and run on local policy")
 
     @property
     def own_url(self) -> str:
@@ -100,6 +101,7 @@ class GridSettings(ServerSettings):
     ai_timeout_s: float = Field(5.0, gt=0, description="Deadline of one model call; past it the optimal plan is used")
     step_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /simulate and /curtail call")
     max_concurrency: int = Field(64, ge=1, description="Calls to agents in flight at once")
+    curtail_retries: int = Field(2, ge=0, le=5, description="Retries of a /curtail that could not connect (same command_id)")
     stale_after_s: float = Field(15.0, gt=0, description="An agent unheard of this long is unhealthy")
 
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.grid import TransformerState
 
@@ -110,6 +110,9 @@ class AgentStatus(BaseModel):
     price_per_kwh: float | None = None
     temp_air_c: float | None = None
     flexibility: Flexibility = Field(default_factory=Flexibility)
+    control: Literal["local", "grid"] = Field("local", description="grid while a command holds this step, else local policy")
+    control_reason: str | None = Field(None, description="Why the agent last went back to its local policy")
+    active_commands: list[ActiveCommand] = Field(default_factory=list)
 
 
 class Health(BaseModel):
@@ -137,6 +140,23 @@ class CurtailCommand(BaseModel):
     command_id: str = Field(min_length=1, max_length=128, description="Client-chosen id; a repeat is not re-applied")
     action: CurtailAction
     power_kw: StrictNonNegativeKw
+    duration_s: float | None = Field(None, gt=0, allow_inf_nan=False, strict=True, description="How long it holds, in simulated seconds; default: this step only")
+    valid_until: datetime | None = Field(None, description="Simulated time it ends (instead of duration_s); an expired command is rejected")
+
+    @model_validator(mode="after")
+    def _one_end(self) -> CurtailCommand:
+        if self.duration_s is not None and self.valid_until is not None:
+            raise ValueError("give duration_s or valid_until, not both")
+        return self
+
+
+class ActiveCommand(BaseModel):
+    """A command that holds beyond the step it arrived in; re-applied after the local policy each step."""
+
+    command_id: str
+    action: CurtailAction
+    power_kw: float
+    valid_until: datetime
 
 
 class CurtailResult(BaseModel):
