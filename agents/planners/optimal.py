@@ -1,9 +1,10 @@
-"""The optimal planner: a linear program, solved with HiGHS, over one coordination step."""
+"""The optimal planner: a linear program, solved with HiGHS (highspy), over one coordination step."""
 
 from __future__ import annotations
 
+import highspy
 import numpy as np
-from scipy.optimize import linprog
+import scipy.sparse as sp
 
 from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot
 from models.schemas import CurtailAction
@@ -52,34 +53,37 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     n_actions, n_t = len(variables), len(troubled)
     n = n_actions + 2 * n_t
     cost = np.empty(n)
-    a_ub = np.zeros((2 * n_t, n))
-    b_ub = np.empty(2 * n_t)
-    bounds = []
+    upper = np.full(n, highspy.kHighsInf)
+    rows: list[int] = []
+    cols: list[int] = []
+    values: list[float] = []
     for j, (_, t, action, headroom, unit_cost) in enumerate(variables):
-        cost[j] = unit_cost
-        a_ub[2 * t, j] = action.direction
-        a_ub[2 * t + 1, j] = -action.direction
-        bounds.append((0.0, headroom))
+        cost[j], upper[j] = unit_cost, headroom
+        rows += [2 * t, 2 * t + 1]
+        cols += [j, j]
+        values += [float(action.direction), -float(action.direction)]
+    upper_bound = np.empty(2 * n_t)
     for t, transformer in enumerate(troubled):
         over, reverse = n_actions + 2 * t, n_actions + 2 * t + 1
         cost[over] = cost[reverse] = SLACK_COST
-        a_ub[2 * t, over] = -1.0
-        a_ub[2 * t + 1, reverse] = -1.0
-        b_ub[2 * t] = transformer.rating_kw - transformer.loading_kw
-        b_ub[2 * t + 1] = transformer.reverse_limit_kw + transformer.loading_kw
-    bounds += [(0.0, None)] * (2 * n_t)
-    result = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
-    if result.status != 0:  # cannot happen with slack; keep the cycle going with no commands
+        rows += [2 * t, 2 * t + 1]
+        cols += [over, reverse]
+        values += [-1.0, -1.0]
+        upper_bound[2 * t] = transformer.rating_kw - transformer.loading_kw
+        upper_bound[2 * t + 1] = transformer.reverse_limit_kw + transformer.loading_kw
+    matrix = sp.csc_array((values, (rows, cols)), shape=(2 * n_t, n))
+    x = solve_lp(cost, np.zeros(n), upper, np.full(2 * n_t, -highspy.kHighsInf), upper_bound, matrix)
+    if x is None:  # cannot happen with slack; keep the cycle going with no commands
         plan.unfixed_kw = {t.transformer_id: t.violation_kw for t in troubled}
         return plan
     totals: dict[tuple[str, CurtailAction], float] = {}
     for j, (agent_id, _, action, _, _) in enumerate(variables):
-        totals[agent_id, action] = totals.get((agent_id, action), 0.0) + float(result.x[j])
+        totals[agent_id, action] = totals.get((agent_id, action), 0.0) + float(x[j])
     for (agent_id, action), power_kw in totals.items():
         if power_kw > MIN_COMMAND_KW:
             plan.commands.append(Command(agent_id=agent_id, action=action, power_kw=power_kw))
     for t, transformer in enumerate(troubled):
-        plan.unfixed_kw[transformer.transformer_id] = float(result.x[n_actions + 2 * t] + result.x[n_actions + 2 * t + 1])
+        plan.unfixed_kw[transformer.transformer_id] = float(x[n_actions + 2 * t] + x[n_actions + 2 * t + 1])
     return plan
 
 
@@ -92,3 +96,33 @@ def _segments(agent: AgentFlex, action: CurtailAction, headroom_kw: float) -> li
     else:
         return [(headroom_kw, ACTION_COST[action])]
     return [(held_back, HOLD_BACK_COST), (headroom_kw - held_back, ACTION_COST[action])]
+
+
+def solve_lp(
+    cost: np.ndarray,
+    col_lower: np.ndarray,
+    col_upper: np.ndarray,
+    row_lower: np.ndarray,
+    row_upper: np.ndarray,
+    matrix: sp.csc_array,
+) -> np.ndarray | None:
+    """Minimise cost @ x subject to row_lower <= A x <= row_upper and the column bounds, with HiGHS.
+
+    Calls highspy directly: for the small programs of one coordination step, SciPy's linprog
+    spends about 1.3 ms on set-up around a 0.3 ms solve. Returns None unless HiGHS finds an optimum.
+    """
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = len(cost), len(row_upper)
+    lp.col_cost_, lp.col_lower_, lp.col_upper_ = cost, col_lower, col_upper
+    lp.row_lower_, lp.row_upper_ = row_lower, row_upper
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_ = matrix.indptr
+    lp.a_matrix_.index_ = matrix.indices
+    lp.a_matrix_.value_ = matrix.data
+    solver = highspy.Highs()
+    solver.setOptionValue("output_flag", False)
+    solver.passModel(lp)
+    solver.run()
+    if solver.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+        return None
+    return np.asarray(solver.getSolution().col_value)
