@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from agents.data import BATTERY_COLUMNS, load_timeseries
-from agents.device import DeviceAgent, build_device_app
+from agents.device import DeviceAgent, create_device_app
 from agents.settings import BatterySettings, StartupError
+from agents.state import StateStore
 from models.devices import BatteryModule, BatterySpec
 from models.schemas import AgentStatus, AgentType, CurtailAction
 
@@ -38,11 +39,11 @@ class BatteryAgent(DeviceAgent):
     agent_type = AgentType.battery
     description = "A storage system that charges on cheap energy and discharges on dear, derated by temperature."
 
-    def __init__(self, settings: BatterySettings) -> None:
+    def __init__(self, settings: BatterySettings, store: StateStore | None = None) -> None:
         data = load_timeseries(settings.data_file, BATTERY_COLUMNS)
         self.rated = BatterySpec(capacity_kwh=settings.capacity_kwh, max_charge_kw=settings.power_kw, max_discharge_kw=settings.power_kw, charge_efficiency_fraction=0.96, discharge_efficiency_fraction=0.96)
         battery = BatteryModule(spec=self.rated, step_s=data.step_s, soc_fraction=settings.initial_soc_fraction)
-        super().__init__(settings, data, battery)
+        super().__init__(settings, data, battery, store)
 
     def _begin_step(self, row: dict[str, float]) -> None:
         derate = temperature_derating_fraction(row["temp_air_c"])
@@ -74,9 +75,12 @@ class BatteryAgent(DeviceAgent):
 
 
 def create_app(settings: BatterySettings, *, register: bool = True) -> FastAPI:
-    """Build a battery agent's app. Raises StartupError for bad data or settings."""
-    try:
-        agent = BatteryAgent(settings)
-    except ValueError as exc:
-        raise StartupError(f"battery agent {settings.agent_id}: {exc}") from exc
-    return build_device_app(agent, settings, register=register)
+    """Build a battery agent's app, or with ``--scenario`` one hosting this process's share of its storage systems."""
+    return create_device_app(settings, BatteryAgent, lambda scenario: scenario.batteries, settings_for_battery, "battery", register=register)
+
+
+def settings_for_battery(settings: BatterySettings, entry) -> BatterySettings:
+    """A scenario storage system's own settings."""
+    return settings.model_copy(
+        update={"agent_id": entry.id, "transformer_id": entry.transformer, "capacity_kwh": entry.capacity_kwh, "power_kw": entry.power_kw}
+    )

@@ -53,6 +53,11 @@ class CsvLogWriter:
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
+    kind = type(value)
+    if kind is float:  # the common case first: one row per step per agent is a hot path
+        return round(value, 6) if math.isfinite(value) else ""
+    if kind is int or kind is str:
+        return value
     if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
         return "" if not math.isfinite(value) else round(float(value), 6)
     if hasattr(value, "isoformat"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -50,10 +51,25 @@ def load_timeseries(path: Path, columns: tuple[str, ...], nonnegative: tuple[str
     """Read and check a CSV with a ``timestamp`` column and the named float columns.
 
     Raises StartupError naming the file, the 1-based line and the column of the first problem.
+    A process hosting many agents on the same file reads and checks it once (the arrays are
+    never written to).
     """
     path = Path(path)
     if not path.is_file():
         raise StartupError(f"{path}: data file not found")
+    stat = path.stat()
+    return _load_cached(path.resolve(), stat.st_mtime_ns, stat.st_size, tuple(columns), tuple(nonnegative))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_cached(path: Path, mtime_ns: int, size: int, columns: tuple[str, ...], nonnegative: tuple[str, ...]) -> TimeSeries:
+    series = _load(path, columns, nonnegative)
+    for values in series.columns.values():
+        values.setflags(write=False)
+    return series
+
+
+def _load(path: Path, columns: tuple[str, ...], nonnegative: tuple[str, ...]) -> TimeSeries:
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:

@@ -9,17 +9,19 @@ import random
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, FastAPI, Header
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.csvlog import CsvLogWriter
 from agents.data import TimeSeries
-from agents.errors import ConflictError, UnauthorizedError, install_error_handlers
+from agents.errors import ConflictError, UnauthorizedError, error_responses, install_error_handlers
 from agents.metrics import DeviceMetrics, mount_metrics
 from agents.settings import DeviceSettings, StartupError, agent_token_from_env
 from agents.state import StateStore
@@ -28,6 +30,12 @@ from models.schemas import (
     ActiveCommand,
     AgentInfo,
     AgentReport,
+    BatchCurtail,
+    BatchCurtailResult,
+    BatchError,
+    BatchSimulate,
+    BatchSimulateResult,
+    HostInfo,
     AgentStatus,
     AgentType,
     BatteryStatus,
@@ -73,7 +81,7 @@ class DeviceAgent:
     agent_type: AgentType
     description: str = ""
 
-    def __init__(self, settings: DeviceSettings, data: TimeSeries, battery: BatteryModule | None) -> None:
+    def __init__(self, settings: DeviceSettings, data: TimeSeries, battery: BatteryModule | None, store: StateStore | None = None) -> None:
         self.settings = settings
         self.agent_id = settings.agent_id
         self.data = data
@@ -90,7 +98,8 @@ class DeviceAgent:
         self._unsaved: dict[str, dict[str, Any]] = {}
         self.metrics = DeviceMetrics(self.status)
         try:
-            self.store = StateStore(settings.state_dir, self.agent_id, fresh=settings.fresh)
+            self.own_store = store is None  # a process hosting many agents shares one store
+            self.store = store if store is not None else StateStore(settings.state_dir, self.agent_id, fresh=settings.fresh)
             self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", STEP_LOG_COLUMNS, fresh=settings.fresh)
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"agent {self.agent_id}: cannot keep its state in {settings.state_dir} or its log in {settings.log_dir}: {exc}") from exc
@@ -99,8 +108,8 @@ class DeviceAgent:
     # -- state -------------------------------------------------------------------------------
     def _restore(self) -> None:
         """Resume where the saved state left off: same step, same SoC, same operating point."""
-        saved = self.store.load()
-        self._seen.update(self.store.commands(SEEN_COMMANDS_LIMIT))
+        saved = self.store.load(self.agent_id)
+        self._seen.update(self.store.commands(self.agent_id, SEEN_COMMANDS_LIMIT))
         if not saved:
             return
         self.step = int(saved["step"])
@@ -108,11 +117,12 @@ class DeviceAgent:
         self.start_index = int(saved.get("start_index", self.start_index))
         self.commands_this_step = int(saved.get("commands_this_step", 0))
         self.active = {c["command_id"]: ActiveCommand.model_validate(c) for c in saved.get("active_commands", [])}
+        self.control_reason = saved.get("control_reason")
         if self.battery is not None and saved.get("soc_start_fraction") is not None:
             self.battery.soc_fraction = float(saved["soc_start_fraction"])
             self.battery.begin_step()
         if self.step > 0:
-            self.row = self.data.row(self.start_index + self.step - 1)
+            self.row = self._read_row(self.start_index + self.step - 1)
             self._begin_step(self.row)
             self._restore_operating_point(saved)
         logger.info("%s: resumed at step %d from %s", self.agent_id, self.step, self.store.path)
@@ -134,9 +144,10 @@ class DeviceAgent:
             "start_index": self.start_index,
             "commands_this_step": self.commands_this_step,
             "active_commands": [c.model_dump(mode="json") for c in self.active.values()],
+            "control_reason": self.control_reason,
             **self._operating_point(),
         }
-        self.store.save(state, self._unsaved)
+        self.store.save(self.agent_id, state, self._unsaved)
         self._unsaved = {}
 
     # -- the step ----------------------------------------------------------------------------
@@ -174,7 +185,7 @@ class DeviceAgent:
         """Advance one step through the data, run the local policy, then re-apply commands still holding."""
         self._write_log_row()
         self.step += 1
-        self.row = self.data.row(self.start_index + self.step - 1)
+        self.row = self._read_row(self.start_index + self.step - 1)
         self.commands_this_step = 0
         if self.battery is not None:
             self.battery.begin_step()
@@ -189,6 +200,10 @@ class DeviceAgent:
             self.commands_this_step += applied > POWER_TOLERANCE_KW
         self._save()
         return self.status()
+
+    def _read_row(self, index: int) -> dict[str, float]:
+        """The data this agent sees at row ``index`` (wrapping at the end of the data)."""
+        return self.data.row(index)
 
     def _begin_step(self, row: dict[str, float]) -> None:
         raise NotImplementedError
@@ -206,6 +221,10 @@ class DeviceAgent:
         applied = abs(shift)
         limit = "full or at its charge limit" if action is CurtailAction.charge_battery else "empty or at its discharge limit"
         return applied, None if applied >= power_kw - POWER_TOLERANCE_KW else f"battery {limit}"
+
+    def url(self, base_url: str, at_root: bool) -> str:
+        """Where the grid agent reaches this agent's endpoints."""
+        return base_url if at_root else f"{base_url}/agents/{self.agent_id}"
 
     def check_addressee(self, expected: str | None) -> None:
         """A call meant for another agent (a stale or wrong URL) must not step or command this one."""
@@ -326,7 +345,8 @@ class DeviceAgent:
         self._write_log_row()
         self._save()
         self.log.close()
-        self.store.close()
+        if self.own_store:
+            self.store.close()
 
 
 def _start_index(data: TimeSeries, text: str) -> int:
@@ -343,38 +363,57 @@ def _start_index(data: TimeSeries, text: str) -> int:
         raise StartupError(f"--start {text!r}: {exc}") from None
 
 
-async def register_forever(agent: DeviceAgent, client: httpx.AsyncClient, settings: DeviceSettings) -> None:
-    """Register with the grid agent, then heartbeat; retry with back-off and jitter while it is away."""
+async def register_forever(
+    agents: DeviceAgent | list[DeviceAgent], client: httpx.AsyncClient, settings: DeviceSettings, base_url: str | None = None
+) -> None:
+    """Register with the grid agent, then heartbeat; retry with back-off and jitter while it is away.
+
+    One agent registers through the contract's ``POST /agents/{agent_id}/status``; a process
+    hosting many sends them all in one ``POST /registrations``. Either way the grid agent learns
+    the per-agent URL and the process's batch URL.
+    """
+    agents = [agents] if isinstance(agents, DeviceAgent) else agents
+    base_url = base_url or settings.own_url
     delay_s = 0.25
     registered = False
     last_refusal = None
     headers = _auth_headers()
+    who = agents[0].agent_id if len(agents) == 1 else f"{len(agents)} agents at {base_url}"
     while True:
         try:
-            report = AgentReport(url=settings.own_url, status=agent.status())
-            response = await client.post(f"/agents/{agent.agent_id}/status", json=report.model_dump(mode="json"), headers=headers)
+            reports = [
+                AgentReport(url=agent.url(base_url, len(agents) == 1), batch_url=base_url, status=agent.status()).model_dump(mode="json")
+                for agent in agents
+            ]
+            if len(agents) == 1:
+                response = await client.post(f"/agents/{agents[0].agent_id}/status", json=reports[0], headers=headers)
+            else:
+                response = await client.post("/registrations", json={"reports": reports}, headers=headers)
             response.raise_for_status()
         except httpx.HTTPStatusError as exc:
-            agent.metrics.peer_error(settings.grid_url, exc)
+            for agent in agents:
+                agent.metrics.peer_error(settings.grid_url, exc)
             refusal = f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"
             if refusal != last_refusal:  # say why once, not every retry
-                logger.warning("%s: the grid agent at %s refused registration (%s); retrying", agent.agent_id, settings.grid_url, refusal)
+                logger.warning("%s: the grid agent at %s refused registration (%s); retrying", who, settings.grid_url, refusal)
             last_refusal, registered = refusal, False
             await asyncio.sleep(delay_s * random.uniform(0.8, 1.2))
             delay_s = min(delay_s * 2, settings.heartbeat_s)
             continue
         except httpx.HTTPError as exc:
-            agent.metrics.peer_error(settings.grid_url, exc)
+            for agent in agents:
+                agent.metrics.peer_error(settings.grid_url, exc)
+                agent.check_fail_safe()
             if registered:
-                logger.warning("%s: lost the grid agent at %s (%s); retrying", agent.agent_id, settings.grid_url, exc)
+                logger.warning("%s: lost the grid agent at %s (%s); retrying", who, settings.grid_url, exc)
             registered = False
-            agent.check_fail_safe()
             await asyncio.sleep(delay_s * random.uniform(0.8, 1.2))
             delay_s = min(delay_s * 2, settings.heartbeat_s)
             continue
-        agent.heard_from_grid()
+        for agent in agents:
+            agent.heard_from_grid()
         if not registered:
-            logger.info("%s: registered with the grid agent at %s", agent.agent_id, settings.grid_url)
+            logger.info("%s: registered with the grid agent at %s", who, settings.grid_url)
         registered, delay_s, last_refusal = True, 0.25, None
         await asyncio.sleep(settings.heartbeat_s)
 
@@ -398,15 +437,30 @@ def require_token_dependency(agent_id: str):
     return check
 
 
-def build_device_app(agent: DeviceAgent, settings: DeviceSettings, register: bool = True) -> FastAPI:
-    """The HTTP face of a home or battery agent."""
+def build_device_app(
+    agents: DeviceAgent | list[DeviceAgent],
+    settings: DeviceSettings,
+    register: bool = True,
+    store: StateStore | None = None,
+) -> FastAPI:
+    """The HTTP face of one or many home or battery agents in one process.
+
+    Each agent answers every endpoint of the contract under ``/agents/{agent_id}``; a process
+    hosting one agent also answers them at the root, as the seed's agents always have. Batch
+    endpoints step and command many hosted agents in one request.
+    """
+    hosted = [agents] if isinstance(agents, DeviceAgent) else list(agents)
+    by_id = {agent.agent_id: agent for agent in hosted}
+    single = hosted[0] if len(hosted) == 1 else None
+    host_id = single.agent_id if single else f"{hosted[0].agent_type.value}-agents-{settings.shard.replace('/', '-of-')}"
+    shared_store = store or (single.store if single else None)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = None
         client = httpx.AsyncClient(base_url=settings.grid_url, timeout=settings.request_timeout_s)
         if register:
-            task = asyncio.create_task(register_forever(agent, client, settings))
+            task = asyncio.create_task(register_forever(hosted, client, settings, settings.own_url))
         try:
             yield
         finally:
@@ -415,47 +469,174 @@ def build_device_app(agent: DeviceAgent, settings: DeviceSettings, register: boo
                 with suppress(asyncio.CancelledError):
                     await task
             await client.aclose()
-            agent.close()
+            for agent in hosted:
+                agent.close()
+            if store is not None:
+                store.close()
 
-    app = FastAPI(title=f"{agent.agent_type.value} agent {agent.agent_id}", description=agent.description, lifespan=lifespan)
-    app.state.agent = agent
-    install_error_handlers(app, agent.agent_id)
-    mount_metrics(app, agent.metrics.registry)
-    Authorized = Depends(require_token_dependency(agent.agent_id))
+    title = f"{hosted[0].agent_type.value} agent {host_id}" if single else f"{len(hosted)} {hosted[0].agent_type.value} agents ({host_id})"
+    app = FastAPI(title=title, description=hosted[0].description, lifespan=lifespan)
+    app.state.agent = single
+    app.state.agents = by_id
+    install_error_handlers(app, host_id)
+    if single is not None:
+        mount_metrics(app, single.metrics.registry)
+    Authorized = Depends(require_token_dependency(host_id))
 
-    @app.get("/", response_model=AgentInfo)
-    async def info() -> AgentInfo:
+    def hosted_agent(agent_id: str) -> DeviceAgent:
+        agent = by_id.get(agent_id)
+        if agent is None:
+            raise NotFoundError(f"no agent {agent_id!r} here; this process hosts {len(by_id)} agents", host_id)
+        return agent
+
+    routes = [("/agents/{agent_id}", hosted_agent)]
+    if single is not None:
+        routes.insert(0, ("", lambda: single))
+    for prefix, resolve in routes:
+        _add_agent_routes(app, prefix, resolve, Authorized)
+
+    @app.post("/batch/simulate", response_model=BatchSimulateResult, dependencies=[Authorized])
+    async def batch_simulate(body: BatchSimulate) -> BatchSimulateResult:
+        """Step many hosted agents at once (one state commit for them all)."""
+        statuses, errors = [], []
+        with _one_transaction(shared_store):
+            for agent_id in body.agent_ids:
+                agent = by_id.get(agent_id)
+                if agent is None:
+                    errors.append(BatchError(agent_id=agent_id, error="not hosted here"))
+                    continue
+                agent.heard_from_grid()
+                statuses.append(agent.simulate())
+        return BatchSimulateResult(statuses=statuses, errors=errors)
+
+    @app.post("/batch/curtail", response_model=BatchCurtailResult, dependencies=[Authorized])
+    async def batch_curtail(body: BatchCurtail) -> BatchCurtailResult:
+        """Command many hosted agents at once; each command as POST /curtail would take it."""
+        results, errors = [], []
+        with _one_transaction(shared_store):
+            for item in body.commands:
+                agent = by_id.get(item.agent_id)
+                if agent is None:
+                    errors.append(BatchError(agent_id=item.agent_id, command_id=item.command.command_id, error="not hosted here"))
+                    continue
+                agent.heard_from_grid()
+                try:
+                    results.append(agent.curtail(item.command))
+                except AgentError as exc:
+                    errors.append(BatchError(agent_id=item.agent_id, command_id=item.command.command_id, error=exc.message))
+        return BatchCurtailResult(results=results, errors=errors)
+
+    if single is None:
+
+        @app.get("/", response_model=HostInfo)
+        async def host_info() -> HostInfo:
+            """What this process hosts."""
+            return HostInfo(host_id=host_id, agent_type=hosted[0].agent_type, agent_ids=list(by_id), endpoints=HOST_ENDPOINTS)
+
+        @app.get("/health", response_model=Health)
+        async def host_health() -> Health:
+            """Liveness of the process."""
+            return Health(agent_id=host_id, agent_type=hosted[0].agent_type)
+
+    return app
+
+
+def create_device_app(
+    settings: DeviceSettings,
+    make_agent: Callable[[DeviceSettings, StateStore | None], DeviceAgent],
+    entries: Callable[[Any], list[Any]],
+    settings_for: Callable[[DeviceSettings, Any], DeviceSettings],
+    kind: str,
+    register: bool = True,
+) -> FastAPI:
+    """One agent from the settings, or, with ``--scenario``, this process's shard of the scenario's agents.
+
+    ``entries(scenario)`` lists the scenario's agents of this kind; ``settings_for(settings, entry)``
+    gives one of them its own settings. Bad data or settings raise StartupError.
+    """
+    if settings.scenario is None:
+        try:
+            return build_device_app(make_agent(settings, None), settings, register=register)
+        except ValueError as exc:
+            raise StartupError(f"{kind} agent {settings.agent_id}: {exc}") from exc
+    from agents.scenario import load_scenario  # the scenario module imports settings; keep start-up light
+
+    i, n = settings.shard_index
+    mine = entries(load_scenario(settings.scenario))[i::n] if i < n else []
+    if not mine:
+        raise StartupError(f"{settings.scenario}: shard {settings.shard} has no {kind} agents")
+    if len(mine) > settings.max_agents_per_process:
+        raise StartupError(f"{settings.scenario}: shard {settings.shard} has {len(mine)} {kind} agents, over --max-agents-per-process {settings.max_agents_per_process}")
+    try:
+        store = StateStore(settings.state_dir, f"{kind}-agents-{i}-of-{n}", fresh=settings.fresh)
+    except (OSError, sqlite3.Error) as exc:
+        raise StartupError(f"cannot keep state in {settings.state_dir}: {exc}") from exc
+    try:
+        agents = [make_agent(settings_for(settings, entry), store) for entry in mine]
+    except ValueError as exc:
+        store.close()
+        raise StartupError(f"{kind} agents of {settings.scenario}: {exc}") from exc
+    return build_device_app(agents, settings, register=register, store=store)
+
+
+AGENT_ENDPOINTS = ["GET /", "GET /health", "GET /status", "POST /simulate", "POST /curtail", "GET /metrics", "GET /docs"]
+HOST_ENDPOINTS = [
+    "GET /",
+    "GET /health",
+    "GET /agents/{agent_id}/ (and /health, /status, /metrics, POST /simulate, POST /curtail)",
+    "POST /batch/simulate",
+    "POST /batch/curtail",
+    "GET /docs",
+]
+
+
+def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAgent], Authorized: Any) -> None:
+    """The contract's endpoints for one agent, under ``prefix``."""
+    hosted = Depends(resolve)  # a default, not an Annotated alias: this module's annotations are strings
+    tag = ["this agent"] if prefix == "" else ["hosted agents"]
+
+    @app.get(f"{prefix}/", response_model=AgentInfo, tags=tag)
+    async def info(agent: DeviceAgent = hosted) -> AgentInfo:
         """What this agent is and what it serves."""
-        return AgentInfo(
-            agent_id=agent.agent_id,
-            agent_type=agent.agent_type,
-            description=agent.description,
-            endpoints=["GET /", "GET /health", "GET /status", "POST /simulate", "POST /curtail", "GET /metrics", "GET /docs"],
-        )
+        return AgentInfo(agent_id=agent.agent_id, agent_type=agent.agent_type, description=agent.description, endpoints=AGENT_ENDPOINTS)
 
-    @app.get("/health", response_model=Health)
-    async def health() -> Health:
+    @app.get(f"{prefix}/health", response_model=Health, tags=tag)
+    async def health(agent: DeviceAgent = hosted) -> Health:
         """Liveness."""
         return Health(agent_id=agent.agent_id, agent_type=agent.agent_type)
 
-    @app.get("/status", response_model=AgentStatus)
-    async def status() -> AgentStatus:
+    @app.get(f"{prefix}/status", response_model=AgentStatus, tags=tag)
+    async def status(agent: DeviceAgent = hosted) -> AgentStatus:
         """The agent's current step, modules, flexibility and who is in control."""
         agent.check_fail_safe()
         return agent.status()
 
-    @app.post("/simulate", response_model=AgentStatus, dependencies=[Authorized])
-    async def simulate(x_agent_id: Annotated[str | None, Header()] = None) -> AgentStatus:
+    @app.post(f"{prefix}/simulate", response_model=AgentStatus, dependencies=[Authorized], tags=tag)
+    async def simulate(agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> AgentStatus:
         """Advance one step, run the local policy and re-apply commands still holding."""
         agent.check_addressee(x_agent_id)
         agent.heard_from_grid()
         return agent.simulate()
 
-    @app.post("/curtail", response_model=CurtailResult, dependencies=[Authorized])
-    async def curtail(command: CurtailCommand, x_agent_id: Annotated[str | None, Header()] = None) -> CurtailResult:
+    @app.post(f"{prefix}/curtail", response_model=CurtailResult, dependencies=[Authorized], tags=tag)
+    async def curtail(command: CurtailCommand, agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> CurtailResult:
         """Shift the operating point by power_kw through action (for duration_s or until valid_until); answers what was applied."""
         agent.check_addressee(x_agent_id)
         agent.heard_from_grid()
         return agent.curtail(command)
 
-    return app
+    if prefix:
+
+        @app.get(f"{prefix}/metrics", tags=tag, response_class=PlainTextResponse)
+        async def metrics(agent: DeviceAgent = hosted) -> PlainTextResponse:
+            """Prometheus metrics of one hosted agent."""
+            return PlainTextResponse(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@contextmanager
+def _one_transaction(store: StateStore | None) -> Iterator[None]:
+    if store is None:
+        yield
+    else:
+        with store.batch():
+            yield

@@ -2,7 +2,9 @@
 
 AgentError                 base: code, message, the agent that raised it
  ├── BadRequestError       the caller sent something wrong (4xx)
- │    └── ConflictError    a command id reused with a different body (409)
+ │    ├── ConflictError    a command id reused with a different body, or a call meant for another agent (409)
+ │    ├── NotFoundError    an agent this process does not host (404)
+ │    └── UnauthorizedError  no or wrong bearer token (401)
  └── PeerUnavailableError  another agent did not answer (502)
 """
 
@@ -43,6 +45,13 @@ class ConflictError(BadRequestError):
     code = "conflict"
 
 
+class NotFoundError(BadRequestError):
+    """The path names an agent this process does not host."""
+
+    status_code = 404
+    code = "not_found"
+
+
 class UnauthorizedError(BadRequestError):
     """A mutating request came without the shared bearer token."""
 
@@ -60,6 +69,20 @@ class PeerUnavailableError(AgentError):
         super().__init__(f"agent {peer_id} did not answer: {reason}", agent_id)
         self.peer_id = peer_id
         self.reason = reason
+
+
+#: What each error status means, for the OpenAPI ``responses=`` of the routes that can answer it.
+_ERROR_DESCRIPTIONS = {
+    400: "The request contradicts itself",
+    401: "Missing or wrong bearer token (only when AGENT_TOKEN is set)",
+    409: "A command_id reused with another body, or a call meant for another agent",
+    422: "Invalid request; detail names each field",
+}
+
+
+def error_responses(*status_codes: int) -> dict[int | str, dict]:
+    """The ``responses=`` of a route: each error status it can answer, all in the one ErrorBody shape."""
+    return {code: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[code]} for code in status_codes}
 
 
 def _field_name(loc: tuple) -> str:

@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI
 from agents.csvlog import CsvLogWriter
 from agents.dashboard import CycleHistory, dashboard_router
 from agents.device import _auth_headers, require_token_dependency
-from agents.errors import BadRequestError, PeerUnavailableError, install_error_handlers
+from agents.errors import BadRequestError, PeerUnavailableError, error_responses, install_error_handlers
 from agents.metrics import GridMetrics, mount_metrics
 from agents.planners import PLANNERS, AgentFlex, Command, Snapshot, TransformerSnapshot
 from agents.scenario import Scenario, load_scenario
@@ -35,6 +35,10 @@ from models.schemas import (
     AgentReport,
     AgentStatus,
     AgentType,
+    BatchCurtailResult,
+    BatchSimulateResult,
+    Registrations,
+    RegistrationsResult,
     CommandStatus,
     CoordinationResult,
     CurtailAction,
@@ -119,6 +123,7 @@ class GridAgent:
         fields = {
             "agent_type": report.status.agent_type,
             "url": report.url.rstrip("/"),
+            "batch_url": report.batch_url.rstrip("/") if report.batch_url else None,
             "transformer_id": report.status.transformer_id,
             "healthy": True,
             "last_seen": _now(),
@@ -152,34 +157,98 @@ class GridAgent:
         return list(ids)
 
     # -- talking to agents -------------------------------------------------------------------
-    async def _call(self, record: AgentRecord, path: str, body: dict | None = None) -> AgentStatus | CurtailResult:
-        """POST to an agent and parse its answer; any failure is a PeerUnavailableError.
+    async def _post(self, url: str, body: Any, addressee: str, retry: bool) -> bytes:
+        """POST JSON and return the answer's bytes; any failure is a PeerUnavailableError naming ``addressee``.
 
-        A /curtail that could not even connect is retried with back-off and jitter under the same
-        command_id (the agent applies a command id once). A timeout is not retried, so a hung
-        agent costs one timeout, and /simulate is never retried: it is not idempotent.
+        A call that is safe to repeat (``retry``: commands carry ids the agents apply once) and
+        could not even connect is retried with back-off and jitter. A timeout is not retried, so
+        a hung agent costs one timeout; /simulate is never retried, as it is not idempotent.
         """
         assert self.http is not None, "the grid agent's client opens with its lifespan"
-        attempts = 1 + (self.settings.curtail_retries if path == "/curtail" else 0)
+        attempts = 1 + (self.settings.curtail_retries if retry else 0)
+        headers = {**_auth_headers(), "X-Agent-Id": addressee}
         for attempt in range(attempts):
             try:
-                response = await self.http.post(f"{record.url}{path}", json=body, headers={**_auth_headers(), "X-Agent-Id": record.agent_id})
+                response = await self.http.post(url, json=body, headers=headers)
                 response.raise_for_status()
-                answer = response.json()
-                if path == "/simulate":
-                    status = AgentStatus.model_validate(answer)
-                    if status.agent_id != record.agent_id:
-                        raise ValueError(f"answered as {status.agent_id}")
-                    return status
-                return CurtailResult.model_validate(answer)
+                return response.content
             except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
                 if attempt + 1 < attempts:
                     await asyncio.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
                     continue
-                raise PeerUnavailableError(record.agent_id, _describe(exc), self.agent_id) from exc
-            except (httpx.HTTPError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-                raise PeerUnavailableError(record.agent_id, _describe(exc), self.agent_id) from exc
+                self.metrics.peer_error(addressee, exc)
+                raise PeerUnavailableError(addressee, _describe(exc), self.agent_id) from exc
+            except httpx.HTTPError as exc:
+                self.metrics.peer_error(addressee, exc)
+                raise PeerUnavailableError(addressee, _describe(exc), self.agent_id) from exc
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def _simulate_one(self, record: AgentRecord) -> AgentStatus:
+        answer = await self._post(f"{record.url}/simulate", None, record.agent_id, retry=False)
+        try:
+            status = AgentStatus.model_validate_json(answer)
+        except ValidationError as exc:
+            self.metrics.peer_error(record.agent_id, exc)
+            raise PeerUnavailableError(record.agent_id, _describe(exc), self.agent_id) from exc
+        if status.agent_id != record.agent_id:
+            raise PeerUnavailableError(record.agent_id, f"answered as {status.agent_id}", self.agent_id)
+        return status
+
+    async def _simulate_batch(self, batch_url: str, group: list[AgentRecord]) -> list[AgentStatus | Exception]:
+        body = {"agent_ids": [r.agent_id for r in group]}
+        try:
+            answer = BatchSimulateResult.model_validate_json(await self._post(f"{batch_url}/batch/simulate", body, batch_url, retry=False))
+        except (PeerUnavailableError, ValidationError) as exc:
+            reason = exc.reason if isinstance(exc, PeerUnavailableError) else _describe(exc)
+            return [PeerUnavailableError(r.agent_id, reason, self.agent_id) for r in group]
+        by_id = {s.agent_id: s for s in answer.statuses}
+        errors = {e.agent_id: e.error for e in answer.errors}
+        return [by_id.get(r.agent_id) or PeerUnavailableError(r.agent_id, errors.get(r.agent_id, "missing from the batch answer"), self.agent_id) for r in group]
+
+    async def _step_all(self, records: list[AgentRecord]) -> list[AgentStatus | Exception]:
+        """/simulate every agent in parallel: one batch request per hosting process, single calls for the rest."""
+        answers: list[AgentStatus | Exception | None] = [None] * len(records)
+        groups: dict[str, list[int]] = {}
+        calls, slots = [], []
+        for i, record in enumerate(records):
+            if record.batch_url:
+                groups.setdefault(record.batch_url, []).append(i)
+            else:
+                calls.append(lambda r=record: self._simulate_one(r))
+                slots.append([i])
+        for batch_url, indexes in groups.items():
+            for chunk in _chunks(indexes, BATCH_SIZE):
+                calls.append(lambda u=batch_url, c=chunk: self._simulate_batch(u, [records[i] for i in c]))
+                slots.append(chunk)
+        for indexes, result in zip(slots, await self._fan_out(calls)):
+            if isinstance(result, Exception):
+                result = [result] * len(indexes)
+            elif not isinstance(result, list):
+                result = [result]
+            for i, answer in zip(indexes, result):
+                answers[i] = answer
+        return answers  # type: ignore[return-value]
+
+    async def _curtail_one(self, record: AgentRecord, body: dict) -> CurtailResult:
+        answer = await self._post(f"{record.url}/curtail", body, record.agent_id, retry=True)
+        try:
+            return CurtailResult.model_validate_json(answer)
+        except ValidationError as exc:
+            raise PeerUnavailableError(record.agent_id, _describe(exc), self.agent_id) from exc
+
+    async def _curtail_batch(self, batch_url: str, items: list[tuple[AgentRecord, dict]]) -> list[CurtailResult | Exception]:
+        body = {"commands": [{"agent_id": r.agent_id, "command": b} for r, b in items]}
+        try:
+            answer = BatchCurtailResult.model_validate_json(await self._post(f"{batch_url}/batch/curtail", body, batch_url, retry=True))
+        except (PeerUnavailableError, ValidationError) as exc:
+            reason = exc.reason if isinstance(exc, PeerUnavailableError) else _describe(exc)
+            return [PeerUnavailableError(r.agent_id, reason, self.agent_id) for r, _ in items]
+        by_id = {result.command_id: result for result in answer.results}
+        errors = {e.command_id: e.error for e in answer.errors}
+        return [
+            by_id.get(b["command_id"]) or PeerUnavailableError(r.agent_id, errors.get(b["command_id"], "missing from the batch answer"), self.agent_id)
+            for r, b in items
+        ]
 
     async def _fan_out(self, calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
         semaphore = asyncio.Semaphore(self.settings.max_concurrency)
@@ -203,7 +272,7 @@ class GridAgent:
         unreachable: list[str] = []
 
         # 1. step every agent in parallel
-        answers = await self._fan_out([lambda r=r: self._call(r, "/simulate") for r in records])
+        answers = await self._step_all(records)
         statuses: dict[str, AgentStatus] = {}
         for record, answer in zip(records, answers):
             if isinstance(answer, Exception):
@@ -285,16 +354,32 @@ class GridAgent:
         return build_snapshot(statuses.values(), self.transformer_ids(), self.limits)
 
     async def _act(self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str]) -> list[ActionReport]:
-        calls = []
-        for command in commands:
+        calls: list[Callable[[], Awaitable[Any]]] = []
+        order: list[list[int]] = []
+        groups: dict[str, list[int]] = {}
+        bodies = []
+        for i, command in enumerate(commands):
             record = self.registry[command.agent_id]
             body = {
                 "command_id": f"{self.run_id}-{self.cycle}-{command.agent_id}-{command.action.value}",
                 "action": command.action.value,
                 "power_kw": command.power_kw,
             }
-            calls.append(lambda r=record, b=body: self._call(r, "/curtail", b))
-        answers = await self._fan_out(calls)
+            bodies.append((record, body))
+            if record.batch_url:
+                groups.setdefault(record.batch_url, []).append(i)
+            else:
+                calls.append(lambda r=record, b=body: self._curtail_one(r, b))
+                order.append([i])
+        for batch_url, indexes in groups.items():
+            for chunk in _chunks(indexes, BATCH_SIZE):
+                calls.append(lambda u=batch_url, c=chunk: self._curtail_batch(u, [bodies[i] for i in c]))
+                order.append(chunk)
+        answers: list[Any] = [None] * len(commands)
+        for indexes, result in zip(order, await self._fan_out(calls)):
+            results = result if isinstance(result, list) else [result] * len(indexes)
+            for i, answer in zip(indexes, results):
+                answers[i] = answer
         reports = []
         for command, answer in zip(commands, answers):
             transformer_id = statuses[command.agent_id].transformer_id
@@ -391,6 +476,14 @@ def build_snapshot(
     return Snapshot(transformers=tuple(transformers), agents=agents, timestamp=max(timestamps) if timestamps else None, step_s=step_s)
 
 
+#: Agents per batch request: large enough to amortise a request, small enough to step in parallel.
+BATCH_SIZE = 500
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -455,12 +548,19 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
         """Every registered agent and whether it is healthy."""
         return agent.agents()
 
-    @app.post("/agents/{agent_id}/status", response_model=AgentRecord, dependencies=[Authorized], response_model_exclude={"last_status"})
+    @app.post("/agents/{agent_id}/status", response_model=AgentRecord, dependencies=[Authorized], response_model_exclude={"last_status"}, responses=error_responses(400, 401, 422))
     async def report(agent_id: str, body: AgentReport) -> AgentRecord:
         """Register an agent, or take its heartbeat."""
         return agent.register(agent_id, body)
 
-    @app.post("/coordinate", response_model=CoordinationResult, dependencies=[Authorized])
+    @app.post("/registrations", response_model=RegistrationsResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
+    async def registrations(body: Registrations) -> RegistrationsResult:
+        """Register, or take the heartbeat of, many agents of one process at once."""
+        for report in body.reports:
+            agent.register(report.status.agent_id, report)
+        return RegistrationsResult(registered=len(body.reports))
+
+    @app.post("/coordinate", response_model=CoordinationResult, dependencies=[Authorized], responses=error_responses(401))
     async def coordinate() -> CoordinationResult:
         """Run one coordination cycle: step, assess, plan, act, record."""
         return await agent.coordinate()

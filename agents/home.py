@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from agents.data import HOME_COLUMNS, HOME_NONNEGATIVE, load_timeseries
-from agents.device import DeviceAgent, build_device_app
+from agents.device import DeviceAgent, create_device_app
 from agents.settings import HomeSettings, StartupError
+from agents.state import StateStore
 from models.devices import BatteryModule, BatterySpec, LoadModule, SolarModule
 from models.schemas import AgentStatus, AgentType, CurtailAction, Flexibility, LoadStatus, SolarStatus
 
@@ -26,7 +27,7 @@ class HomeAgent(DeviceAgent):
     agent_type = AgentType.home
     description = "A home with rooftop PV, a household load with a flexible share and a home battery."
 
-    def __init__(self, settings: HomeSettings) -> None:
+    def __init__(self, settings: HomeSettings, store: StateStore | None = None) -> None:
         data = load_timeseries(settings.data_file, HOME_COLUMNS, HOME_NONNEGATIVE)
         battery = None
         if settings.battery_kwh > 0 and settings.battery_kw > 0:
@@ -36,7 +37,17 @@ class HomeAgent(DeviceAgent):
         self.load = LoadModule(flexible_fraction=settings.flexible_fraction)
         self.pv_scale = settings.pv_kwp / DATA_PV_KWP
         self.load_scale = settings.annual_load_kwh / DATA_ANNUAL_LOAD_KWH
-        super().__init__(settings, data, battery)
+        self.solar_shift, self.load_shift = settings.solar_shift_steps, settings.load_shift_steps
+        super().__init__(settings, data, battery, store)
+
+    def _read_row(self, index: int) -> dict[str, float]:
+        """Row ``index`` with the PV and load profiles shifted by this home's orientation and habits."""
+        row = self.data.row(index)
+        if self.solar_shift:
+            row["solar_kw"] = self.data.row(index - self.solar_shift)["solar_kw"]
+        if self.load_shift:
+            row["load_kw"] = self.data.row(index - self.load_shift)["load_kw"]
+        return row
 
     def _begin_step(self, row: dict[str, float]) -> None:
         self.solar.begin_step(row["solar_kw"] * self.pv_scale)
@@ -105,9 +116,22 @@ class HomeAgent(DeviceAgent):
 
 
 def create_app(settings: HomeSettings, *, register: bool = True) -> FastAPI:
-    """Build a home agent's app. Raises StartupError for bad data or settings."""
-    try:
-        agent = HomeAgent(settings)
-    except ValueError as exc:
-        raise StartupError(f"home agent {settings.agent_id}: {exc}") from exc
-    return build_device_app(agent, settings, register=register)
+    """Build a home agent's app, or with ``--scenario`` one hosting this process's share of its homes."""
+    return create_device_app(settings, HomeAgent, lambda scenario: scenario.homes, settings_for_home, "home", register=register)
+
+
+def settings_for_home(settings: HomeSettings, home) -> HomeSettings:
+    """A scenario home's own settings: the process's, with the home's id, place and sizes."""
+    return settings.model_copy(
+        update={
+            "agent_id": home.id,
+            "transformer_id": home.transformer,
+            "pv_kwp": home.pv_kwp,
+            "annual_load_kwh": home.annual_load_kwh,
+            "flexible_fraction": home.flexible_fraction,
+            "battery_kwh": home.battery_kwh,
+            "battery_kw": home.battery_kw,
+            "solar_shift_steps": home.solar_shift_steps,
+            "load_shift_steps": home.load_shift_steps,
+        }
+    )

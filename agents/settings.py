@@ -54,6 +54,15 @@ class DeviceSettings(ServerSettings):
     request_timeout_s: float = Field(2.0, gt=0, description="Timeout of calls to the grid agent")
     fresh: bool = Field(False, description="Discard the saved state and start again from the first step")
     fail_safe_after_s: float = Field(30.0, gt=0, description="With no word from the grid agent this long, drop its commands and run on local policy")
+    scenario: Path | None = Field(None, description="Host this process's share of the scenario's agents instead of one")
+    shard: str = Field("0/1", pattern=r"^\d+/[1-9]\d*$", description="With --scenario: host agents i, i+n, i+2n... written i/n")
+    max_agents_per_process: int = Field(1000, ge=1, description="Refuse to host more agents than this in one process")
+
+    @property
+    def shard_index(self) -> tuple[int, int]:
+        """(i, n) of --shard."""
+        i, n = (int(part) for part in self.shard.split("/"))
+        return i, n
 
     @property
     def own_url(self) -> str:
@@ -74,6 +83,8 @@ class HomeSettings(DeviceSettings):
     battery_kwh: float = Field(13.5, ge=0, description="Home battery capacity; 0 for none")
     battery_kw: float = Field(5.0, ge=0, description="Home battery power limit (charge and discharge)")
     initial_soc_fraction: float = Field(0.5, ge=0, le=1)
+    solar_shift_steps: int = Field(0, ge=-8, le=8, description="Shift of the PV profile in data steps (orientation)")
+    load_shift_steps: int = Field(0, ge=-8, le=8, description="Shift of the load profile in data steps (habits)")
 
 
 class BatterySettings(DeviceSettings):

@@ -4,42 +4,69 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
 class StateStore:
-    """One SQLite file per agent under the state folder: its latest state and the commands it has answered."""
+    """One SQLite file per agent process, under the state folder: each hosted agent's latest state
+    and the commands it has answered, keyed by agent id.
 
-    def __init__(self, state_dir: Path, agent_id: str, fresh: bool = False) -> None:
+    Every ``save`` commits, unless it runs inside ``batch()``, which commits once at its end: a
+    process stepping hundreds of homes writes them in one transaction.
+    """
+
+    def __init__(self, state_dir: Path, name: str, fresh: bool = False) -> None:
         state_dir = Path(state_dir)
         state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / f"{agent_id}.sqlite3"
+        self.path = state_dir / f"{name}.sqlite3"
         if fresh:
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process kill; an OS crash may lose the last step
-        self._db.execute("CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS state (agent_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS commands (agent_id TEXT NOT NULL, command_id TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (agent_id, command_id))"
+        )
+        self._depth = 0
 
-    def load(self) -> dict[str, Any] | None:
-        """The saved state, or None for a new agent."""
-        row = self._db.execute("SELECT body FROM state WHERE id = 1").fetchone()
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the saves inside into one transaction."""
+        if self._depth == 0:
+            self._db.execute("BEGIN")
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("COMMIT")
+
+    def load(self, agent_id: str) -> dict[str, Any] | None:
+        """An agent's saved state, or None for a new agent."""
+        row = self._db.execute("SELECT body FROM state WHERE agent_id = ?", (agent_id,)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def save(self, state: dict[str, Any], commands: dict[str, dict[str, Any]] | None = None) -> None:
-        """Save the state and any newly answered commands in one transaction."""
-        with self._db:
-            self._db.execute("BEGIN")
-            self._db.execute("INSERT OR REPLACE INTO state (id, body) VALUES (1, ?)", (json.dumps(state),))
-            for command_id, record in (commands or {}).items():
-                self._db.execute("INSERT OR REPLACE INTO commands (command_id, body) VALUES (?, ?)", (command_id, json.dumps(record)))
+    def save(self, agent_id: str, state: dict[str, Any], commands: dict[str, dict[str, Any]] | None = None) -> None:
+        """Save an agent's state and its newly answered commands together."""
+        with self.batch():
+            self._db.execute("INSERT OR REPLACE INTO state (agent_id, body) VALUES (?, ?)", (agent_id, json.dumps(state)))
+            if commands:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO commands (agent_id, command_id, body) VALUES (?, ?, ?)",
+                    [(agent_id, command_id, json.dumps(record)) for command_id, record in commands.items()],
+                )
 
-    def commands(self, limit: int) -> dict[str, dict[str, Any]]:
-        """The most recently answered commands, oldest first."""
-        rows = self._db.execute("SELECT command_id, body FROM commands ORDER BY rowid DESC LIMIT ?", (limit,)).fetchall()
+    def commands(self, agent_id: str, limit: int) -> dict[str, dict[str, Any]]:
+        """An agent's most recently answered commands, oldest first."""
+        rows = self._db.execute(
+            "SELECT command_id, body FROM commands WHERE agent_id = ? ORDER BY rowid DESC LIMIT ?", (agent_id, limit)
+        ).fetchall()
         return {command_id: json.loads(body) for command_id, body in reversed(rows)}
 
     def close(self) -> None:

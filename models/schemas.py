@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from models.grid import TransformerState
 
@@ -18,6 +18,12 @@ AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
 NonNegativeKw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 #: On the wire a command's power must be a JSON number: no "0.1" strings, no booleans.
 StrictNonNegativeKw = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+#: Simulated time in answers: ISO 8601 on the data's own local clock, so with no UTC offset
+#: (2025-06-01T00:30:00). JSON Schema's ``date-time`` demands an offset, so answers say what they send.
+SimulatedTime = Annotated[
+    datetime,
+    WithJsonSchema({"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$"}, mode="serialization"),
+]
 
 
 class AgentType(str, Enum):
@@ -101,7 +107,7 @@ class AgentStatus(BaseModel):
     agent_type: AgentType
     transformer_id: str
     step: int = Field(ge=0, description="Steps simulated so far")
-    timestamp: datetime | None = Field(description="Simulated time of the current step; null before the first")
+    timestamp: SimulatedTime | None = Field(description="Simulated time of the current step; null before the first")
     step_s: float = Field(gt=0, description="Length of one step in seconds")
     net_power_kw: float = Field(allow_inf_nan=False, description="> 0 imports from the grid, < 0 exports")
     solar: SolarStatus | None = None
@@ -156,7 +162,7 @@ class ActiveCommand(BaseModel):
     command_id: str
     action: CurtailAction
     power_kw: float
-    valid_until: datetime
+    valid_until: SimulatedTime
 
 
 class CurtailResult(BaseModel):
@@ -177,7 +183,80 @@ class AgentReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(min_length=1, max_length=512, pattern=r"^https?://", description="Base URL the grid agent calls")
+    batch_url: str | None = Field(
+        None, max_length=512, pattern=r"^https?://", description="Base URL of the process hosting the agent, if it serves /batch/simulate and /batch/curtail"
+    )
     status: AgentStatus
+
+
+class Registrations(BaseModel):
+    """Many agents of one process registering, or heartbeating, at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reports: list[AgentReport] = Field(max_length=10_000)
+
+
+class RegistrationsResult(BaseModel):
+    """How many agents a batch registered."""
+
+    registered: int
+
+
+class BatchSimulate(BaseModel):
+    """Step these hosted agents."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_ids: list[AgentId] = Field(max_length=10_000)
+
+
+class BatchError(BaseModel):
+    """One agent of a batch that could not be served."""
+
+    agent_id: str
+    command_id: str | None = None
+    error: str
+
+
+class BatchSimulateResult(BaseModel):
+    """The statuses of the agents stepped, and those that could not be."""
+
+    statuses: list[AgentStatus]
+    errors: list[BatchError]
+
+
+class AddressedCommand(BaseModel):
+    """A command for one hosted agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: AgentId
+    command: CurtailCommand
+
+
+class BatchCurtail(BaseModel):
+    """Commands for hosted agents."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    commands: list[AddressedCommand] = Field(max_length=10_000)
+
+
+class BatchCurtailResult(BaseModel):
+    """Each agent's answer, and the commands that could not be delivered."""
+
+    results: list[CurtailResult]
+    errors: list[BatchError]
+
+
+class HostInfo(BaseModel):
+    """What a process hosting many agents serves, for its ``GET /``."""
+
+    host_id: str
+    agent_type: AgentType
+    agent_ids: list[str]
+    endpoints: list[str]
 
 
 class AgentRecord(BaseModel):
@@ -186,6 +265,7 @@ class AgentRecord(BaseModel):
     agent_id: str
     agent_type: AgentType
     url: str
+    batch_url: str | None = None
     transformer_id: str
     healthy: bool
     last_seen: datetime
@@ -223,7 +303,7 @@ class CoordinationResult(BaseModel):
     """The record of one coordination cycle."""
 
     cycle: int
-    timestamp: datetime | None
+    timestamp: SimulatedTime | None
     step_s: float | None = Field(None, description="Length of the simulated step the agents took")
     planner: str
     fallback_reason: str | None = None
