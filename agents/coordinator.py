@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
 import signal
@@ -18,9 +19,14 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from agents.settings import ServerSettings
+from agents.progress import cycle_display
+from agents.report import run_kpis, summary_rows, write_report
+from agents.scenario import Scenario, generate_feeder, load_scenario
+from agents.settings import ServerSettings, StartupError
 
 ROOT = Path(__file__).resolve().parent.parent
+#: With --report, fetch the grid agent's history this often (it keeps the last 2,880 cycles).
+HISTORY_PULL_EVERY = 1000
 
 
 class CoordinatorSettings(ServerSettings):
@@ -31,12 +37,14 @@ class CoordinatorSettings(ServerSettings):
     exit: bool = Field(False, description="Stop the agents and exit after the last cycle instead of waiting for Ctrl+C")
     base_port: int = Field(8000, ge=1, le=65533, description="Grid agent's port; home and battery take the next two")
     planner: str = Field("auto", pattern=r"^(auto|optimal|rule|ai|mpc)$", description="auto (ai with an OpenAI key, else optimal), optimal, rule, ai or mpc")
-    homes: int = Field(1, ge=1, le=1, description="Homes on the feeder (the seed runs one)")
+    homes: int = Field(1, ge=1, le=100_000, description="Homes on a generated feeder (1 = the seed's feeder of one home and one battery)")
+    homes_per_process: int = Field(250, ge=1, le=1000, description="Homes hosted by each home agent process")
     transformer_rating_kw: float | None = Field(None, gt=0, description="Rating of every transformer (grid agent's default if unset)")
     scenario: Path | None = Field(None, description="Scenario file handed to the grid agent")
     start: str | None = Field(None, description="Simulated start time, ISO 8601 (default: the first row of the data)")
     resume: bool = Field(False, description="Continue from the agents' saved state instead of starting afresh")
     startup_timeout_s: float = Field(30.0, gt=0, description="How long to wait for each agent to come up")
+    report: Path | None = Field(None, description="Write summary.json, cycles.jsonl and PNG plots of the run into this folder")
 
 
 class CoordinatorError(Exception):
@@ -52,6 +60,7 @@ class Child:
     port: int
     command: list[str]
     output: Path
+    hosts: list[str] = field(default_factory=list)  # the agent ids it hosts, which must register
     process: subprocess.Popen | None = None
 
     @property
@@ -72,6 +81,9 @@ class RunStats:
 
     cycles: list[dict] = field(default_factory=list)
     round_trip_ms: list[float] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # the grid agent's dashboard rows (SoC per cycle), for --report
+    history_run: str | None = None
+    report_written: bool = False
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -85,24 +97,50 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def plan_children(settings: CoordinatorSettings) -> list[Child]:
-    """The three agents of the seed feeder and the command lines that start them."""
+def feeder_scenario(settings: CoordinatorSettings) -> Scenario | None:
+    """The feeder of the run: the --scenario file, a generated one for --homes N > 1, or None for the seed's."""
+    if settings.scenario is not None:
+        scenario = load_scenario(settings.scenario)
+        if settings.homes > 1 and len(scenario.homes) != settings.homes:
+            raise StartupError(f"--homes {settings.homes} and --scenario {settings.scenario} ({len(scenario.homes)} homes) disagree; give one")
+        return scenario
+    if settings.homes > 1:
+        return generate_feeder(settings.homes)
+    return None
+
+
+def plan_children(settings: CoordinatorSettings, scenario: Scenario | None = None, scenario_path: Path | None = None) -> list[Child]:
+    """The agent processes of the run and the command lines that start them.
+
+    The seed's feeder is one grid, one home and one battery process. A scenario with homes gets
+    one grid process, ceil(homes / --homes-per-process) home processes each hosting its shard of
+    the homes, and one process hosting the storage systems; ports count up from --base-port.
+    """
     grid_url = f"http://127.0.0.1:{settings.base_port}"
     common = ["--host", "127.0.0.1", "--log-dir", str(settings.log_dir), "--state-dir", str(settings.state_dir), "--log-level", settings.log_level]
     device = ["--grid-url", grid_url, *(["--start", settings.start] if settings.start else []), *([] if settings.resume else ["--fresh"])]
     grid_flags = ["--planner", settings.planner]
     if settings.transformer_rating_kw is not None:
         grid_flags += ["--transformer-rating-kw", str(settings.transformer_rating_kw)]
-    if settings.scenario is not None:
-        grid_flags += ["--scenario", str(settings.scenario)]
-    specs = [
-        ("grid agent", "grid_agent", "grid_agent_server.py", settings.base_port, grid_flags),
-        ("home agent", "home_1", "home_agent_server.py", settings.base_port + 1, ["--agent-id", "home_1", *device]),
-        ("battery agent", "battery_agent_1", "battery_agent_server.py", settings.base_port + 2, ["--agent-id", "battery_agent_1", *device]),
-    ]
+    path = scenario_path or settings.scenario
+    if path is not None:
+        grid_flags += ["--scenario", str(path)]
+    specs: list[tuple[str, str, str, list[str], list[str]]] = [("grid agent", "grid_agent", "grid_agent_server.py", grid_flags, [])]
+    if scenario is None or not scenario.homes:
+        specs += [
+            ("home agent", "home_1", "home_agent_server.py", ["--agent-id", "home_1", *device], ["home_1"]),
+            ("battery agent", "battery_agent_1", "battery_agent_server.py", ["--agent-id", "battery_agent_1", *device], ["battery_agent_1"]),
+        ]
+    else:
+        n = math.ceil(len(scenario.homes) / settings.homes_per_process)
+        for i in range(n):
+            hosted = [h.id for h in scenario.homes[i::n]]
+            specs.append((f"homes {i + 1}/{n}", f"home_agents_{i + 1}_of_{n}", "home_agent_server.py", ["--scenario", str(path), "--shard", f"{i}/{n}", *device], hosted))
+        if scenario.batteries:
+            specs.append(("storage", "battery_agents", "battery_agent_server.py", ["--scenario", str(path), *device], [b.id for b in scenario.batteries]))
     return [
-        Child(name, agent_id, port, [sys.executable, str(ROOT / script), "--port", str(port), *common, *flags], settings.log_dir / f"{agent_id}_server.log")
-        for name, agent_id, script, port, flags in specs
+        Child(name, agent_id, settings.base_port + k, [sys.executable, str(ROOT / script), "--port", str(settings.base_port + k), *common, *flags], settings.log_dir / f"{agent_id}_server.log", hosted)
+        for k, (name, agent_id, script, flags, hosted) in enumerate(specs)
     ]
 
 
@@ -113,7 +151,13 @@ class Coordinator:
         self.settings = settings
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.errors = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.children = plan_children(settings)
+        self.scenario = feeder_scenario(settings)
+        scenario_path = settings.scenario
+        if self.scenario is not None and scenario_path is None:  # a generated feeder: write it where the agents can read it
+            settings.log_dir.mkdir(parents=True, exist_ok=True)
+            scenario_path = settings.log_dir / "feeder.toml"
+            scenario_path.write_text(self.scenario.to_toml(), encoding="utf-8")
+        self.children = plan_children(settings, self.scenario, scenario_path)
         self.token = os.environ.get("AGENT_TOKEN") or secrets.token_urlsafe(24)
         self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {self.token}"})
         self.stats = RunStats()
@@ -152,14 +196,16 @@ class Coordinator:
         raise CoordinatorError(f"the {child.name} ({child.agent_id}) did not answer /health within {self.settings.startup_timeout_s:g} s ({reason}); its output: {child.tail() or 'none'}")
 
     def _wait_registered(self) -> None:
-        expected = {c.agent_id for c in self.children[1:]}
+        expected = {agent_id for c in self.children[1:] for agent_id in c.hosts}
         deadline = time.monotonic() + self.settings.startup_timeout_s
         while time.monotonic() < deadline:
             agents = {a["agent_id"] for a in self.http.get(f"{self.children[0].url}/agents").json() if a["healthy"]}
             if expected <= agents:
                 return
             time.sleep(0.1)
-        raise CoordinatorError(f"agents {', '.join(sorted(expected - agents))} did not register with the grid agent within {self.settings.startup_timeout_s:g} s")
+        missing = sorted(expected - agents)
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise CoordinatorError(f"agents {shown} did not register with the grid agent within {self.settings.startup_timeout_s:g} s")
 
     def stop(self) -> None:
         """Stop every child: SIGTERM, then SIGKILL after 5 s. Safe to call twice."""
@@ -179,18 +225,55 @@ class Coordinator:
 
     # -- cycles ------------------------------------------------------------------------------
     def run_cycles(self) -> None:
-        """Run the configured number of cycles, ``interval`` seconds apart, printing each."""
-        for i in range(self.settings.cycles):
-            started = time.perf_counter()
-            response = self.http.post(f"{self.children[0].url}/coordinate")
-            if response.status_code != 200:
-                raise CoordinatorError(f"the grid agent answered /coordinate with HTTP {response.status_code}: {response.text[:200]}")
-            self.stats.round_trip_ms.append((time.perf_counter() - started) * 1000)
-            result = response.json()
-            self.stats.cycles.append(result)
-            self.print_cycle(result)
-            if i < self.settings.cycles - 1 and self.settings.interval > 0:
-                time.sleep(max(self.settings.interval - (time.perf_counter() - started), 0.0))
+        """Run the configured number of cycles, ``interval`` seconds apart, showing each (a progress bar for long runs)."""
+        with cycle_display(self.console, self.settings.cycles, self.print_cycle) as show:
+            for i in range(self.settings.cycles):
+                started = time.perf_counter()
+                response = self.http.post(f"{self.children[0].url}/coordinate")
+                if response.status_code != 200:
+                    raise CoordinatorError(f"the grid agent answered /coordinate with HTTP {response.status_code}: {response.text[:200]}")
+                self.stats.round_trip_ms.append((time.perf_counter() - started) * 1000)
+                result = response.json()
+                self.stats.cycles.append(result)
+                show(result)
+                if self.settings.report and len(self.stats.cycles) % HISTORY_PULL_EVERY == 0:
+                    self.pull_history()  # before the grid agent's bounded history forgets the first cycles
+                if i < self.settings.cycles - 1 and self.settings.interval > 0:
+                    time.sleep(max(self.settings.interval - (time.perf_counter() - started), 0.0))
+
+    def pull_history(self) -> None:
+        """Fetch the grid agent's dashboard rows not fetched yet (the state of charge per cycle, for the report)."""
+        since = self.stats.history[-1]["cycle"] if self.stats.history else 0
+        params = {"since": since, **({"run": self.stats.history_run} if self.stats.history_run else {})}
+        try:
+            answer = self.http.get(f"{self.children[0].url}/dashboard/data", params=params)
+            answer.raise_for_status()
+            data = answer.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            self.errors.print(f"[yellow]warning:[/yellow] could not fetch the grid agent's history for the report: {exc}")
+            return
+        if data.get("run_id") != self.stats.history_run:
+            self.stats.history = []
+        self.stats.history_run = data.get("run_id")
+        self.stats.history.extend(data.get("history", []))
+
+    def write_report(self) -> bool:
+        """Write the --report folder (summary.json, cycles.jsonl, PNG plots); False, with the reason printed, when it cannot."""
+        directory = self.settings.report
+        self.pull_history()
+        run = {
+            **self.settings.model_dump(mode="json", include={"cycles", "interval", "planner", "base_port", "homes", "transformer_rating_kw", "scenario", "start", "resume", "log_dir"}),
+            "cycles_run": len(self.stats.cycles),
+            "median_round_trip_ms": statistics.median(self.stats.round_trip_ms) if self.stats.round_trip_ms else None,
+        }
+        try:
+            paths = write_report(directory, self.stats.cycles, self.stats.history, run)
+        except OSError as exc:
+            self.errors.print(f"[red]error:[/red] cannot write the report into {directory}: {exc}")
+            return False
+        self.console.print(f"report in {directory}/: {', '.join(p.name for p in paths)}")
+        self.stats.report_written = True
+        return True
 
     def print_cycle(self, result: dict) -> None:
         stamp = (result["timestamp"] or "-").replace("T", " ")[:16]
@@ -212,35 +295,30 @@ class Coordinator:
 
     def summary(self) -> Table:
         """A table of what the run did."""
-        cycles = self.stats.cycles
         table = Table(title="Summary", show_header=True)
         table.add_column("figure")
-        table.add_column("value", justify="right")
-        table.add_row("cycles", str(len(cycles)))
-        if cycles:
-            first, last = (cycles[0]["timestamp"] or "-")[:16], (cycles[-1]["timestamp"] or "-")[:16]
-            table.add_row("simulated time", f"{first} to {last}")
-            rows = [t for c in cycles for t in c["transformers"]]
-            table.add_row("steps outside limits, before", str(sum(t["state_before"] != "normal" for t in rows)))
-            table.add_row("steps outside limits, after", str(sum(t["state_after"] != "normal" for t in rows)))
-            actions = [a for c in cycles for a in c["actions"]]
-            table.add_row("commands sent", str(len(actions)))
-            step_h = (cycles[0].get("step_s") or 0.0) / 3600.0
-            for action in ("discharge_battery", "charge_battery", "curtail_solar", "shed_load"):
-                applied_kwh = sum(a["applied_kw"] for a in actions if a["action"] == action) * step_h
-                table.add_row(f"{action} (kWh)", f"{applied_kwh:.2f}")
-            table.add_row("planners", ", ".join(sorted({c["planner"] for c in cycles})))
-            table.add_row("unreachable (agent-cycles)", str(sum(len(c["unreachable"]) for c in cycles)))
-            table.add_row("median cycle, grid agent (ms)", f"{statistics.median(c['duration_ms'] for c in cycles):.1f}")
-            table.add_row("median cycle, round trip (ms)", f"{statistics.median(self.stats.round_trip_ms):.1f}")
+        table.add_column("coordinated", justify="right")
+        table.add_column("uncoordinated", justify="right")
+        for row in summary_rows(run_kpis(self.stats.cycles)):
+            table.add_row(*row)
+        if self.stats.round_trip_ms:
+            table.add_row("median cycle, round trip (ms)", f"{statistics.median(self.stats.round_trip_ms):.1f}", "")
         return table
 
     def run(self) -> int:
         """The whole run; returns the process exit code."""
         try:
+            if self.settings.report is not None:
+                try:
+                    self.settings.report.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise CoordinatorError(f"cannot create the report folder {self.settings.report}: {exc.strerror}") from exc
             self.start()
+            self.console.print(f"dashboard      {self.children[0].url}/dashboard  (metrics at /metrics on every agent)")
             self.run_cycles()
             self.console.print(self.summary())
+            if self.settings.report is not None and not self.write_report():
+                return 1
             self.console.print(f"logs and agent output in {self.settings.log_dir}/")
             if not self.settings.exit:
                 self.console.print(f"agents stay up at {', '.join(c.url for c in self.children)}; press Ctrl+C to stop them")
@@ -251,6 +329,8 @@ class Coordinator:
             return 0
         except KeyboardInterrupt:
             self.console.print("interrupted; stopping the agents")
+            if self.settings.report is not None and self.stats.cycles and not self.stats.report_written:
+                self.write_report()  # a report of the cycles that did run
             return 0
         except CoordinatorError as exc:
             self.errors.print(f"[red]error:[/red] {exc}")
@@ -266,7 +346,12 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of run_distributed_simulation.py."""
     settings = CoordinatorSettings.from_cli(args)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    return Coordinator(settings).run()
+    try:
+        coordinator = Coordinator(settings)
+    except (StartupError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return coordinator.run()
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

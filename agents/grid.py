@@ -23,6 +23,7 @@ from agents.dashboard import CycleHistory, dashboard_router
 from agents.device import _auth_headers, require_token_dependency
 from agents.errors import BadRequestError, PeerUnavailableError, error_responses, install_error_handlers
 from agents.metrics import GridMetrics, mount_metrics
+from agents.peers import PeerCallError, PeerClient, make_peers
 from agents.planners import PLANNERS, AgentFlex, Command, Snapshot, TransformerSnapshot
 from agents.scenario import Scenario, load_scenario
 from agents.planners.ai import AiPlanner
@@ -40,6 +41,8 @@ from models.schemas import (
     Registrations,
     RegistrationsResult,
     CommandStatus,
+    CoordinateBatch,
+    CoordinationBatch,
     CoordinationResult,
     CurtailAction,
     CurtailResult,
@@ -104,7 +107,7 @@ class GridAgent:
         self.cycle = 0
         self.last_result: CoordinationResult | None = None
         self.cycle_ms: list[float] = []
-        self.http: httpx.AsyncClient | None = None
+        self.peers: PeerClient | None = None
         self.run_id = uuid.uuid4().hex[:8]
         self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", GRID_LOG_COLUMNS)
         self._lock = asyncio.Lock()
@@ -164,23 +167,18 @@ class GridAgent:
         could not even connect is retried with back-off and jitter. A timeout is not retried, so
         a hung agent costs one timeout; /simulate is never retried, as it is not idempotent.
         """
-        assert self.http is not None, "the grid agent's client opens with its lifespan"
+        assert self.peers is not None, "the grid agent's client opens with its lifespan"
         attempts = 1 + (self.settings.curtail_retries if retry else 0)
         headers = {**_auth_headers(), "X-Agent-Id": addressee}
         for attempt in range(attempts):
             try:
-                response = await self.http.post(url, json=body, headers=headers)
-                response.raise_for_status()
-                return response.content
-            except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
-                if attempt + 1 < attempts:
+                return await self.peers.post(url, body, headers)
+            except PeerCallError as exc:
+                if exc.retryable and attempt + 1 < attempts:
                     await asyncio.sleep(0.05 * 2**attempt * random.uniform(0.5, 1.5))
                     continue
                 self.metrics.peer_error(addressee, exc)
-                raise PeerUnavailableError(addressee, _describe(exc), self.agent_id) from exc
-            except httpx.HTTPError as exc:
-                self.metrics.peer_error(addressee, exc)
-                raise PeerUnavailableError(addressee, _describe(exc), self.agent_id) from exc
+                raise PeerUnavailableError(addressee, str(exc), self.agent_id) from exc
         raise AssertionError("unreachable: the loop returns or raises")
 
     async def _simulate_one(self, record: AgentRecord) -> AgentStatus:
@@ -488,14 +486,8 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return f"HTTP {exc.response.status_code} from {exc.request.url}"
-    if isinstance(exc, httpx.TimeoutException):
-        return f"timed out ({type(exc).__name__})"
-    if isinstance(exc, ValidationError):
-        return f"answered with an invalid body ({exc.error_count()} errors)"
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+def _describe(exc: ValidationError) -> str:
+    return f"answered with an invalid body ({exc.error_count()} errors)"
 
 
 def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
@@ -506,12 +498,11 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=settings.max_concurrency, max_keepalive_connections=settings.max_concurrency)
-        agent.http = httpx.AsyncClient(timeout=settings.step_timeout_s, limits=limits, transport=transport)
+        agent.peers = make_peers(settings.step_timeout_s, settings.max_concurrency, transport)
         try:
             yield
         finally:
-            await agent.http.aclose()
+            await agent.peers.aclose()
             if agent.ai is not None and agent.ai.client is not None:
                 await agent.ai.client.close()
             agent.close()
@@ -559,6 +550,11 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
         for report in body.reports:
             agent.register(report.status.agent_id, report)
         return RegistrationsResult(registered=len(body.reports))
+
+    @app.post("/coordinate/batch", response_model=CoordinationBatch, dependencies=[Authorized], responses=error_responses(401, 422))
+    async def coordinate_batch(body: CoordinateBatch) -> CoordinationBatch:
+        """Run several cycles back to back (as fast as possible) and answer every cycle's record."""
+        return CoordinationBatch(results=[await agent.coordinate() for _ in range(body.cycles)])
 
     @app.post("/coordinate", response_model=CoordinationResult, dependencies=[Authorized], responses=error_responses(401))
     async def coordinate() -> CoordinationResult:

@@ -315,6 +315,20 @@ class CoordinationResult(BaseModel):
     phase_ms: dict[str, float]
 
 
+class CoordinateBatch(BaseModel):
+    """Run this many cycles back to back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cycles: int = Field(ge=1, le=10_000)
+
+
+class CoordinationBatch(BaseModel):
+    """The records of cycles run back to back."""
+
+    results: list[CoordinationResult]
+
+
 class GridStatus(BaseModel):
     """The grid agent's view of the feeder."""
 

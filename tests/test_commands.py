@@ -143,7 +143,7 @@ class FlakyTransport(httpx.AsyncBaseTransport):
 async def test_grid_agent_retries_a_refused_curtail_with_the_same_command_id(make_feeder):
     feeder = await make_feeder()
     flaky = FlakyTransport(feeder.router, BATTERY_ID, failures=2)
-    feeder.grid_app.state.agent.http._transport = flaky
+    feeder.grid_app.state.agent.peers.client._transport = flaky
     result = await feeder.coordinate()
     battery_actions = [a for a in result["actions"] if a["agent_id"] == BATTERY_ID]
     assert battery_actions and battery_actions[0]["status"] == "applied"
@@ -155,7 +155,7 @@ async def test_grid_agent_retries_a_refused_curtail_with_the_same_command_id(mak
 async def test_grid_agent_gives_up_after_its_retries(make_feeder):
     feeder = await make_feeder(grid={"curtail_retries": 1})
     flaky = FlakyTransport(feeder.router, BATTERY_ID, failures=5)
-    feeder.grid_app.state.agent.http._transport = flaky
+    feeder.grid_app.state.agent.peers.client._transport = flaky
     result = await feeder.coordinate()
     assert len(flaky.curtail_bodies) == 2
     assert BATTERY_ID in result["unreachable"]
