@@ -1,0 +1,120 @@
+"""Cycle latency, memory and CPU against feeder size: python bench/scale.py [--homes 1 10 100 1000] [--cycles 96].
+
+For each size it starts the agents exactly as run_distributed_simulation.py does (a generated
+feeder of N homes, sharded over home agent processes, with its storage systems; N = 1 is the
+seed's three agents), runs the cycles back to back through POST /coordinate at --interval 0, and
+prints one table: cycle latency median and p95 (as the coordinator sees it), time per phase
+(step, plan, act, as the grid agent reports it), total RSS of all agent processes, and CPU
+seconds per home-cycle. A benchmark, not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _agents import free_port_block  # noqa: E402
+
+from agents.coordinator import Coordinator, CoordinatorSettings  # noqa: E402
+
+CLOCK_TICKS = __import__("os").sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (MB), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
+
+
+def run_size(homes: int, cycles: int, planner: str, start: str | None) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"ems-scale-{homes}-"))
+    n_ports = 3 + homes // 250 + 2
+    settings = CoordinatorSettings(
+        homes=homes, cycles=0, interval=0, exit=True, base_port=free_port_block(n_ports), planner=planner,
+        log_dir=work / "logs", state_dir=work / "state", log_level="warning", startup_timeout_s=120, start=start,
+    )
+    coordinator = Coordinator(settings, console=Console(quiet=True))
+    try:
+        coordinator.start()
+        grid = coordinator.children[0].url
+        pids = [c.process.pid for c in coordinator.children]
+        for _ in range(3):  # warm up connections and caches
+            coordinator.http.post(f"{grid}/coordinate").raise_for_status()
+        cpu_before = sum(cpu_s(p) for p in pids)
+        latencies, results = [], []
+        for _ in range(cycles):
+            started = time.perf_counter()
+            response = coordinator.http.post(f"{grid}/coordinate")
+            response.raise_for_status()
+            latencies.append((time.perf_counter() - started) * 1000)
+            results.append(response.json())
+        cpu_used = sum(cpu_s(p) for p in pids) - cpu_before
+        return {
+            "homes": homes,
+            "processes": len(pids),
+            "agents": results[-1]["agents_stepped"],
+            "median_ms": statistics.median(latencies),
+            "p95_ms": percentile(latencies, 0.95),
+            "step_ms": statistics.median(r["phase_ms"]["step"] for r in results),
+            "plan_ms": statistics.median(r["phase_ms"]["plan"] for r in results),
+            "act_ms": statistics.median(r["phase_ms"]["act"] for r in results),
+            "commands": sum(len(r["actions"]) for r in results) / cycles,
+            "rss_mb": sum(rss_mb(p) for p in pids),
+            "cpu_ms_per_home_cycle": cpu_used / (cycles * homes) * 1000,
+            "unreachable": sum(len(r["unreachable"]) for r in results),
+        }
+    finally:
+        coordinator.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--homes", type=int, nargs="+", default=[1, 10, 100, 1000])
+    parser.add_argument("--cycles", type=int, default=96)
+    parser.add_argument("--planner", default="optimal")
+    parser.add_argument("--start", default="2025-07-15T11:00", help="Simulated start (default a sunny midday: reverse flow to fix)")
+    args = parser.parse_args()
+    rows = []
+    for homes in args.homes:
+        rows.append(run_size(homes, args.cycles, args.planner, args.start))
+        print(f"done: {homes} homes", file=sys.stderr)
+    table = Table(title=f"{args.cycles} cycles at --interval 0, planner {args.planner}, from {args.start}")
+    columns = [
+        ("homes", "homes", "{}"), ("processes", "processes", "{}"), ("agents stepped", "agents", "{}"),
+        ("cycle median ms", "median_ms", "{:.1f}"), ("cycle p95 ms", "p95_ms", "{:.1f}"),
+        ("step ms", "step_ms", "{:.1f}"), ("plan ms", "plan_ms", "{:.2f}"), ("act ms", "act_ms", "{:.1f}"),
+        ("commands/cycle", "commands", "{:.1f}"), ("RSS all MB", "rss_mb", "{:.0f}"),
+        ("CPU ms/home-cycle", "cpu_ms_per_home_cycle", "{:.3f}"), ("unreachable", "unreachable", "{}"),
+    ]
+    for title, _, _ in columns:
+        table.add_column(title, justify="right")
+    for row in rows:
+        table.add_row(*(fmt.format(row[key]) for _, key, fmt in columns))
+    Console(width=200).print(table)
+
+
+if __name__ == "__main__":
+    main()
