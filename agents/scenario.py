@@ -157,5 +157,7 @@ def load_scenario(path: Path) -> Scenario:
         return Scenario.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
+        if not first["loc"]:  # a check across entries: its message names the entry itself
+            raise StartupError(f"{path}: {first['msg'].removeprefix('Value error, ')}") from exc
         where = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in first["loc"]).replace(".[", "[")
-        raise StartupError(f"{path}: {where or 'scenario'}: {first['msg']} (got {first.get('input')!r})") from exc
+        raise StartupError(f"{path}: {where}: {first['msg']} (got {first.get('input')!r})") from exc
