@@ -16,12 +16,12 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, FastAPI, Header
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agents.csvlog import CsvLogWriter
 from agents.data import TimeSeries
-from agents.errors import ConflictError, UnauthorizedError, error_responses, install_error_handlers
+from agents.errors import AgentError, ConflictError, NotFoundError, UnauthorizedError, error_responses, install_error_handlers
 from agents.metrics import DeviceMetrics, mount_metrics
 from agents.settings import DeviceSettings, StartupError, agent_token_from_env
 from agents.state import StateStore
@@ -250,14 +250,15 @@ class DeviceAgent:
             self.metrics.command(command.action, CommandStatus.duplicate)
             return CurtailResult(**{**first, "status": CommandStatus.duplicate, "agent_status": self.status()})
         valid_until = self._valid_until(command)
-        if valid_until is not None and valid_until <= self.timestamp:
+        expired = valid_until is not None and valid_until <= self.timestamp
+        if expired:
             applied, reason = 0.0, f"expired: valid until {valid_until.isoformat()}, the agent is at {self.timestamp.isoformat()}"
         else:
             applied, reason = self._apply(command.action, command.power_kw)
             if applied > POWER_TOLERANCE_KW and valid_until > self.timestamp + timedelta(seconds=self.data.step_s):
                 self.active[command.command_id] = ActiveCommand(command_id=command.command_id, action=command.action, power_kw=command.power_kw, valid_until=valid_until)
         applied = min(max(applied, 0.0), command.power_kw)
-        if applied >= command.power_kw - POWER_TOLERANCE_KW:
+        if applied >= command.power_kw - POWER_TOLERANCE_KW and not expired:  # an expired 0 kW command is rejected too
             status, applied = CommandStatus.applied, command.power_kw
         elif applied > POWER_TOLERANCE_KW:
             status = CommandStatus.partial
@@ -495,7 +496,7 @@ def build_device_app(
     for prefix, resolve in routes:
         _add_agent_routes(app, prefix, resolve, Authorized)
 
-    @app.post("/batch/simulate", response_model=BatchSimulateResult, dependencies=[Authorized])
+    @app.post("/batch/simulate", response_model=BatchSimulateResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
     async def batch_simulate(body: BatchSimulate) -> BatchSimulateResult:
         """Step many hosted agents at once (one state commit for them all)."""
         statuses, errors = [], []
@@ -509,7 +510,7 @@ def build_device_app(
                 statuses.append(agent.simulate())
         return BatchSimulateResult(statuses=statuses, errors=errors)
 
-    @app.post("/batch/curtail", response_model=BatchCurtailResult, dependencies=[Authorized])
+    @app.post("/batch/curtail", response_model=BatchCurtailResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
     async def batch_curtail(body: BatchCurtail) -> BatchCurtailResult:
         """Command many hosted agents at once; each command as POST /curtail would take it."""
         results, errors = [], []
@@ -594,31 +595,32 @@ def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAg
     """The contract's endpoints for one agent, under ``prefix``."""
     hosted = Depends(resolve)  # a default, not an Annotated alias: this module's annotations are strings
     tag = ["this agent"] if prefix == "" else ["hosted agents"]
+    by_path = (404, 422) if prefix else ()  # /agents/{agent_id}/...: an agent this process does not host
 
-    @app.get(f"{prefix}/", response_model=AgentInfo, tags=tag)
+    @app.get(f"{prefix}/", response_model=AgentInfo, tags=tag, responses=error_responses(*by_path))
     async def info(agent: DeviceAgent = hosted) -> AgentInfo:
         """What this agent is and what it serves."""
         return AgentInfo(agent_id=agent.agent_id, agent_type=agent.agent_type, description=agent.description, endpoints=AGENT_ENDPOINTS)
 
-    @app.get(f"{prefix}/health", response_model=Health, tags=tag)
+    @app.get(f"{prefix}/health", response_model=Health, tags=tag, responses=error_responses(*by_path))
     async def health(agent: DeviceAgent = hosted) -> Health:
         """Liveness."""
         return Health(agent_id=agent.agent_id, agent_type=agent.agent_type)
 
-    @app.get(f"{prefix}/status", response_model=AgentStatus, tags=tag)
+    @app.get(f"{prefix}/status", response_model=AgentStatus, tags=tag, responses=error_responses(*by_path))
     async def status(agent: DeviceAgent = hosted) -> AgentStatus:
         """The agent's current step, modules, flexibility and who is in control."""
         agent.check_fail_safe()
         return agent.status()
 
-    @app.post(f"{prefix}/simulate", response_model=AgentStatus, dependencies=[Authorized], tags=tag)
+    @app.post(f"{prefix}/simulate", response_model=AgentStatus, dependencies=[Authorized], tags=tag, responses=error_responses(401, *by_path, 409, 422))
     async def simulate(agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> AgentStatus:
         """Advance one step, run the local policy and re-apply commands still holding."""
         agent.check_addressee(x_agent_id)
         agent.heard_from_grid()
         return agent.simulate()
 
-    @app.post(f"{prefix}/curtail", response_model=CurtailResult, dependencies=[Authorized], tags=tag)
+    @app.post(f"{prefix}/curtail", response_model=CurtailResult, dependencies=[Authorized], tags=tag, responses=error_responses(400, 401, *by_path, 409, 422))
     async def curtail(command: CurtailCommand, agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> CurtailResult:
         """Shift the operating point by power_kw through action (for duration_s or until valid_until); answers what was applied."""
         agent.check_addressee(x_agent_id)
@@ -627,7 +629,8 @@ def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAg
 
     if prefix:
 
-        @app.get(f"{prefix}/metrics", tags=tag, response_class=PlainTextResponse)
+        # Response, not PlainTextResponse, as the class: the 404 and 422 answers are JSON, only the 200 is text
+        @app.get(f"{prefix}/metrics", tags=tag, response_class=Response, responses={200: {"content": {"text/plain": {}}}, **error_responses(*by_path)})
         async def metrics(agent: DeviceAgent = hosted) -> PlainTextResponse:
             """Prometheus metrics of one hosted agent."""
             return PlainTextResponse(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -551,7 +551,7 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
             agent.register(report.status.agent_id, report)
         return RegistrationsResult(registered=len(body.reports))
 
-    @app.post("/coordinate/batch", response_model=CoordinationBatch, dependencies=[Authorized], responses=error_responses(401, 422))
+    @app.post("/coordinate/batch", response_model=CoordinationBatch, dependencies=[Authorized], responses=error_responses(400, 401, 422))
     async def coordinate_batch(body: CoordinateBatch) -> CoordinationBatch:
         """Run several cycles back to back (as fast as possible) and answer every cycle's record."""
         return CoordinationBatch(results=[await agent.coordinate() for _ in range(body.cycles)])

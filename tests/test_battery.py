@@ -346,7 +346,6 @@ def test_home_data_file_is_not_battery_data(tmp_path, home_csv):
         create_app(make_battery_settings(tmp_path, data_file=home_csv), register=False)
 
 
-@pytest.mark.xfail(strict=True, reason="DESIGN.md promises GET /metrics on every agent; the battery agent does not serve it")
 async def test_metrics_serves_prometheus_text(client):
     response = await client.get("/metrics")
     assert response.status_code == 200

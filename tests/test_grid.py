@@ -408,7 +408,6 @@ async def test_grid_agent_calls_agents_at_their_registered_url(tmp_path):
     assert result["unreachable"] == ["home_5"]
 
 
-@pytest.mark.xfail(strict=True, reason="DESIGN.md promises GET /metrics and GET /dashboard on the grid agent; neither is served")
 @pytest.mark.parametrize("path", ["/metrics", "/dashboard"])
 async def test_metrics_and_dashboard_are_served(feeder, path):
     assert (await feeder.client.get(path)).status_code == 200

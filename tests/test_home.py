@@ -640,7 +640,6 @@ def test_unusable_log_dir_is_a_startup_error(tmp_path, home_csv):
         create_app(make_home_settings(tmp_path, data_file=home_csv, log_dir=not_a_dir), register=False)
 
 
-@pytest.mark.xfail(strict=True, reason="DESIGN.md promises GET /metrics on every agent; the home agent does not serve it")
 async def test_metrics_serves_prometheus_text(client):
     response = await client.get("/metrics")
     assert response.status_code == 200

@@ -1,0 +1,183 @@
+"""The grid agent's live dashboard: an HTML page, plotly.js served offline, and the JSON feed the page polls.
+
+``GET /dashboard`` is a static page that references nothing outside this server (users run it on
+closed lab networks); it loads ``/dashboard/plotly.min.js`` (the bundle shipped inside the plotly
+Python package, read once and kept in memory) and polls ``GET /dashboard/data?since=N``, which
+answers the grid agent's state as ``/status`` does plus the history of cycles after ``N`` kept in
+a bounded in-memory ``CycleHistory``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from collections import deque
+from collections.abc import Iterable
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from agents.errors import AgentError, error_responses
+
+if TYPE_CHECKING:
+    from agents.grid import GridAgent
+    from models.schemas import AgentRecord, CoordinationResult
+
+#: Cycles the grid agent remembers for the dashboard (30 days of 15-minute steps).
+HISTORY_CYCLES = 2880
+#: Agents whose state of charge is kept per cycle; past this many the chart would be unreadable anyway.
+SOC_SERIES_LIMIT = 24
+
+PAGE_FILE = Path(__file__).with_name("dashboard.html")
+#: The page may load and fetch only from this server; nothing from any other host.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; connect-src 'self'; font-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+)
+
+
+class PlotlyMissingError(AgentError):
+    """The plotly package (which ships plotly.js) is not installed on the grid agent's host."""
+
+    status_code = 503
+    code = "plotly_missing"
+
+
+class CycleHistory:
+    """The last ``limit`` cycles, compact: loadings against limits per transformer, SoC per agent, plan figures."""
+
+    def __init__(self, limit: int = HISTORY_CYCLES, soc_series_limit: int = SOC_SERIES_LIMIT) -> None:
+        self.limit = limit
+        self.soc_series_limit = soc_series_limit
+        self.rows: deque[dict[str, Any]] = deque(maxlen=limit)
+        self.soc_agents: list[str] = []
+
+    def append(self, result: CoordinationResult, records: Iterable[AgentRecord]) -> None:
+        """Remember one finished cycle; ``records`` are the registered agents as the cycle left them."""
+        soc: dict[str, float] = {}
+        for record in sorted(records, key=lambda r: (r.agent_type.value != "battery", r.agent_id)):
+            status = record.last_status
+            if status is None or status.battery is None:
+                continue
+            if record.agent_id not in self.soc_agents and len(self.soc_agents) < self.soc_series_limit:
+                self.soc_agents.append(record.agent_id)
+            if record.agent_id in self.soc_agents:
+                soc[record.agent_id] = status.battery.soc_fraction
+        self.rows.append(
+            {
+                "cycle": result.cycle,
+                "timestamp": result.timestamp.isoformat() if result.timestamp else None,
+                "planner": result.planner,
+                "fallback": result.fallback_reason is not None,
+                "transformers": {
+                    t.transformer_id: {
+                        "loading_before_kw": t.loading_before_kw,
+                        "loading_after_kw": t.loading_after_kw,
+                        "rating_kw": t.rating_kw,
+                        "reverse_limit_kw": t.reverse_limit_kw,
+                        "state_after": t.state_after.value,
+                    }
+                    for t in result.transformers
+                },
+                "soc_fraction": soc,
+                "curtailed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "curtail_solar"),
+                "shed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "shed_load"),
+                "commands": len(result.actions),
+                "unreachable": len(result.unreachable),
+            }
+        )
+
+    def since(self, cycle: int) -> list[dict[str, Any]]:
+        """The remembered cycles after ``cycle``."""
+        return [row for row in self.rows if row["cycle"] > cycle]
+
+
+def dashboard_data(agent: GridAgent, since: int = 0, run: str | None = None) -> dict[str, Any]:
+    """What the page shows: the grid agent's /status, every agent's last report, and the history after ``since``."""
+    status = agent.status().model_dump(mode="json")
+    last = status["last_cycle"]
+    if run != agent.run_id or last is None or since > last["cycle"]:
+        since = 0  # another grid agent (or a restarted one) answers: send everything it has
+    agents = []
+    for record in sorted(agent.agents(), key=lambda r: (r.transformer_id, r.agent_id)):
+        s = record.last_status
+        agents.append(
+            {
+                "agent_id": record.agent_id,
+                "agent_type": record.agent_type.value,
+                "transformer_id": record.transformer_id,
+                "url": record.url,
+                "healthy": record.healthy,
+                "last_seen": record.last_seen.isoformat(),
+                "step": s.step if s else None,
+                "net_power_kw": s.net_power_kw if s else None,
+                "soc_fraction": s.battery.soc_fraction if s and s.battery else None,
+                "battery_power_kw": s.battery.power_kw if s and s.battery else None,
+            }
+        )
+    return {
+        **status,
+        "run_id": agent.run_id,
+        "cycle": last["cycle"] if last else 0,
+        "agents": agents,
+        "history": agent.history.since(since),
+        "history_limit": agent.history.limit,
+        "soc_agents": list(agent.history.soc_agents),
+    }
+
+
+@lru_cache(maxsize=1)
+def plotly_bundle() -> tuple[bytes, str]:
+    """(plotly.min.js, an ETag for it) from the installed plotly package; read once, kept in memory."""
+    spec = importlib.util.find_spec("plotly")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise PlotlyMissingError("the plotly package is not installed here; pip install -r requirements.txt brings it")
+    path = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    try:
+        body = path.read_bytes()
+    except OSError as exc:
+        raise PlotlyMissingError(f"plotly.js is missing from the plotly package ({path}): {exc.strerror}") from exc
+    try:
+        version = metadata.version("plotly")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    return body, f'"plotly-{version}-{hashlib.sha256(body).hexdigest()[:16]}"'
+
+
+@lru_cache(maxsize=1)
+def page() -> str:
+    """The dashboard page, read once."""
+    return PAGE_FILE.read_text(encoding="utf-8")
+
+
+def dashboard_router(agent: GridAgent) -> APIRouter:
+    """``GET /dashboard``, ``GET /dashboard/plotly.min.js`` and ``GET /dashboard/data`` for one grid agent."""
+    router = APIRouter(tags=["dashboard"])
+
+    @router.get("/dashboard", response_class=HTMLResponse)
+    async def dashboard() -> HTMLResponse:
+        """The live dashboard (HTML): loading against rating per transformer, SoC, agents, the last plan."""
+        return HTMLResponse(page(), headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"})
+
+    @router.get("/dashboard/plotly.min.js", response_class=Response, responses={200: {"content": {"text/javascript": {}}}})
+    async def plotly_js(request: Request) -> Response:
+        """plotly.js, from the installed plotly package."""
+        body, etag = plotly_bundle()
+        headers = {"ETag": etag, "Cache-Control": "public, max-age=86400"}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(body, media_type="text/javascript; charset=utf-8", headers=headers)
+
+    @router.get("/dashboard/data", responses=error_responses(422))
+    async def data(
+        since: int = Query(0, ge=0, description="Send the history after this cycle only"),
+        run: str | None = Query(None, max_length=64, description="The run_id the page last saw; another one sends the whole history"),
+    ) -> JSONResponse:
+        """The dashboard's feed: /status, every agent's last report, and the cycles after ``since``."""
+        return JSONResponse(dashboard_data(agent, since, run), headers={"Cache-Control": "no-store"})
+
+    return router

@@ -1,0 +1,295 @@
+"""Run reports: KPIs from the coordinator's cycle results, ``summary.json`` and PNG plots (matplotlib, Agg).
+
+Everything here works on the JSON the grid agent answered to ``POST /coordinate`` (one dict per
+cycle) and, for the state of charge, on the history rows of ``GET /dashboard/data``. Energies
+integrate each cycle's power over its simulated step (``step_s``): a transformer's import is its
+positive loading, its export its negative loading; curtailment, shedding and battery throughput
+are what the agents applied of the grid agent's commands.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from agents.metrics import fallback_kind
+from models.units import energy_kwh
+
+#: Step assumed for a cycle in which no agent answered (and so none said how long its step was).
+DEFAULT_STEP_S = 900.0
+SECONDS_PER_MINUTE = 60.0
+
+#: The plots a report holds, by file name.
+PLOTS = ("transformer_loading.png", "soc.png", "curtailment_shedding.png")
+#: The most transformers drawn, one panel each, in transformer_loading.png.
+MAX_TRANSFORMER_PANELS = 12
+
+
+def _steps_s(cycles: Sequence[dict[str, Any]]) -> list[float]:
+    """Each cycle's step (s); a cycle that does not say takes the last known step (or 15 min)."""
+    known = next((c["step_s"] for c in cycles if c.get("step_s")), DEFAULT_STEP_S)
+    steps = []
+    for cycle in cycles:
+        known = cycle.get("step_s") or known
+        steps.append(known)
+    return steps
+
+
+def run_kpis(cycles: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The run's key figures from its cycle results (energies in kWh, durations in minutes)."""
+    steps_s = _steps_s(cycles)
+    kpis: dict[str, Any] = {
+        "cycles": len(cycles),
+        "first_timestamp": cycles[0]["timestamp"] if cycles else None,
+        "last_timestamp": cycles[-1]["timestamp"] if cycles else None,
+        "simulated_minutes": sum(steps_s) / SECONDS_PER_MINUTE,
+    }
+    imported = {"before": 0.0, "after": 0.0}
+    exported = {"before": 0.0, "after": 0.0}
+    outside: Counter[tuple[str, str]] = Counter()  # (when, state) -> minutes
+    unfixed_kwh = 0.0
+    for cycle, step_s in zip(cycles, steps_s):
+        for t in cycle["transformers"]:
+            for when in ("before", "after"):
+                loading = t[f"loading_{when}_kw"]
+                imported[when] += energy_kwh(max(loading, 0.0), step_s)
+                exported[when] += energy_kwh(max(-loading, 0.0), step_s)
+                if t[f"state_{when}"] != "normal":
+                    outside[(when, t[f"state_{when}"])] += step_s / SECONDS_PER_MINUTE
+            unfixed_kwh += energy_kwh(t.get("unfixed_kw") or 0.0, step_s)
+    applied: Counter[str] = Counter()  # action -> kWh
+    statuses: Counter[str] = Counter()
+    for cycle, step_s in zip(cycles, steps_s):
+        for a in cycle["actions"]:
+            applied[a["action"]] += energy_kwh(a["applied_kw"], step_s)
+            statuses[a["status"]] += 1
+    reasons = Counter(fallback_kind(c["fallback_reason"]) for c in cycles if c.get("fallback_reason"))
+    durations = [c["duration_ms"] for c in cycles]
+    kpis.update(
+        {
+            "energy_imported_kwh": imported["after"],
+            "energy_exported_kwh": exported["after"],
+            "energy_imported_without_coordination_kwh": imported["before"],
+            "energy_exported_without_coordination_kwh": exported["before"],
+            "minutes_outside_limits_before": float(sum(m for (when, _), m in outside.items() if when == "before")),
+            "minutes_outside_limits_after": float(sum(m for (when, _), m in outside.items() if when == "after")),
+            "minutes_overload_before": float(outside[("before", "overload")]),
+            "minutes_overload_after": float(outside[("after", "overload")]),
+            "minutes_reverse_flow_before": float(outside[("before", "reverse_power_flow")]),
+            "minutes_reverse_flow_after": float(outside[("after", "reverse_power_flow")]),
+            "energy_outside_limits_after_kwh": unfixed_kwh,
+            "solar_curtailed_kwh": float(applied["curtail_solar"]),
+            "load_shed_kwh": float(applied["shed_load"]),
+            "battery_charged_kwh": float(applied["charge_battery"]),
+            "battery_discharged_kwh": float(applied["discharge_battery"]),
+            "battery_throughput_kwh": float(applied["charge_battery"] + applied["discharge_battery"]),
+            "commands": sum(statuses.values()),
+            "commands_by_status": dict(sorted(statuses.items())),
+            "planner_calls": dict(sorted(Counter(c["planner"] for c in cycles).items())),
+            "planner_fallbacks": sum(reasons.values()),
+            "fallback_reasons": dict(sorted(reasons.items())),
+            "unreachable_agent_cycles": sum(len(c["unreachable"]) for c in cycles),
+            "median_cycle_ms": statistics.median(durations) if durations else None,
+            "max_cycle_ms": max(durations) if durations else None,
+        }
+    )
+    return kpis
+
+
+def transformer_kpis(cycles: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per transformer: its limits, its peak import and export and its minutes outside limits, before and after."""
+    found: dict[str, dict[str, Any]] = {}
+    for cycle, step_s in zip(cycles, _steps_s(cycles)):
+        for t in cycle["transformers"]:
+            row = found.setdefault(
+                t["transformer_id"],
+                {"rating_kw": t["rating_kw"], "reverse_limit_kw": t["reverse_limit_kw"], "minutes_outside_limits_before": 0.0, "minutes_outside_limits_after": 0.0},
+            )
+            for when in ("before", "after"):
+                loading = t[f"loading_{when}_kw"]
+                row[f"peak_import_{when}_kw"] = max(row.get(f"peak_import_{when}_kw", 0.0), loading)
+                row[f"peak_export_{when}_kw"] = max(row.get(f"peak_export_{when}_kw", 0.0), -loading)
+                if t[f"state_{when}"] != "normal":
+                    row[f"minutes_outside_limits_{when}"] += step_s / SECONDS_PER_MINUTE
+    return found
+
+
+def summary_rows(kpis: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The KPIs as (figure, coordinated, uncoordinated) rows for a terminal table; "" where there is no baseline."""
+    k = kpis
+    if not k["cycles"]:
+        return [("cycles", "0", "")]
+    rows = [
+        ("cycles", str(k["cycles"]), ""),
+        ("simulated from", (k["first_timestamp"] or "-")[:16].replace("T", " "), ""),
+        ("simulated to", (k["last_timestamp"] or "-")[:16].replace("T", " "), ""),
+        ("energy imported (kWh)", f"{k['energy_imported_kwh']:.2f}", f"{k['energy_imported_without_coordination_kwh']:.2f}"),
+        ("energy exported (kWh)", f"{k['energy_exported_kwh']:.2f}", f"{k['energy_exported_without_coordination_kwh']:.2f}"),
+        ("minutes outside limits", f"{k['minutes_outside_limits_after']:g}", f"{k['minutes_outside_limits_before']:g}"),
+        ("energy outside limits (kWh)", f"{k['energy_outside_limits_after_kwh']:.2f}", ""),
+        ("solar curtailed (kWh)", f"{k['solar_curtailed_kwh']:.2f}", ""),
+        ("load shed (kWh)", f"{k['load_shed_kwh']:.2f}", ""),
+        ("battery throughput ordered (kWh)", f"{k['battery_throughput_kwh']:.2f}", ""),
+        ("  charged / discharged (kWh)", f"{k['battery_charged_kwh']:.2f} / {k['battery_discharged_kwh']:.2f}", ""),
+        ("commands sent", str(k["commands"]), ""),
+        *((f"  {status}", str(n), "") for status, n in k["commands_by_status"].items()),
+        *((f"planner {name}", f"{n} cycles", "") for name, n in k["planner_calls"].items()),
+        ("planner fallbacks", str(k["planner_fallbacks"]), ""),
+        *((f"  {kind}", str(n), "") for kind, n in k["fallback_reasons"].items()),
+        ("unreachable (agent-cycles)", str(k["unreachable_agent_cycles"]), ""),
+        ("median cycle, grid agent (ms)", f"{k['median_cycle_ms']:.1f}", ""),
+    ]
+    return rows
+
+
+# -- the report on disk --------------------------------------------------------------------------
+def write_report(
+    directory: Path,
+    cycles: Sequence[dict[str, Any]],
+    history: Sequence[dict[str, Any]] = (),
+    run: dict[str, Any] | None = None,
+) -> list[Path]:
+    """Write summary.json, cycles.jsonl and the PNG plots into ``directory``; return the paths written.
+
+    ``history`` are the grid agent's dashboard rows (for the state of charge); ``run`` says how
+    the run was made (flags), and goes into summary.json as it is.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [_plot_loading(directory / PLOTS[0], cycles), _plot_soc(directory / PLOTS[1], history), _plot_actions(directory / PLOTS[2], cycles)]
+    with (directory / "cycles.jsonl").open("w", encoding="utf-8") as out:
+        for cycle in cycles:
+            out.write(json.dumps(cycle, separators=(",", ":")) + "\n")
+    written.append(directory / "cycles.jsonl")
+    summary = {
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run": run or {},
+        "kpis": run_kpis(cycles),
+        "transformers": transformer_kpis(cycles),
+        "soc_agents": sorted({a for row in history for a in row.get("soc_fraction", {})}),
+        "files": [p.name for p in written],
+    }
+    path = directory / "summary.json"
+    path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    return [path, *written]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _x(rows: Iterable[dict[str, Any]]) -> tuple[list[Any], str]:
+    """X values of rows: simulated times when every row has one, else cycle numbers."""
+    rows = list(rows)
+    if rows and all(r.get("timestamp") for r in rows):
+        return [datetime.fromisoformat(r["timestamp"]) for r in rows], "simulated time"
+    return [r["cycle"] for r in rows], "cycle"
+
+
+def _figure(rows: int = 1, height_per_row: float = 3.2):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, 1, figsize=(11, 1.2 + height_per_row * rows), sharex=True, squeeze=False)
+    return plt, fig, [row[0] for row in axes]
+
+
+def _finish(plt, fig, axes, xlabel: str, path: Path) -> Path:
+    import matplotlib.dates as mdates
+
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    if xlabel == "simulated time":
+        locator = mdates.AutoDateLocator()
+        axes[-1].xaxis.set_major_locator(locator)
+        axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axes[-1].set_xlabel(xlabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_loading(path: Path, cycles: Sequence[dict[str, Any]]) -> Path:
+    ids = list(dict.fromkeys(t["transformer_id"] for c in cycles for t in c["transformers"]))[:MAX_TRANSFORMER_PANELS]
+    plt, fig, axes = _figure(max(len(ids), 1))
+    xlabel = "cycle"
+    if not ids:
+        axes[0].text(0.5, 0.5, "no cycle ran", ha="center", va="center", transform=axes[0].transAxes)
+    for ax, tid in zip(axes, ids):
+        rows = [(c, t) for c in cycles for t in c["transformers"] if t["transformer_id"] == tid]
+        x, xlabel = _x(c for c, _ in rows)
+        before = [t["loading_before_kw"] for _, t in rows]
+        after = [t["loading_after_kw"] for _, t in rows]
+        rating = [t["rating_kw"] for _, t in rows]
+        reverse = [-t["reverse_limit_kw"] for _, t in rows]
+        ax.plot(x, before, color="#9aa5b1", linestyle=":", linewidth=1.5, label="without coordination")
+        ax.plot(x, after, color="#1f6feb", linewidth=2.2, marker="o", markersize=3, label="loading")
+        ax.plot(x, rating, color="#c62828", linestyle="--", linewidth=1.3, label="rating")
+        ax.plot(x, reverse, color="#b26a00", linestyle="--", linewidth=1.3, label="-reverse limit")
+        outside = [t["state_after"] != "normal" for _, t in rows]  # as the grid agent classified it, with its tolerance
+        if any(outside):
+            ax.fill_between(x, min(reverse + after), max(rating + after), where=outside, color="#c62828", alpha=0.12, step="mid", label="outside limits")
+        ax.axhline(0.0, color="black", linewidth=0.6)
+        ax.set_ylabel("kW (> 0 import)")
+        ax.set_title(f"Transformer {tid}: loading against its limits", fontsize=11, loc="left")
+    return _finish(plt, fig, axes, xlabel, path)
+
+
+def _plot_soc(path: Path, history: Sequence[dict[str, Any]]) -> Path:
+    plt, fig, axes = _figure()
+    ax = axes[0]
+    agents = sorted({a for row in history for a in row.get("soc_fraction", {})})
+    xlabel = "cycle"
+    for agent_id in agents:
+        rows = [row for row in history if agent_id in row["soc_fraction"]]
+        x, xlabel = _x(rows)
+        ax.plot(x, [100.0 * row["soc_fraction"][agent_id] for row in rows], marker="o", markersize=3, linewidth=1.8, label=agent_id)
+    if not agents:
+        ax.text(0.5, 0.5, "no battery reported its state of charge", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("state of charge (%)")
+    ax.set_title("Battery state of charge at the end of each step", fontsize=11, loc="left")
+    return _finish(plt, fig, axes, xlabel, path)
+
+
+def _plot_actions(path: Path, cycles: Sequence[dict[str, Any]]) -> Path:
+    """Applied kW per step, drawn as steps that hold from each step's start to the next."""
+    plt, fig, axes = _figure(2, height_per_row=2.6)
+    x, xlabel = _x(cycles)
+    if cycles:  # one more edge, so that the last step is drawn over its whole length too
+        step_s = _steps_s(cycles)[-1]
+        x = [*x, x[-1] + (timedelta(seconds=step_s) if xlabel == "simulated time" else 1)]
+
+    def applied(action: str, sign: float = 1.0) -> list[float]:
+        values = [sign * sum(a["applied_kw"] for a in c["actions"] if a["action"] == action) for c in cycles]
+        return values + values[-1:]
+
+    top, bottom = axes
+    curtailed, shed = applied("curtail_solar"), applied("shed_load")
+    top.step(x, curtailed, where="post", color="#e3a008", linewidth=2, label="solar curtailed")
+    top.step(x, shed, where="post", color="#7e3af2", linewidth=2, label="load shed")
+    top.set_ylabel("kW")
+    top.set_ylim(bottom=0, top=max([*curtailed, *shed, 1.0]) * 1.1)
+    top.set_title("Solar curtailment and load shedding ordered by the grid agent", fontsize=11, loc="left")
+    if not any(curtailed) and not any(shed):
+        top.text(0.5, 0.5, "none ordered in this run" if cycles else "no cycle ran", ha="center", va="center", color="#5f6b7a", transform=top.transAxes)
+    bottom.step(x, applied("discharge_battery"), where="post", color="#1a7f37", linewidth=2, label="discharge ordered")
+    bottom.step(x, applied("charge_battery", -1.0), where="post", color="#0e7490", linewidth=2, label="charge ordered (< 0)")
+    bottom.axhline(0.0, color="black", linewidth=0.6)
+    bottom.set_ylabel("kW")
+    bottom.set_title("Battery dispatch ordered by the grid agent", fontsize=11, loc="left")
+    return _finish(plt, fig, axes, xlabel, path)

@@ -1,0 +1,187 @@
+"""GET /metrics on every agent, parsed with prometheus-client's own parser, after real cycles in process."""
+
+from __future__ import annotations
+
+import httpx
+import prometheus_client
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pytest import approx
+
+from agents.grid import create_app as create_grid_app
+from agents.metrics import fallback_kind, peer_error_kind
+from tests.conftest import BATTERY_ID, HOME_ID, make_grid_settings, running
+
+SUMMER_EVENING = "2025-07-15T17:00"
+
+
+def scrape(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Every sample of a Prometheus text page by sample name: [(labels, value), ...]."""
+    samples: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """The one sample of ``name`` whose labels include ``labels``."""
+    found = [v for have, v in samples.get(name, []) if labels.items() <= have.items()]
+    assert len(found) == 1, f"{name}{labels}: {samples.get(name)}"
+    return found[0]
+
+
+def families(text: str) -> dict[str, str]:
+    return {f.name: f.type for f in text_string_to_metric_families(text)}
+
+
+async def get_metrics(client: httpx.AsyncClient) -> str:
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return response.text
+
+
+# -- the grid agent ------------------------------------------------------------------------------
+async def test_grid_metrics_after_cycles(feeder):
+    results = [await feeder.coordinate() for _ in range(3)]
+    text = await get_metrics(feeder.client)
+    kinds = families(text)
+    assert kinds["ems_cycle_duration_seconds"] == "histogram"
+    assert kinds["ems_transformer_loading_kw"] == "gauge"
+    assert kinds["ems_commands"] == "counter"
+    assert kinds["ems_planner_fallbacks"] == "counter"
+    assert kinds["ems_peer_errors"] == "counter"
+    s = scrape(text)
+
+    assert value(s, "ems_cycle_duration_seconds_count") == 3
+    assert value(s, "ems_cycle_duration_seconds_sum") == approx(sum(r["duration_ms"] for r in results) / 1000)
+    assert value(s, "ems_cycle_duration_seconds_bucket", le="+Inf") == 3
+    assert value(s, "ems_cycles_total", planner="optimal") == 3
+
+    status = (await feeder.client.get("/status")).json()
+    for t in status["transformers"]:
+        tid = t["transformer_id"]
+        assert value(s, "ems_transformer_loading_kw", transformer_id=tid) == approx(t["loading_after_kw"])
+        assert value(s, "ems_transformer_loading_before_kw", transformer_id=tid) == approx(t["loading_before_kw"])
+        assert value(s, "ems_transformer_rating_kw", transformer_id=tid) == approx(t["rating_kw"])
+        assert value(s, "ems_transformer_reverse_limit_kw", transformer_id=tid) == approx(t["reverse_limit_kw"])
+        outside_before = sum(x["state_before"] != "normal" for r in results for x in r["transformers"] if x["transformer_id"] == tid)
+        assert value(s, "ems_transformer_outside_limits_total", transformer_id=tid, when="before") == outside_before
+
+    actions = [a for r in results for a in r["actions"]]
+    assert actions, "the shipped data overloads T1 from the first cycle"
+    assert sum(v for _, v in s["ems_commands_total"]) == len(actions)
+    for a in actions:
+        expected = sum(b["action"] == a["action"] and b["status"] == a["status"] for b in actions)
+        assert value(s, "ems_commands_total", action=a["action"], status=a["status"]) == expected
+
+    assert value(s, "ems_agents_registered") == 2
+    assert value(s, "ems_agents_healthy") == 2
+    assert value(s, "ems_agent_up", agent_id=HOME_ID, agent_type="home", transformer_id="T1") == 1
+    assert "ems_peer_errors_total" not in s  # no peer failed
+
+
+async def test_peer_errors_are_counted_by_agent_and_kind(feeder):
+    feeder.router.take_down(HOME_ID)
+    result = await feeder.coordinate()
+    assert result["unreachable"] == [HOME_ID]
+    s = scrape(await get_metrics(feeder.client))
+    assert value(s, "ems_peer_errors_total", peer=HOME_ID, kind="connect") == 1
+    assert value(s, "ems_agent_up", agent_id=HOME_ID) == 0
+    assert value(s, "ems_agents_healthy") == 1
+    assert not [labels for labels, _ in s["ems_peer_errors_total"] if labels["peer"] == BATTERY_ID]
+
+
+async def test_planner_fallbacks_are_counted_by_kind(make_feeder):
+    feeder = await make_feeder(grid={"planner": "ai"})  # no OPENAI_API_KEY here: every troubled cycle falls back
+    results = [await feeder.coordinate() for _ in range(2)]
+    fallbacks = [r for r in results if r["fallback_reason"]]
+    assert fallbacks
+    s = scrape(await get_metrics(feeder.client))
+    assert value(s, "ems_planner_fallbacks_total", kind="no_api_key") == len(fallbacks)
+    assert value(s, "ems_cycles_total", planner="optimal") == len(fallbacks)
+
+
+async def test_each_grid_app_has_its_own_registry(feeder, tmp_path):
+    await feeder.coordinate()
+    other = create_grid_app(make_grid_settings(tmp_path / "other"))
+    async with running(other) as client:
+        s = scrape(await get_metrics(client))
+    assert value(s, "ems_cycle_duration_seconds_count") == 0
+    assert "ems_transformer_loading_kw" not in s
+    assert not [m for m in prometheus_client.REGISTRY.collect() if m.name.startswith("ems_")]
+
+
+async def test_metrics_answer_openmetrics_when_asked(feeder):
+    await feeder.coordinate()
+    response = await feeder.client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    assert response.text.rstrip().endswith("# EOF")
+
+
+# -- home and battery agents ---------------------------------------------------------------------
+async def test_device_metrics_count_commands_and_show_state(feeder):
+    results = [await feeder.coordinate() for _ in range(2)]
+    for agent_id in (HOME_ID, BATTERY_ID):
+        s = scrape(await get_metrics(feeder.devices[agent_id]))
+        status = await feeder.device_status(agent_id)
+        mine = [a for r in results for a in r["actions"] if a["agent_id"] == agent_id]
+        assert sum(v for _, v in s.get("ems_commands_total", [])) == len(mine)
+        for a in mine:
+            assert value(s, "ems_commands_total", action=a["action"], status=a["status"]) >= 1
+        assert value(s, "ems_agent_info", agent_id=agent_id, transformer_id="T1") == 1
+        assert value(s, "ems_agent_step") == status["step"] == 2
+        assert value(s, "ems_agent_net_power_kw") == approx(status["net_power_kw"])
+        assert value(s, "ems_battery_soc_fraction") == approx(status["battery"]["soc_fraction"])
+
+
+async def test_device_metrics_count_a_duplicate_and_a_rejection(feeder):
+    home = feeder.devices[HOME_ID]
+    await home.post("/simulate")
+    body = {"command_id": "metrics-1", "action": "shed_load", "power_kw": 0.01}
+    assert (await home.post("/curtail", json=body)).json()["status"] == "applied"
+    assert (await home.post("/curtail", json=body)).json()["status"] == "duplicate"
+    battery = feeder.devices[BATTERY_ID]
+    await battery.post("/simulate")
+    refused = await battery.post("/curtail", json={"command_id": "metrics-2", "action": "curtail_solar", "power_kw": 1.0})
+    assert refused.json()["status"] == "rejected"
+    s = scrape(await get_metrics(home))
+    assert value(s, "ems_commands_total", action="shed_load", status="applied") == 1
+    assert value(s, "ems_commands_total", action="shed_load", status="duplicate") == 1
+    s = scrape(await get_metrics(battery))
+    assert value(s, "ems_commands_total", action="curtail_solar", status="rejected") == 1
+
+
+# -- the labels ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("OPENAI_API_KEY is not set", "no_api_key"),
+        ("model timed out after 5 s", "timeout"),
+        ("model rate-limited (HTTP 429)", "rate_limited"),
+        ("model server error (HTTP 503)", "server_error"),
+        ("model unreachable (APIConnectionError)", "unreachable"),
+        ("plan rejected: the model refused", "refused"),
+        ("invalid plan JSON at commands.0.power_kw: Input should be a valid number", "invalid_json"),
+        ("plan rejected: t1 would be left 3.0 kW over its rating", "plan_rejected"),
+        ("something new", "other"),
+    ],
+)
+def test_fallback_kind_is_a_short_fixed_label(reason, kind):
+    assert fallback_kind(reason) == kind
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (httpx.ConnectError("refused"), "connect"),
+        (httpx.ReadTimeout("slow"), "timeout"),
+        (httpx.HTTPStatusError("503", request=httpx.Request("POST", "http://x"), response=httpx.Response(503)), "http_status"),
+        (ValueError("answered as home_2"), "invalid_answer"),
+        (RuntimeError("?"), "other"),
+    ],
+)
+def test_peer_error_kind(exc, kind):
+    assert peer_error_kind(exc) == kind

@@ -1,0 +1,226 @@
+"""Run reports and the coordinator's display: KPIs as pure functions, the report on disk, and the real coordinator with --report."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from matplotlib import image as mpimg
+from pytest import approx
+from rich.console import Console
+
+from agents.progress import LINES_UP_TO_CYCLES, cycle_display, uses_progress_bar
+from agents.report import PLOTS, run_kpis, summary_rows, transformer_kpis, write_report
+from tests.test_e2e import ROOT, child_env, child_pids, coordinator_command, free_port_block, leftover_pids, pid_gone, wait_until  # noqa: F401 (leftover_pids is a fixture)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def transformer(before: float, after: float, rating: float = 15.0, reverse: float = 15.0) -> dict:
+    def state(kw: float) -> str:
+        return "overload" if kw > rating else "reverse_power_flow" if kw < -reverse else "normal"
+
+    return {
+        "transformer_id": "T1", "rating_kw": rating, "reverse_limit_kw": reverse,
+        "loading_before_kw": before, "loading_after_kw": after, "state_before": state(before), "state_after": state(after),
+        "unfixed_kw": max(after - rating, -reverse - after, 0.0),
+    }
+
+
+def action(name: str, applied_kw: float, status: str = "applied") -> dict:
+    return {"agent_id": "home_1", "transformer_id": "T1", "action": name, "requested_kw": applied_kw, "applied_kw": applied_kw, "status": status, "reason": None}
+
+
+#: Two 15-minute cycles: an overload fixed by curtailment, shedding and a battery, then reverse flow the AI fallback could not fix.
+CYCLES = [
+    {
+        "cycle": 1, "timestamp": "2025-07-15T12:00:00", "step_s": 900.0, "planner": "optimal", "fallback_reason": None,
+        "transformers": [transformer(20.0, 15.0)],
+        "actions": [action("curtail_solar", 2.0), action("shed_load", 1.0), action("discharge_battery", 2.0, "partial")],
+        "unreachable": [], "agents_stepped": 2, "duration_ms": 4.0, "phase_ms": {"step": 1.0, "plan": 2.0, "act": 1.0},
+    },
+    {
+        "cycle": 2, "timestamp": "2025-07-15T12:15:00", "step_s": 900.0, "planner": "optimal", "fallback_reason": "OPENAI_API_KEY is not set",
+        "transformers": [transformer(-20.0, -16.0)],
+        "actions": [action("charge_battery", 4.0)],
+        "unreachable": ["battery_agent_1"], "agents_stepped": 1, "duration_ms": 6.0, "phase_ms": {"step": 1.0, "plan": 4.0, "act": 1.0},
+    },
+]
+HISTORY = [
+    {"cycle": 1, "timestamp": "2025-07-15T12:00:00", "soc_fraction": {"battery_agent_1": 0.5, "home_1": 0.4}},
+    {"cycle": 2, "timestamp": "2025-07-15T12:15:00", "soc_fraction": {"battery_agent_1": 0.55, "home_1": 0.45}},
+]
+
+
+def assert_nontrivial_png(path: Path) -> None:
+    """A real PNG, of some size, with more than one colour in it."""
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    assert path.stat().st_size > 10_000, f"{path} is only {path.stat().st_size} bytes"
+    pixels = mpimg.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 400
+    colours = np.unique(pixels.reshape(-1, pixels.shape[2]), axis=0)
+    assert len(colours) > 10, f"{path} has {len(colours)} colours"
+
+
+# -- KPIs ----------------------------------------------------------------------------------------
+def test_run_kpis_integrate_each_step():
+    k = run_kpis(CYCLES)
+    assert k["cycles"] == 2
+    assert k["simulated_minutes"] == 30
+    assert k["energy_imported_kwh"] == approx(15.0 * 0.25)
+    assert k["energy_exported_kwh"] == approx(16.0 * 0.25)
+    assert k["energy_imported_without_coordination_kwh"] == approx(20.0 * 0.25)
+    assert k["energy_exported_without_coordination_kwh"] == approx(20.0 * 0.25)
+    assert k["minutes_outside_limits_before"] == 30
+    assert k["minutes_outside_limits_after"] == 15
+    assert k["minutes_overload_before"] == 15 and k["minutes_overload_after"] == 0
+    assert k["minutes_reverse_flow_before"] == 15 and k["minutes_reverse_flow_after"] == 15
+    assert k["energy_outside_limits_after_kwh"] == approx(1.0 * 0.25)
+    assert k["solar_curtailed_kwh"] == approx(0.5)
+    assert k["load_shed_kwh"] == approx(0.25)
+    assert k["battery_discharged_kwh"] == approx(0.5)
+    assert k["battery_charged_kwh"] == approx(1.0)
+    assert k["battery_throughput_kwh"] == approx(1.5)
+    assert k["commands"] == 4
+    assert k["commands_by_status"] == {"applied": 3, "partial": 1}
+    assert k["planner_calls"] == {"optimal": 2}
+    assert k["planner_fallbacks"] == 1
+    assert k["fallback_reasons"] == {"no_api_key": 1}
+    assert k["unreachable_agent_cycles"] == 1
+    assert k["median_cycle_ms"] == approx(5.0)
+
+
+def test_run_kpis_of_no_cycle():
+    k = run_kpis([])
+    assert k["cycles"] == 0
+    assert k["energy_imported_kwh"] == 0
+    assert summary_rows(k) == [("cycles", "0", "")]
+
+
+def test_a_cycle_without_a_step_takes_the_last_known_step():
+    silent = {**CYCLES[1], "step_s": None, "cycle": 3}
+    assert run_kpis([CYCLES[0], silent])["simulated_minutes"] == 30
+
+
+def test_transformer_kpis_peaks_and_minutes():
+    t1 = transformer_kpis(CYCLES)["T1"]
+    assert t1["peak_import_before_kw"] == 20 and t1["peak_import_after_kw"] == 15
+    assert t1["peak_export_before_kw"] == 20 and t1["peak_export_after_kw"] == 16
+    assert t1["minutes_outside_limits_before"] == 30 and t1["minutes_outside_limits_after"] == 15
+
+
+def test_summary_rows_compare_with_and_without_coordination():
+    rows = {figure: (coordinated, uncoordinated) for figure, coordinated, uncoordinated in summary_rows(run_kpis(CYCLES))}
+    assert rows["minutes outside limits"] == ("15", "30")
+    assert rows["energy imported (kWh)"] == ("3.75", "5.00")
+    assert rows["solar curtailed (kWh)"][0] == "0.50"
+    assert rows["planner fallbacks"][0] == "1"
+    assert rows["  no_api_key"][0] == "1"
+
+
+# -- the report on disk --------------------------------------------------------------------------
+def test_write_report_writes_summary_cycles_and_plots(tmp_path):
+    written = write_report(tmp_path / "report", CYCLES, HISTORY, {"cycles": 2})
+    assert {p.name for p in written} == {"summary.json", "cycles.jsonl", *PLOTS}
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["kpis"] == json.loads(json.dumps(run_kpis(CYCLES)))
+    assert summary["run"] == {"cycles": 2}
+    assert summary["soc_agents"] == ["battery_agent_1", "home_1"]
+    lines = (tmp_path / "report" / "cycles.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["cycle"] for line in lines] == [1, 2]
+    for name in PLOTS:
+        assert_nontrivial_png(tmp_path / "report" / name)
+
+
+def test_write_report_of_no_cycle_still_draws(tmp_path):
+    write_report(tmp_path, [], [])
+    for name in PLOTS:
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+# -- how cycles are shown ------------------------------------------------------------------------
+def result(cycle: int) -> dict:
+    return {**CYCLES[cycle % 2], "cycle": cycle}
+
+
+def test_short_runs_print_a_line_per_cycle():
+    printed: list[int] = []
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with cycle_display(console, 3, lambda r: printed.append(r["cycle"])) as show:
+        for cycle in (1, 2, 3):
+            show(result(cycle))
+    assert printed == [1, 2, 3]
+    assert not uses_progress_bar(LINES_UP_TO_CYCLES)
+
+
+def test_long_runs_show_a_progress_bar_with_rate_and_eta():
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=140)
+    printed: list[int] = []
+    total = LINES_UP_TO_CYCLES + 5
+    with cycle_display(console, total, lambda r: printed.append(r["cycle"])) as show:
+        for cycle in range(1, total + 1):
+            show(result(cycle))
+    text = out.getvalue()
+    assert printed == []
+    assert f"{total}/{total}" in text
+    assert "cycles/s" in text and "eta" in text
+    assert "steps outside limits" in text and "fallbacks" in text and "unreachable" in text
+
+
+# -- the coordinator, end to end -----------------------------------------------------------------
+@pytest.mark.e2e
+def test_coordinator_writes_a_report(tmp_path, leftover_pids):
+    base = free_port_block()
+    report = tmp_path / "report"
+    command = coordinator_command(tmp_path, base, "--cycles", "8", "--interval", "0", "--exit", "--start", "2025-07-15T17:00", "--report", str(report))
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=child_env(COLUMNS="200"))
+    pids = child_pids(done.stdout)
+    leftover_pids.extend(pids.values())
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert [f"cycle {n}" in done.stdout for n in range(1, 9)] == [True] * 8  # a short run: a line per cycle
+    assert "Summary" in done.stdout and "minutes outside limits" in done.stdout and "battery throughput" in done.stdout
+    assert f"report in {report}/" in done.stdout
+    assert f"http://127.0.0.1:{base}/dashboard" in done.stdout
+
+    summary = json.loads((report / "summary.json").read_text(encoding="utf-8"))
+    assert {"generated_at", "run", "kpis", "transformers", "soc_agents", "files"} <= set(summary)
+    k = summary["kpis"]
+    for key in (
+        "energy_imported_kwh", "energy_exported_kwh", "solar_curtailed_kwh", "load_shed_kwh", "minutes_outside_limits_before",
+        "minutes_outside_limits_after", "battery_throughput_kwh", "planner_calls", "planner_fallbacks",
+    ):
+        assert key in k
+    assert k["cycles"] == summary["run"]["cycles_run"] == 8
+    assert k["simulated_minutes"] == 8 * 15
+    assert k["first_timestamp"] == "2025-07-15T17:00:00"
+    assert k["planner_calls"] == {"optimal": 8}
+    assert k["minutes_outside_limits_before"] > 0, "a summer evening on the shipped data pushes T1 into reverse flow"
+    assert k["minutes_outside_limits_after"] <= k["minutes_outside_limits_before"]
+    assert k["battery_throughput_kwh"] > 0
+    assert summary["transformers"]["T1"]["rating_kw"] == 15
+    assert summary["soc_agents"] == ["battery_agent_1", "home_1"]
+    cycles = [json.loads(line) for line in (report / "cycles.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [c["cycle"] for c in cycles] == list(range(1, 9))
+    assert k == json.loads(json.dumps(run_kpis(cycles)))
+    for name in PLOTS:
+        assert name in summary["files"]
+        assert_nontrivial_png(report / name)
+    for name, pid in pids.items():
+        assert wait_until(lambda pid=pid: pid_gone(pid), 5.0), f"the {name} (pid {pid}) outlived the coordinator"
+
+
+def test_coordinator_refuses_a_report_folder_it_cannot_make(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x", encoding="utf-8")
+    command = coordinator_command(tmp_path, free_port_block(), "--exit", "--report", str(blocker / "report"))
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60, env=child_env(COLUMNS="200"))
+    assert done.returncode == 1
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "report folder" in done.stderr and str(blocker) in done.stderr
+    assert "up " not in done.stdout  # it started nothing
