@@ -203,29 +203,39 @@ class GridAgent:
         errors = {e.agent_id: e.error for e in answer.errors}
         return [by_id.get(r.agent_id) or PeerUnavailableError(r.agent_id, errors.get(r.agent_id, "missing from the batch answer"), self.agent_id) for r in group]
 
-    async def _step_all(self, records: list[AgentRecord]) -> list[AgentStatus | Exception]:
-        """/simulate every agent in parallel: one batch request per hosting process, single calls for the rest."""
-        answers: list[AgentStatus | Exception | None] = [None] * len(records)
+    async def _per_process(
+        self,
+        items: list[Any],
+        record_of: Callable[[Any], AgentRecord],
+        one: Callable[[Any], Awaitable[Any]],
+        many: Callable[[str, list[Any]], Awaitable[list[Any]]],
+    ) -> list[Any]:
+        """Serve every item in parallel: ``many`` once per hosting process (in chunks of BATCH_SIZE),
+        ``one`` per item whose agent has no batch URL. Answers (or exceptions) come back in item order."""
         groups: dict[str, list[int]] = {}
-        calls, slots = [], []
-        for i, record in enumerate(records):
-            if record.batch_url:
-                groups.setdefault(record.batch_url, []).append(i)
+        calls: list[Callable[[], Awaitable[Any]]] = []
+        slots: list[list[int]] = []
+        for i, item in enumerate(items):
+            batch_url = record_of(item).batch_url
+            if batch_url:
+                groups.setdefault(batch_url, []).append(i)
             else:
-                calls.append(lambda r=record: self._simulate_one(r))
+                calls.append(lambda item=item: one(item))
                 slots.append([i])
         for batch_url, indexes in groups.items():
             for chunk in _chunks(indexes, BATCH_SIZE):
-                calls.append(lambda u=batch_url, c=chunk: self._simulate_batch(u, [records[i] for i in c]))
+                calls.append(lambda u=batch_url, c=chunk: many(u, [items[i] for i in c]))
                 slots.append(chunk)
+        answers: list[Any] = [None] * len(items)
         for indexes, result in zip(slots, await self._fan_out(calls)):
-            if isinstance(result, Exception):
-                result = [result] * len(indexes)
-            elif not isinstance(result, list):
-                result = [result]
-            for i, answer in zip(indexes, result):
+            results = result if isinstance(result, list) else [result] * len(indexes)
+            for i, answer in zip(indexes, results):
                 answers[i] = answer
-        return answers  # type: ignore[return-value]
+        return answers
+
+    async def _step_all(self, records: list[AgentRecord]) -> list[AgentStatus | Exception]:
+        """/simulate every agent: one batch request per hosting process, single calls for the rest."""
+        return await self._per_process(records, lambda r: r, self._simulate_one, self._simulate_batch)
 
     async def _curtail_one(self, record: AgentRecord, body: dict) -> CurtailResult:
         answer = await self._post(f"{record.url}/curtail", body, record.agent_id, retry=True)
@@ -352,32 +362,14 @@ class GridAgent:
         return build_snapshot(statuses.values(), self.transformer_ids(), self.limits)
 
     async def _act(self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str]) -> list[ActionReport]:
-        calls: list[Callable[[], Awaitable[Any]]] = []
-        order: list[list[int]] = []
-        groups: dict[str, list[int]] = {}
-        bodies = []
-        for i, command in enumerate(commands):
-            record = self.registry[command.agent_id]
-            body = {
-                "command_id": f"{self.run_id}-{self.cycle}-{command.agent_id}-{command.action.value}",
-                "action": command.action.value,
-                "power_kw": command.power_kw,
-            }
-            bodies.append((record, body))
-            if record.batch_url:
-                groups.setdefault(record.batch_url, []).append(i)
-            else:
-                calls.append(lambda r=record, b=body: self._curtail_one(r, b))
-                order.append([i])
-        for batch_url, indexes in groups.items():
-            for chunk in _chunks(indexes, BATCH_SIZE):
-                calls.append(lambda u=batch_url, c=chunk: self._curtail_batch(u, [bodies[i] for i in c]))
-                order.append(chunk)
-        answers: list[Any] = [None] * len(commands)
-        for indexes, result in zip(order, await self._fan_out(calls)):
-            results = result if isinstance(result, list) else [result] * len(indexes)
-            for i, answer in zip(indexes, results):
-                answers[i] = answer
+        addressed = [
+            (
+                self.registry[c.agent_id],
+                {"command_id": f"{self.run_id}-{self.cycle}-{c.agent_id}-{c.action.value}", "action": c.action.value, "power_kw": c.power_kw},
+            )
+            for c in commands
+        ]
+        answers = await self._per_process(addressed, lambda item: item[0], lambda item: self._curtail_one(*item), self._curtail_batch)
         reports = []
         for command, answer in zip(commands, answers):
             transformer_id = statuses[command.agent_id].transformer_id
