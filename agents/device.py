@@ -18,6 +18,7 @@ import httpx
 from fastapi import Depends, FastAPI, Header
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 
 from agents.csvlog import CsvLogWriter
 from agents.data import TimeSeries
@@ -91,6 +92,7 @@ class DeviceAgent:
         self.logged_step = 0
         self.row: dict[str, float] = {}
         self.commands_this_step = 0
+        self._status: AgentStatus | None = None
         self.active: dict[str, ActiveCommand] = {}
         self.control_reason: str | None = None
         self.last_grid_contact: float | None = None  # time.monotonic() of the last word from the grid agent
@@ -137,7 +139,14 @@ class DeviceAgent:
         if self.battery is not None and saved.get("battery_power_kw") is not None:
             self.battery.set_power(float(saved["battery_power_kw"]))
 
+    def current_status(self) -> AgentStatus:
+        """``status()``, built once per change of state: a step is reported, logged and answered from one object."""
+        if self._status is None:
+            self._status = self.status()
+        return self._status
+
     def _save(self) -> None:
+        self._status = None  # every change of state is saved, so here the cached status goes stale
         state = {
             "step": self.step,
             "logged_step": self.logged_step,
@@ -199,7 +208,7 @@ class DeviceAgent:
             applied, _ = self._apply(command.action, command.power_kw)
             self.commands_this_step += applied > POWER_TOLERANCE_KW
         self._save()
-        return self.status()
+        return self.current_status()
 
     def _read_row(self, index: int) -> dict[str, float]:
         """The data this agent sees at row ``index`` (wrapping at the end of the data)."""
@@ -248,13 +257,14 @@ class DeviceAgent:
                 raise ConflictError(f"command_id {command.command_id!r} was already used with another body", self.agent_id)
             first = seen["result"]
             self.metrics.command(command.action, CommandStatus.duplicate)
-            return CurtailResult(**{**first, "status": CommandStatus.duplicate, "agent_status": self.status()})
+            return CurtailResult(**{**first, "status": CommandStatus.duplicate, "agent_status": self.current_status()})
         valid_until = self._valid_until(command)
         expired = valid_until is not None and valid_until <= self.timestamp
         if expired:
             applied, reason = 0.0, f"expired: valid until {valid_until.isoformat()}, the agent is at {self.timestamp.isoformat()}"
         else:
             applied, reason = self._apply(command.action, command.power_kw)
+            self._status = None  # the operating point moved
             if applied > POWER_TOLERANCE_KW and valid_until > self.timestamp + timedelta(seconds=self.data.step_s):
                 self.active[command.command_id] = ActiveCommand(command_id=command.command_id, action=command.action, power_kw=command.power_kw, valid_until=valid_until)
         applied = min(max(applied, 0.0), command.power_kw)
@@ -273,7 +283,7 @@ class DeviceAgent:
             requested_kw=command.power_kw,
             applied_kw=applied,
             reason=reason if status is not CommandStatus.applied else None,
-            agent_status=self.status(),
+            agent_status=self.current_status(),
         )
         record = {"body": body, "result": result.model_dump(mode="json", exclude={"agent_status"})}
         self._seen[command.command_id] = record
@@ -321,7 +331,7 @@ class DeviceAgent:
         if self.step <= self.logged_step:
             return
         self.logged_step = self.step
-        s = self.status()
+        s = self.current_status()
         self.log.write(
             {
                 "step": s.step,
@@ -497,7 +507,7 @@ def build_device_app(
         _add_agent_routes(app, prefix, resolve, Authorized)
 
     @app.post("/batch/simulate", response_model=BatchSimulateResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
-    async def batch_simulate(body: BatchSimulate) -> BatchSimulateResult:
+    async def batch_simulate(body: BatchSimulate) -> Response:
         """Step many hosted agents at once (one state commit for them all)."""
         statuses, errors = [], []
         with _one_transaction(shared_store):
@@ -508,10 +518,10 @@ def build_device_app(
                     continue
                 agent.heard_from_grid()
                 statuses.append(agent.simulate())
-        return BatchSimulateResult(statuses=statuses, errors=errors)
+        return _json(BatchSimulateResult(statuses=statuses, errors=errors))
 
     @app.post("/batch/curtail", response_model=BatchCurtailResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
-    async def batch_curtail(body: BatchCurtail) -> BatchCurtailResult:
+    async def batch_curtail(body: BatchCurtail) -> Response:
         """Command many hosted agents at once; each command as POST /curtail would take it."""
         results, errors = [], []
         with _one_transaction(shared_store):
@@ -525,7 +535,7 @@ def build_device_app(
                     results.append(agent.curtail(item.command))
                 except AgentError as exc:
                     errors.append(BatchError(agent_id=item.agent_id, command_id=item.command.command_id, error=exc.message))
-        return BatchCurtailResult(results=results, errors=errors)
+        return _json(BatchCurtailResult(results=results, errors=errors))
 
     if single is None:
 
@@ -634,6 +644,12 @@ def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAg
         async def metrics(agent: DeviceAgent = hosted) -> PlainTextResponse:
             """Prometheus metrics of one hosted agent."""
             return PlainTextResponse(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _json(model: BaseModel) -> Response:
+    """A model as a JSON answer, serialised once by pydantic: the batch routes are the hot path,
+    and FastAPI would validate the model again before serialising it (response_model still documents it)."""
+    return Response(content=model.model_dump_json(), media_type="application/json")
 
 
 @contextmanager
