@@ -73,8 +73,9 @@ class PeerUnavailableError(AgentError):
 
 #: What each error status means, for the OpenAPI ``responses=`` of the routes that can answer it.
 _ERROR_DESCRIPTIONS = {
-    400: "The request contradicts itself",
+    400: "The body cannot be read (not UTF-8 JSON), or contradicts itself",
     401: "Missing or wrong bearer token (only when AGENT_TOKEN is set)",
+    404: "No such agent in this process",
     409: "A command_id reused with another body, or a call meant for another agent",
     422: "Invalid request; detail names each field",
 }

@@ -138,15 +138,25 @@ class AgentInfo(BaseModel):
     endpoints: list[str]
 
 
+#: The longest a command may hold (366 days): beyond a year of data it means nothing, and far beyond it the clock overflows.
+MAX_COMMAND_DURATION_S = 366 * 24 * 3600.0
+
+
 class CurtailCommand(BaseModel):
     """A command from the grid agent: shift net power by ``power_kw`` through ``action``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # "not both" in the schema too, so that a client generated from it never sends what the validator refuses
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"not": {"required": ["duration_s", "valid_until"], "properties": {"duration_s": {"type": "number"}, "valid_until": {"type": "string"}}}},
+    )
 
     command_id: str = Field(min_length=1, max_length=128, description="Client-chosen id; a repeat is not re-applied")
     action: CurtailAction
     power_kw: StrictNonNegativeKw
-    duration_s: float | None = Field(None, gt=0, allow_inf_nan=False, strict=True, description="How long it holds, in simulated seconds; default: this step only")
+    duration_s: float | None = Field(
+        None, gt=0, le=MAX_COMMAND_DURATION_S, allow_inf_nan=False, strict=True, description="How long it holds, in simulated seconds (at most 366 days); default: this step only"
+    )
     valid_until: datetime | None = Field(None, description="Simulated time it ends (instead of duration_s); an expired command is rejected")
 
     @model_validator(mode="after")

@@ -1,0 +1,274 @@
+"""Schemathesis against each agent's OpenAPI schema, in process, with every check it has.
+
+Every operation of the home, battery and grid apps gets schema-valid (positive) and schema-invalid
+(negative) requests. Every check runs on every answer: no server error, the status code, the
+content type, the headers and the body are what the schema declares, valid data is accepted and
+invalid data refused. Hypothesis is derandomized, so a run is the same on every machine.
+
+The apps run their lifespans (schemathesis starts one per app on its first request and the test
+stops them); the grid agent's ``/coordinate`` runs with a home and a storage system registered in
+process, so each fuzzed cycle steps, plans and commands real agents.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+import schemathesis
+import schemathesis.core.failures
+from hypothesis import HealthCheck, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import CHECKS, load_all_checks
+from schemathesis.python import asgi as schemathesis_asgi
+
+from agents import battery, grid, home
+from models.schemas import AgentReport
+from tests.conftest import (
+    BATTERY_CSV,
+    BATTERY_ID,
+    HOME_CSV,
+    HOME_DAY_START,
+    HOME_ID,
+    HostRouter,
+    make_battery_settings,
+    make_grid_settings,
+    make_home_settings,
+)
+
+#: Generated requests per operation and generation mode: enough to hit every field's edges, few enough for CI.
+EXAMPLES = 30
+MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
+load_all_checks()
+(NEGATIVE_DATA_REJECTION,) = CHECKS.get_by_names(["negative_data_rejection"])
+
+
+def fuzz_settings(examples: int = EXAMPLES) -> settings:
+    return settings(
+        max_examples=examples,
+        derandomize=True,  # the same requests on every run and every machine
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+@pytest.fixture
+def lifespans() -> Iterator[None]:
+    """Stop every app's lifespan that schemathesis started, so each agent closes its log and state."""
+    try:
+        yield
+    finally:
+        schemathesis_asgi.shutdown_lifespans()
+
+
+def start(app: Any) -> None:
+    """Run an app's lifespan start-up now (schemathesis keeps it running until ``shutdown_lifespans``)."""
+    with schemathesis_asgi.get_client(app):
+        pass
+
+
+def within_cross_field_rules(case: schemathesis.Case) -> None:
+    """Make a positive case obey the rules between fields that OpenAPI cannot state.
+
+    A registration's path names the agent its body reports (else 400, tested in test_grid.py), and a
+    batch of cycles is kept short here (up to 10,000 are valid; each steps the whole feeder).
+    """
+    body = case.body if isinstance(case.body, dict) else None
+    if body is None:
+        return
+    if case.operation.label == "POST /agents/{agent_id}/status" and isinstance(body.get("status"), dict) and isinstance(body["status"].get("agent_id"), str):
+        case.path_parameters = {**(case.path_parameters or {}), "agent_id": body["status"]["agent_id"]}
+    if case.operation.label == "POST /coordinate/batch" and isinstance(body.get("cycles"), int | float):
+        case.body = {**body, "cycles": min(body["cycles"], 3)}  # JSON Schema's integers include 3.0
+
+
+#: (declared JSON type, sent JSON type) pairs that pydantic's lax mode converts instead of refusing:
+#: true/false for a number, "1.5" for a number, a number of Unix seconds for a date-time string.
+LAX_COERCIONS = {("number", "boolean"), ("integer", "boolean"), ("number", "string"), ("integer", "string"), ("string", "integer"), ("string", "number")}
+
+
+def _json_types(value: Any) -> set[str]:
+    return set(value) if isinstance(value, list) else {value} if isinstance(value, str) else set()
+
+
+def is_lax_coercion(mutation: Any) -> bool:
+    """A negative case whose only fault is a JSON type pydantic converts (see LAX_COERCIONS)."""
+    if tuple(mutation.keywords) != ("type",):
+        return False
+    declared, sent = _json_types(mutation.original_value) - {"null"}, _json_types(mutation.new_value)
+    return bool(declared and sent) and all((d, t) in LAX_COERCIONS for d in declared for t in sent)
+
+
+def negative_data_rejection_except_lax_types(ctx: Any, response: Any, case: schemathesis.Case) -> bool | None:
+    """Schemathesis's negative_data_rejection, except for schema-invalid requests that differ only by a lax type.
+
+    Those are a known gap, kept open by the xfail tests at the end of this module
+    (test_registration_refuses_lax_json_types and the two after it); every other accepted
+    negative case still fails.
+    """
+    try:
+        return NEGATIVE_DATA_REJECTION(ctx, response, case)
+    except schemathesis.core.failures.AcceptedNegativeData:
+        mutations = getattr(getattr(getattr(case.meta, "phase", None), "data", None), "mutations", None) or ()
+        if mutations and all(is_lax_coercion(m) for m in mutations):
+            return None
+        raise
+
+
+def all_checks() -> list[Any]:
+    """Every check schemathesis has, with negative_data_rejection narrowed as above."""
+    load_all_checks()
+    return [negative_data_rejection_except_lax_types if c is NEGATIVE_DATA_REJECTION else c for c in CHECKS.get_all()]
+
+
+def describe(exc: BaseException) -> str:
+    """Schemathesis failures say what and how to reproduce; anything else (a crash in the app) gets its traceback."""
+    if isinstance(exc, BaseExceptionGroup) and not isinstance(exc, schemathesis.core.failures.FailureGroup):
+        return "\n".join(describe(sub) for sub in exc.exceptions)
+    if isinstance(exc, schemathesis.core.failures.FailureGroup | AssertionError):
+        return str(exc)
+    return "".join(traceback.format_exception(exc)[-12:])
+
+
+def fuzz(app: Any, *, before_each: Callable[[], None] | None = None, examples: int = EXAMPLES) -> list[str]:
+    """Every operation of the app's schema, positive and negative, with every check; returns the failures."""
+    checks = all_checks()
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    failures: list[str] = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert operations
+    for operation in operations:
+        for mode in MODES:
+
+            @fuzz_settings(examples)
+            @given(case=operation.as_strategy(generation_mode=mode))
+            def run(case: schemathesis.Case) -> None:
+                if before_each is not None:
+                    before_each()
+                if mode is GenerationMode.POSITIVE:
+                    within_cross_field_rules(case)
+                case.call_and_validate(checks=checks)
+
+            try:
+                run()
+            except Unsatisfiable:
+                pass  # nothing of this operation can be made invalid (no parameters, no body)
+            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 (collected, then reported together)
+                failures.append(f"{operation.label} [{mode.value}]:\n{describe(exc)}")
+    return failures
+
+
+def device_apps(tmp_path: Path) -> dict[str, Any]:
+    """A home in the sun and a storage system at a cheap price, each stepped once, so commands do real work."""
+    home_csv = tmp_path / "home.csv"
+    battery_csv = tmp_path / "battery.csv"
+    home_csv.write_text(HOME_CSV, encoding="utf-8")
+    battery_csv.write_text(BATTERY_CSV, encoding="utf-8")
+    apps = {
+        HOME_ID: home.create_app(make_home_settings(tmp_path, data_file=home_csv, start=HOME_DAY_START), register=False),
+        BATTERY_ID: battery.create_app(make_battery_settings(tmp_path, data_file=battery_csv), register=False),
+    }
+    for app in apps.values():
+        app.state.agent.simulate()
+    return apps
+
+
+def check_files_whole(tmp_path: Path, agent_id: str) -> None:
+    """After the fuzzing and the shutdown, the agent's step log still reads as one gapless table."""
+    log = pd.read_csv(tmp_path / "logs" / f"{agent_id}_log.csv")
+    assert log["step"].tolist() == list(range(1, len(log) + 1))
+
+
+@pytest.mark.parametrize("agent_id", [HOME_ID, BATTERY_ID])
+def test_device_agent_answers_match_its_schema(tmp_path, lifespans, agent_id):
+    app = device_apps(tmp_path)[agent_id]
+    failures = fuzz(app)
+    assert not failures, "\n\n".join(failures)
+    schemathesis_asgi.shutdown_lifespans()
+    check_files_whole(tmp_path, agent_id)
+
+
+def test_grid_agent_answers_match_its_schema_while_coordinating_real_agents(tmp_path, lifespans):
+    devices = device_apps(tmp_path)
+    router = HostRouter({agent_id: httpx.ASGITransport(app=app) for agent_id, app in devices.items()})
+    grid_app = grid.create_app(make_grid_settings(tmp_path), transport=router)
+    for app in (*devices.values(), grid_app):
+        start(app)
+
+    def register_devices() -> None:
+        """Register both devices again (fuzzed registrations may have moved or replaced them)."""
+        with schemathesis_asgi.get_client(grid_app) as client:
+            for agent_id, app in devices.items():
+                report = AgentReport(url=f"http://{agent_id}", status=app.state.agent.status())
+                response = client.post(f"/agents/{agent_id}/status", json=report.model_dump(mode="json"))
+                assert response.status_code == 200, response.text
+
+    register_devices()
+    failures = fuzz(grid_app, before_each=register_devices)
+    assert not failures, "\n\n".join(failures)
+    agent = grid_app.state.agent
+    assert agent.cycle > 0  # /coordinate ran
+    assert {HOME_ID, BATTERY_ID} <= set(agent.registry)
+    assert devices[HOME_ID].state.agent.step > 1  # and stepped the real agents
+
+
+def test_mutating_endpoints_refuse_fuzzed_requests_without_the_token(tmp_path, lifespans, monkeypatch):
+    """With AGENT_TOKEN set, whatever is sent without it is a documented 401 and changes nothing."""
+    monkeypatch.setenv("AGENT_TOKEN", "s3cret-token")
+    apps = device_apps(tmp_path)
+    apps["grid"] = grid.create_app(make_grid_settings(tmp_path), transport=HostRouter({}))
+    before = {agent_id: app.state.agent.status() for agent_id, app in apps.items() if agent_id != "grid"}
+    checks = all_checks()
+    for name, app in apps.items():
+        schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+        for result in schema.get_all_operations():
+            operation = result.ok()
+            if operation.method.upper() != "POST":
+                continue
+
+            @fuzz_settings(10)
+            @given(case=operation.as_strategy(generation_mode=GenerationMode.POSITIVE))
+            def run(case: schemathesis.Case) -> None:
+                case.headers = {k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"}
+                response = case.call_and_validate(checks=checks)
+                assert response.status_code == 401, (name, operation.label, response.status_code, response.text)
+
+            run()
+    for agent_id, status in before.items():
+        assert apps[agent_id].state.agent.status() == status
+    assert apps["grid"].state.agent.registry == {}
+    assert apps["grid"].state.agent.cycle == 0
+
+
+@pytest.mark.xfail(strict=True, reason="a registration's status is parsed leniently: true, numeric strings and numbers for times are accepted")
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("price_per_kwh", True), ("net_power_kw", "1.5"), ("step", True), ("timestamp", 1_750_000_000)],
+)
+async def test_registration_refuses_lax_json_types(make_feeder, field, value):
+    feeder = await make_feeder(register=False)
+    status = await feeder.device_status(BATTERY_ID)
+    report = {"url": "http://battery_agent_1", "status": {**status, field: value}}
+    response = await feeder.client.post(f"/agents/{BATTERY_ID}/status", json=report)
+    assert response.status_code == 422, f"{field}={value!r} was taken: {response.status_code}"
+
+
+@pytest.mark.xfail(strict=True, reason="valid_until is parsed leniently: a number is taken as Unix seconds although the schema says a date-time string")
+async def test_command_refuses_a_number_for_valid_until(tmp_path, serve_app):
+    app = device_apps(tmp_path)[HOME_ID]
+    client = await serve_app(app)
+    response = await client.post("/curtail", json={"command_id": "unix", "action": "shed_load", "power_kw": 0.1, "valid_until": 1_750_000_000})
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.xfail(strict=True, reason="cycles is parsed leniently: true is taken as 1")
+async def test_coordinate_batch_refuses_a_boolean_for_cycles(feeder):
+    response = await feeder.client.post("/coordinate/batch", json={"cycles": True})
+    assert response.status_code == 422, response.text
