@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from agents.data import BATTERY_COLUMNS, load_timeseries
 from agents.device import DeviceAgent, create_device_app
-from agents.settings import BatterySettings, StartupError
+from agents.settings import BatterySettings
 from agents.state import StateStore
 from models.devices import BatteryModule, BatterySpec
 from models.schemas import AgentStatus, AgentType, CurtailAction

@@ -39,6 +39,17 @@ class CsvLogWriter:
         csv.writer(buffer, lineterminator="\n").writerow([_cell(row.get(column)) for column in self.columns])
         return buffer.getvalue()
 
+    def last_value(self, column: str) -> str | None:
+        """The named column of the file's last whole row, or None when it has no data row."""
+        with self.path.open("rb") as f:
+            f.seek(0, io.SEEK_END)
+            f.seek(max(f.tell() - 8192, 0))
+            lines = f.read().decode("utf-8", errors="replace").splitlines()
+        rows = list(csv.reader(lines[-1:])) if len(lines) > 1 else []
+        if not rows or rows[0] == self.columns or len(rows[0]) != len(self.columns):
+            return None
+        return rows[0][self.columns.index(column)]
+
     def write(self, row: Mapping[str, Any]) -> None:
         """Write one whole row and flush it."""
         self._file.write(self._format(row))

@@ -106,6 +106,10 @@ class DeviceAgent:
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(f"agent {self.agent_id}: cannot keep its state in {settings.state_dir} or its log in {settings.log_dir}: {exc}") from exc
         self._restore()
+        last_logged = self.log.last_value("step")
+        if last_logged and last_logged.isdigit() and int(last_logged) <= self.step:
+            # a kill after a row was written but before the next commit: the log, not the state, knows it is written
+            self.logged_step = max(self.logged_step, int(last_logged))
 
     # -- state -------------------------------------------------------------------------------
     def _restore(self) -> None:

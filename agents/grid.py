@@ -40,7 +40,6 @@ from models.schemas import (
     BatchSimulateResult,
     Registrations,
     RegistrationsResult,
-    CommandStatus,
     CoordinateBatch,
     CoordinationBatch,
     CoordinationResult,
@@ -210,18 +209,33 @@ class GridAgent:
         one: Callable[[Any], Awaitable[Any]],
         many: Callable[[str, list[Any]], Awaitable[list[Any]]],
     ) -> list[Any]:
-        """Serve every item in parallel: ``many`` once per hosting process (in chunks of BATCH_SIZE),
-        ``one`` per item whose agent has no batch URL. Answers (or exceptions) come back in item order."""
+        """Serve every item, in parallel across agents: ``many`` once per hosting process (in chunks
+        of BATCH_SIZE), ``one`` per item whose agent has no batch URL. Items for the same agent go
+        in order, one after the other, so the last answer carries the agent's final status.
+        Answers (or exceptions) come back in item order."""
         groups: dict[str, list[int]] = {}
+        singles: dict[str, list[int]] = {}
+        for i, item in enumerate(items):
+            record = record_of(item)
+            if record.batch_url:
+                groups.setdefault(record.batch_url, []).append(i)
+            else:
+                singles.setdefault(record.agent_id, []).append(i)
+
+        async def in_order(indexes: list[int]) -> list[Any]:
+            answers = []
+            for i in indexes:
+                try:
+                    answers.append(await one(items[i]))
+                except Exception as exc:  # noqa: BLE001 - handed back to the caller like gather's
+                    answers.append(exc)
+            return answers
+
         calls: list[Callable[[], Awaitable[Any]]] = []
         slots: list[list[int]] = []
-        for i, item in enumerate(items):
-            batch_url = record_of(item).batch_url
-            if batch_url:
-                groups.setdefault(batch_url, []).append(i)
-            else:
-                calls.append(lambda item=item: one(item))
-                slots.append([i])
+        for indexes in singles.values():
+            calls.append(lambda c=indexes: in_order(c))
+            slots.append(indexes)
         for batch_url, indexes in groups.items():
             for chunk in _chunks(indexes, BATCH_SIZE):
                 calls.append(lambda u=batch_url, c=chunk: many(u, [items[i] for i in c]))

@@ -6,7 +6,7 @@ from fastapi import FastAPI
 
 from agents.data import HOME_COLUMNS, HOME_NONNEGATIVE, load_timeseries
 from agents.device import DeviceAgent, create_device_app
-from agents.settings import HomeSettings, StartupError
+from agents.settings import HomeSettings
 from agents.state import StateStore
 from models.devices import BatteryModule, BatterySpec, LoadModule, SolarModule
 from models.schemas import AgentStatus, AgentType, CurtailAction, Flexibility, LoadStatus, SolarStatus

@@ -28,11 +28,32 @@ class StateStore:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process kill; an OS crash may lose the last step
+        if self._columns("state") and "agent_id" not in self._columns("state"):
+            self._migrate_one_agent_layout(agent_id=name)
         self._db.execute("CREATE TABLE IF NOT EXISTS state (agent_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS commands (agent_id TEXT NOT NULL, command_id TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (agent_id, command_id))"
         )
         self._depth = 0
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+
+    def _migrate_one_agent_layout(self, agent_id: str) -> None:
+        """Move a file of the first release (one agent per file, no agent_id column) to this layout."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.execute("ALTER TABLE state RENAME TO state_v1")
+            self._db.execute("CREATE TABLE state (agent_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
+            self._db.execute("INSERT INTO state (agent_id, body) SELECT ?, body FROM state_v1", (agent_id,))
+            self._db.execute("DROP TABLE state_v1")
+            if self._columns("commands"):
+                self._db.execute("ALTER TABLE commands RENAME TO commands_v1")
+                self._db.execute(
+                    "CREATE TABLE commands (agent_id TEXT NOT NULL, command_id TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (agent_id, command_id))"
+                )
+                self._db.execute("INSERT INTO commands (agent_id, command_id, body) SELECT ?, command_id, body FROM commands_v1", (agent_id,))
+                self._db.execute("DROP TABLE commands_v1")
 
     @contextmanager
     def batch(self) -> Iterator[None]:

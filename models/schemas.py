@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
 from models.grid import TransformerState
 
@@ -18,10 +18,33 @@ AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-
 NonNegativeKw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 #: On the wire a command's power must be a JSON number: no "0.1" strings, no booleans.
 StrictNonNegativeKw = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
+#: Numbers and counts that arrive from clients must be JSON numbers: no true, no "1.5".
+Number = Annotated[float, Field(strict=True)]
+
+
+def _json_integer(value: object) -> object:
+    """JSON Schema's integer: 3 and 3.0 are, true and "3" are not."""
+    if isinstance(value, bool) or isinstance(value, str):
+        raise ValueError("must be a JSON integer")
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_json_integer)]
+
+
+def _no_numbers_for_time(value: object) -> object:
+    if isinstance(value, (int, float)):  # pydantic would read a number as Unix seconds
+        raise ValueError("give an ISO 8601 time such as 2025-07-15T17:00:00, not a number")
+    return value
+
+
 #: Simulated time in answers: ISO 8601 on the data's own local clock, so with no UTC offset
 #: (2025-06-01T00:30:00). JSON Schema's ``date-time`` demands an offset, so answers say what they send.
 SimulatedTime = Annotated[
     datetime,
+    BeforeValidator(_no_numbers_for_time),
     WithJsonSchema({"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$"}, mode="serialization"),
 ]
 
@@ -60,40 +83,40 @@ class CommandStatus(str, Enum):
 class SolarStatus(BaseModel):
     """Rooftop PV this step (kW, all >= 0)."""
 
-    capacity_kwp: float
-    available_kw: float
-    output_kw: float
-    curtailed_kw: float
+    capacity_kwp: Number
+    available_kw: Number
+    output_kw: Number
+    curtailed_kw: Number
 
 
 class LoadStatus(BaseModel):
     """Household demand this step (kW, all >= 0)."""
 
-    demand_kw: float
-    served_kw: float
-    shed_kw: float
-    flexible_kw: float
+    demand_kw: Number
+    served_kw: Number
+    shed_kw: Number
+    flexible_kw: Number
 
 
 class BatteryStatus(BaseModel):
     """Battery this step: ``power_kw`` > 0 charges; ``soc_fraction`` at the end of the step."""
 
-    soc_fraction: float
-    power_kw: float
-    capacity_kwh: float
-    max_charge_kw: float
-    max_discharge_kw: float
-    soc_min_fraction: float
-    soc_max_fraction: float
+    soc_fraction: Number
+    power_kw: Number
+    capacity_kwh: Number
+    max_charge_kw: Number
+    max_discharge_kw: Number
+    soc_min_fraction: Number
+    soc_max_fraction: Number
 
 
 class Flexibility(BaseModel):
     """The most each action could still apply this step (kW, >= 0)."""
 
-    curtail_solar_kw: float = 0.0
-    shed_load_kw: float = 0.0
-    charge_battery_kw: float = 0.0
-    discharge_battery_kw: float = 0.0
+    curtail_solar_kw: Number = 0.0
+    shed_load_kw: Number = 0.0
+    charge_battery_kw: Number = 0.0
+    discharge_battery_kw: Number = 0.0
 
     def headroom_kw(self, action: CurtailAction) -> float:
         """The headroom of one action."""
@@ -106,15 +129,15 @@ class AgentStatus(BaseModel):
     agent_id: AgentId
     agent_type: AgentType
     transformer_id: str
-    step: int = Field(ge=0, description="Steps simulated so far")
+    step: Count = Field(ge=0, description="Steps simulated so far")
     timestamp: SimulatedTime | None = Field(description="Simulated time of the current step; null before the first")
-    step_s: float = Field(gt=0, description="Length of one step in seconds")
-    net_power_kw: float = Field(allow_inf_nan=False, description="> 0 imports from the grid, < 0 exports")
+    step_s: Number = Field(gt=0, description="Length of one step in seconds")
+    net_power_kw: Number = Field(allow_inf_nan=False, description="> 0 imports from the grid, < 0 exports")
     solar: SolarStatus | None = None
     load: LoadStatus | None = None
     battery: BatteryStatus | None = None
-    price_per_kwh: float | None = None
-    temp_air_c: float | None = None
+    price_per_kwh: Number | None = None
+    temp_air_c: Number | None = None
     flexibility: Flexibility = Field(default_factory=Flexibility)
     control: Literal["local", "grid"] = Field("local", description="grid while a command holds this step, else local policy")
     control_reason: str | None = Field(None, description="Why the agent last went back to its local policy")
@@ -154,10 +177,10 @@ class CurtailCommand(BaseModel):
     command_id: str = Field(min_length=1, max_length=128, description="Client-chosen id; a repeat is not re-applied")
     action: CurtailAction
     power_kw: StrictNonNegativeKw
-    duration_s: float | None = Field(
+    duration_s: Number | None = Field(
         None, gt=0, le=MAX_COMMAND_DURATION_S, allow_inf_nan=False, strict=True, description="How long it holds, in simulated seconds (at most 366 days); default: this step only"
     )
-    valid_until: datetime | None = Field(None, description="Simulated time it ends (instead of duration_s); an expired command is rejected")
+    valid_until: SimulatedTime | None = Field(None, description="Simulated time it ends (instead of duration_s); an expired command is rejected")
 
     @model_validator(mode="after")
     def _one_end(self) -> CurtailCommand:
@@ -171,7 +194,7 @@ class ActiveCommand(BaseModel):
 
     command_id: str
     action: CurtailAction
-    power_kw: float
+    power_kw: Number
     valid_until: SimulatedTime
 
 
@@ -330,7 +353,7 @@ class CoordinateBatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cycles: int = Field(ge=1, le=10_000)
+    cycles: Count = Field(ge=1, le=10_000)
 
 
 class CoordinationBatch(BaseModel):

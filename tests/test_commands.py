@@ -9,7 +9,7 @@ import pytest
 from pytest import approx
 
 from agents.home import create_app
-from tests.conftest import BATTERY_ID, HOME_DAY_START, HOME_ID, make_home_settings
+from tests.conftest import BATTERY_ID, HOME_DAY_START, make_home_settings
 
 JSON = {"content-type": "application/json"}
 

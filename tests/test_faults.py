@@ -132,7 +132,6 @@ def test_home_killed_mid_run_resumes_at_the_same_step_and_soc(spawn, tmp_path):
     assert "Traceback" not in again.text()
 
 
-@pytest.mark.xfail(strict=True, reason="a kill after a finished step's log row is written but before the next step is committed repeats that row on restart")
 def test_crash_between_log_row_and_commit_repeats_no_row(tmp_path):
     """A kill after a finished step's row is written but before the next step is committed."""
     data = tmp_path / "home.csv"
@@ -156,7 +155,6 @@ def test_crash_between_log_row_and_commit_repeats_no_row(tmp_path):
     assert pd.read_csv(tmp_path / "logs" / "home_1_log.csv")["step"].tolist() == [1, 2, 3]
 
 
-@pytest.mark.xfail(strict=True, reason="a state file written before the per-process store (state.id, no agent_id column) fails with sqlite3.OperationalError")
 def test_state_from_the_previous_release_resumes_or_is_a_clear_error(tmp_path):
     data = tmp_path / "home.csv"
     data.write_text(HOME_CSV, encoding="utf-8")

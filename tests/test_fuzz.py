@@ -46,8 +46,6 @@ from tests.conftest import (
 EXAMPLES = 30
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 load_all_checks()
-(NEGATIVE_DATA_REJECTION,) = CHECKS.get_by_names(["negative_data_rejection"])
-
 
 def fuzz_settings(examples: int = EXAMPLES) -> settings:
     return settings(
@@ -89,43 +87,10 @@ def within_cross_field_rules(case: schemathesis.Case) -> None:
         case.body = {**body, "cycles": min(body["cycles"], 3)}  # JSON Schema's integers include 3.0
 
 
-#: (declared JSON type, sent JSON type) pairs that pydantic's lax mode converts instead of refusing:
-#: true/false for a number, "1.5" for a number, a number of Unix seconds for a date-time string.
-LAX_COERCIONS = {("number", "boolean"), ("integer", "boolean"), ("number", "string"), ("integer", "string"), ("string", "integer"), ("string", "number")}
-
-
-def _json_types(value: Any) -> set[str]:
-    return set(value) if isinstance(value, list) else {value} if isinstance(value, str) else set()
-
-
-def is_lax_coercion(mutation: Any) -> bool:
-    """A negative case whose only fault is a JSON type pydantic converts (see LAX_COERCIONS)."""
-    if tuple(mutation.keywords) != ("type",):
-        return False
-    declared, sent = _json_types(mutation.original_value) - {"null"}, _json_types(mutation.new_value)
-    return bool(declared and sent) and all((d, t) in LAX_COERCIONS for d in declared for t in sent)
-
-
-def negative_data_rejection_except_lax_types(ctx: Any, response: Any, case: schemathesis.Case) -> bool | None:
-    """Schemathesis's negative_data_rejection, except for schema-invalid requests that differ only by a lax type.
-
-    Those are a known gap, kept open by the xfail tests at the end of this module
-    (test_registration_refuses_lax_json_types and the two after it); every other accepted
-    negative case still fails.
-    """
-    try:
-        return NEGATIVE_DATA_REJECTION(ctx, response, case)
-    except schemathesis.core.failures.AcceptedNegativeData:
-        mutations = getattr(getattr(getattr(case.meta, "phase", None), "data", None), "mutations", None) or ()
-        if mutations and all(is_lax_coercion(m) for m in mutations):
-            return None
-        raise
-
-
 def all_checks() -> list[Any]:
-    """Every check schemathesis has, with negative_data_rejection narrowed as above."""
+    """Every check schemathesis has, negative_data_rejection included: no lax type slips through."""
     load_all_checks()
-    return [negative_data_rejection_except_lax_types if c is NEGATIVE_DATA_REJECTION else c for c in CHECKS.get_all()]
+    return list(CHECKS.get_all())
 
 
 def describe(exc: BaseException) -> str:
@@ -247,7 +212,6 @@ def test_mutating_endpoints_refuse_fuzzed_requests_without_the_token(tmp_path, l
     assert apps["grid"].state.agent.cycle == 0
 
 
-@pytest.mark.xfail(strict=True, reason="a registration's status is parsed leniently: true, numeric strings and numbers for times are accepted")
 @pytest.mark.parametrize(
     ("field", "value"),
     [("price_per_kwh", True), ("net_power_kw", "1.5"), ("step", True), ("timestamp", 1_750_000_000)],
@@ -260,7 +224,6 @@ async def test_registration_refuses_lax_json_types(make_feeder, field, value):
     assert response.status_code == 422, f"{field}={value!r} was taken: {response.status_code}"
 
 
-@pytest.mark.xfail(strict=True, reason="valid_until is parsed leniently: a number is taken as Unix seconds although the schema says a date-time string")
 async def test_command_refuses_a_number_for_valid_until(tmp_path, serve_app):
     app = device_apps(tmp_path)[HOME_ID]
     client = await serve_app(app)
@@ -268,7 +231,6 @@ async def test_command_refuses_a_number_for_valid_until(tmp_path, serve_app):
     assert response.status_code == 422, response.text
 
 
-@pytest.mark.xfail(strict=True, reason="cycles is parsed leniently: true is taken as 1")
 async def test_coordinate_batch_refuses_a_boolean_for_cycles(feeder):
     response = await feeder.client.post("/coordinate/batch", json={"cycles": True})
     assert response.status_code == 422, response.text
