@@ -172,3 +172,18 @@ async def test_ai_prompt_carries_no_agent_text(planner: AiPlanner) -> None:
 @pytest.mark.parametrize(("setting", "key", "expected"), [("auto", "sk-x", "ai"), ("auto", None, "optimal"), ("rule", "sk-x", "rule"), ("ai", None, "ai")])
 def test_resolve_planner_auto_picks_ai_only_with_a_key(setting: str, key: str | None, expected: str) -> None:
     assert resolve_planner(setting, key) == expected
+
+
+@respx.mock
+async def test_ai_plan_a_hair_short_is_topped_up_by_the_optimal_planner(planner: AiPlanner) -> None:
+    # 0.9995 kW of shedding leaves T1 0.5 W over its rating: inside the guard's 1 W tolerance, so the
+    # model's plan is used, and the optimal planner closes the last half watt from what is left.
+    respx.post(COMPLETIONS).mock(return_value=httpx.Response(200, json=completion(plan_json(("a2", "discharge_battery", 3.0), ("a1", "shed_load", 0.9995)))))
+    snapshot = overloaded_snapshot()
+    plan, reason = await planner.plan(snapshot)
+    assert reason is None
+    commands = {(c.agent_id, c.action): c.power_kw for c in plan.commands}
+    assert commands[("battery_agent_1", CurtailAction.discharge_battery)] == pytest.approx(3.0)
+    assert commands[("home_1", CurtailAction.shed_load)] == pytest.approx(1.0)
+    assert plan.unfixed_kw == {"T1": pytest.approx(0.0, abs=1e-9)}
+    assert planner.stats.as_dict()["top_ups"] == 1

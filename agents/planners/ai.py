@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import openai
 from pydantic import BaseModel, Field, ValidationError
@@ -63,6 +63,7 @@ class AiStats:
 
     calls: int = 0
     plans_used: int = 0
+    top_ups: int = 0  # accepted plans that left a sliver (within the guard's tolerance) for the optimal planner to finish
     fallbacks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -74,6 +75,7 @@ class AiStats:
         return {
             "calls": self.calls,
             "plans_used": self.plans_used,
+            "top_ups": self.top_ups,
             "fallbacks": self.fallbacks,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -146,6 +148,36 @@ def check_plan(snapshot: Snapshot, proposed: ModelPlan, agents_by_alias: dict[st
     return commands
 
 
+def top_up(snapshot: Snapshot, commands: list[Command]) -> tuple[list[Command], bool]:
+    """The model's commands, plus what the optimal planner adds to close what they leave open.
+
+    The prompt rounds figures to 1 W and the guard accepts plans within GUARD_TOLERANCE_KW of the
+    optimum, so an accepted plan can leave a transformer a few watts outside its limit. The
+    residual is planned on what the model's commands left of each agent's headroom.
+    """
+    after = apply_plan(snapshot, commands)
+    if all(violation_kw(after[t.transformer_id], t.rating_kw, t.reverse_limit_kw) <= 0 for t in snapshot.transformers):
+        return commands, False
+    used: dict[tuple[str, CurtailAction], float] = {}
+    for c in commands:
+        used[c.agent_id, c.action] = used.get((c.agent_id, c.action), 0.0) + c.power_kw
+    residual = Snapshot(
+        transformers=tuple(replace(t, loading_kw=after[t.transformer_id]) for t in snapshot.transformers),
+        agents=tuple(
+            replace(a, headroom_kw={action: max(kw - used.get((a.agent_id, action), 0.0), 0.0) for action, kw in a.headroom_kw.items()})
+            for a in snapshot.agents
+        ),
+        timestamp=snapshot.timestamp,
+        step_s=snapshot.step_s,
+    )
+    extra = plan_optimal(residual).commands
+    if not extra:
+        return commands, False
+    for c in extra:
+        used[c.agent_id, c.action] = used.get((c.agent_id, c.action), 0.0) + c.power_kw
+    return [Command(agent_id=a, action=act, power_kw=kw) for (a, act), kw in used.items()], True
+
+
 class AiPlanner:
     """Ask the model for a plan; fall back to the optimal plan, with the reason, whenever it cannot be trusted."""
 
@@ -207,6 +239,8 @@ class AiPlanner:
         except PlanRejected as exc:
             return self._fallback(reference, f"plan rejected: {exc}")
         self.stats.plans_used += 1
+        commands, topped_up = top_up(snapshot, commands)
+        self.stats.top_ups += topped_up
         unfixed = apply_plan(snapshot, commands)
         return Plan(commands=commands, unfixed_kw={t.transformer_id: violation_kw(unfixed[t.transformer_id], t.rating_kw, t.reverse_limit_kw) for t in snapshot.transformers}), None
 
