@@ -1,0 +1,417 @@
+"""The mpc planner: model-predictive control over a horizon, forecast from what it has seen so far.
+
+Each cycle it records every agent's report, forecasts the next ``horizon_steps`` from that
+history alone (solar: the most seen at that time of day over the last days, near clear sky;
+demand and the rest: the mean of the same time of day over the last days; both pulled towards
+what it sees now for the next few hours; persistence while it has no history), solves one
+linear program over the horizon (``agents.planners.horizon``: the physics and costs the
+perfect-foresight bound uses too) and sends only the first step's commands. So a battery is
+held back or emptied before a sunny noon, or kept full before an evening peak, and the plan is
+made again next cycle with what happened. It never sees data the agents have not reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot
+from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
+from models.grid import LIMIT_TOLERANCE_KW
+from models.schemas import AgentType, CurtailAction
+from models.units import seconds_to_hours
+
+SECONDS_PER_DAY = 86_400.0
+_EPOCH = datetime(2000, 1, 1)
+
+#: What the planner remembers of each agent each step (kW), in this order. ``other`` is the agent's
+#: net power but for its battery and its solar (a home's demand); all as its local policy left them.
+FIELDS = ("other", "solar", "demand", "flexible", "setpoint", "max_charge", "max_discharge")
+OTHER, SOLAR, DEMAND, FLEXIBLE, SETPOINT, MAX_CHARGE, MAX_DISCHARGE = range(len(FIELDS))
+_NONNEGATIVE = [SOLAR, DEMAND, FLEXIBLE, MAX_CHARGE, MAX_DISCHARGE]
+
+
+@dataclass
+class _Battery:
+    """A battery as the planner sees it this cycle."""
+
+    row: int  # the agent's row in the history
+    agent: AgentFlex
+    transformer: int
+    energy_min_kwh: float
+    energy_max_kwh: float
+    energy_kwh: float  # at the start of this step, before the local setpoint acted
+    known: bool = True  # False: no battery report, so only this step's headroom is known
+
+
+class MpcPlanner:
+    """Re-plan every cycle over ``horizon_steps`` and send the first step (``Planner`` protocol).
+
+    horizon_steps: steps looked ahead, this one included (96 = 24 h of 15-minute steps).
+    individual_steps: steps in which each battery is modelled on its own; after them the
+        batteries of one kind on one transformer are pooled (their sum of energy and power),
+        which keeps the program small and changes little: only the first step is sent.
+    forecast_days: days of history averaged at the same time of day.
+    history_days: days of history kept (for the same weekday last week, the storage's setpoint).
+    correction_decay: per step, how fast a forecast goes from what is seen now (the current
+        error of the history's forecast) back to the history alone.
+    efficiency_fraction: charge and discharge efficiency assumed for every battery (agents do
+        not report theirs).
+    terminal_value_per_kwh: worth of each kWh left stored at the horizon's end.
+    solar_forecast: ``envelope`` (the most seen at that time of day over ``history_days``) or
+        ``mean`` (the mean over ``forecast_days``).
+    """
+
+    def __init__(
+        self,
+        horizon_steps: int = 96,
+        *,
+        individual_steps: int = 1,
+        forecast_days: int = 3,
+        history_days: int = 8,
+        correction_decay: float = 0.9,
+        efficiency_fraction: float = 0.95,
+        terminal_value_per_kwh: float = 0.0,
+        solar_forecast: str = "envelope",
+    ) -> None:
+        if horizon_steps < 1 or not 1 <= individual_steps <= horizon_steps:
+            raise ValueError("need horizon_steps >= 1 and 1 <= individual_steps <= horizon_steps")
+        if forecast_days < 1 or history_days < forecast_days:
+            raise ValueError("need 1 <= forecast_days <= history_days")
+        if solar_forecast not in ("envelope", "mean"):
+            raise ValueError("solar_forecast is 'envelope' or 'mean'")
+        self.horizon_steps = horizon_steps
+        self.individual_steps = individual_steps
+        self.forecast_days = forecast_days
+        self.history_days = history_days
+        self.correction_decay = correction_decay
+        self.efficiency_fraction = efficiency_fraction
+        self.terminal_value_per_kwh = terminal_value_per_kwh
+        self.solar_forecast = solar_forecast
+        self._rows: dict[str, int] = {}
+        self._values = np.zeros((0, 0, len(FIELDS)))  # agents x ring x fields
+        self._stamps = np.zeros(0, dtype=np.int64)  # step index held in each ring slot (-1: none)
+        self._step_s: float | None = None
+        self._calls = 0
+        self.solves = 0  # cycles that needed the linear program (the others had nothing at stake)
+
+    # -- history -----------------------------------------------------------------------------
+    def _step_index(self, snapshot: Snapshot) -> int:
+        self._calls += 1
+        if snapshot.timestamp is None:
+            return self._calls
+        stamp = snapshot.timestamp.replace(tzinfo=None)
+        return round((stamp - _EPOCH).total_seconds() / snapshot.step_s)
+
+    def _remember(self, snapshot: Snapshot, index: int) -> np.ndarray:
+        """Record every agent's report at ``index``; return the agents' rows."""
+        if self._step_s != snapshot.step_s:  # a new step length makes the old history meaningless
+            self._step_s = snapshot.step_s
+            ring = self.history_days * self._steps_per_day
+            self._values = np.zeros((len(self._rows), ring, len(FIELDS)))
+            self._stamps = np.full(ring, -1, dtype=np.int64)
+        new = [a.agent_id for a in snapshot.agents if a.agent_id not in self._rows]
+        if new:
+            for agent_id in new:
+                self._rows[agent_id] = len(self._rows)
+            grown = np.zeros((len(self._rows), self._values.shape[1], len(FIELDS)))
+            grown[: self._values.shape[0]] = self._values
+            self._values = grown
+        slot = index % self._values.shape[1]
+        if self._stamps[slot] != index:
+            self._values[:, slot] = np.nan  # agents absent this step leave gaps, not stale values
+            self._stamps[slot] = index
+        rows = np.array([self._rows[a.agent_id] for a in snapshot.agents], dtype=int)
+        self._values[rows, slot] = [_observe(a) for a in snapshot.agents]
+        return rows
+
+    @property
+    def _steps_per_day(self) -> int:
+        return max(round(SECONDS_PER_DAY / (self._step_s or 900.0)), 1)
+
+    def _past(self, rows: np.ndarray, index: np.ndarray, days_ago: np.ndarray) -> np.ndarray:
+        """(days, agents, steps, fields) seen each of ``days_ago`` days before each step index; NaN where unknown."""
+        then = index[None, :] - days_ago[:, None] * self._steps_per_day
+        slots = then % self._values.shape[1]
+        known = (self._stamps[slots] == then) & (then >= 0)
+        values = np.take(self._values[rows], slots, axis=1).transpose(1, 0, 2, 3)
+        return np.where(known[:, None, :, None], values, np.nan)
+
+    def forecast(self, rows: np.ndarray, index: int) -> np.ndarray:
+        """(agents, horizon, fields): step 0 as seen now, later steps from history only.
+
+        Each field is the mean of the same time of day over the last ``forecast_days`` days;
+        solar is, with ``solar_forecast="envelope"``, the most seen at that time over the last
+        ``history_days`` (nearly clear sky: the planner readies batteries for a sunny day, and a
+        cloudy one costs it only some needless battery moves); the storage's setpoint is that of
+        the same time a week ago (its price schedule follows the calendar). The next hours are
+        pulled towards what is seen now; with no history yet, persistence.
+        """
+        steps = index + np.arange(self.horizon_steps)
+        now = self._values[rows, index % self._values.shape[1]]
+        past = self._past(rows, steps, np.arange(1, self.history_days + 1))
+        profile = _nanmean(past[: self.forecast_days])
+        if self.solar_forecast == "envelope":
+            profile[..., SOLAR] = _nanmax(past[..., SOLAR])
+        if self.history_days >= 7:
+            week = past[6, ..., SETPOINT]
+            profile[..., SETPOINT] = np.where(np.isnan(week), profile[..., SETPOINT], week)
+        profile = np.where(np.isnan(profile), now[:, None, :], profile)
+        error = now - profile[:, 0, :]
+        error[:, SETPOINT] = 0.0  # a schedule switches; it does not drift
+        decay = self.correction_decay ** np.arange(self.horizon_steps)
+        result = profile + error[:, None, :] * decay[None, :, None]
+        result[..., _NONNEGATIVE] = np.maximum(result[..., _NONNEGATIVE], 0.0)
+        result[:, 0, :] = now
+        return result
+
+    # -- the plan ----------------------------------------------------------------------------
+    def __call__(self, snapshot: Snapshot) -> Plan:
+        """Plan the first step of the best schedule over the horizon."""
+        plan = Plan(unfixed_kw={t.transformer_id: 0.0 for t in snapshot.transformers})
+        if not snapshot.agents:
+            plan.unfixed_kw = {t.transformer_id: t.violation_kw for t in snapshot.transformers}
+            return plan
+        index = self._step_index(snapshot)
+        rows = self._remember(snapshot, index)
+        forecast = self.forecast(rows, index)
+        problem, batteries = self._problem(snapshot, forecast)
+        local = problem.loading_kw + _local_power(problem.batteries, self.horizon_steps, problem.loading_kw.shape[0])
+        rating = problem.rating_kw[:, None]
+        reverse = problem.reverse_limit_kw[:, None]
+        if np.all((local <= rating + LIMIT_TOLERANCE_KW) & (local >= -reverse - LIMIT_TOLERANCE_KW)):
+            return plan  # the agents' own schedules stay within limits all horizon: nothing at stake
+        self.solves += 1
+        solution = solve_horizon(problem)
+        for i, battery in enumerate(batteries):
+            agent = battery.agent
+            shift = float(solution.battery_power_kw[i, 0]) - agent.battery_power_kw
+            action = CurtailAction.charge_battery if shift > 0 else CurtailAction.discharge_battery
+            _command(plan, agent, action, abs(shift))
+        for k, t in enumerate(snapshot.transformers):
+            mine = [a for a in snapshot.agents if a.transformer_id == t.transformer_id]
+            for action, pooled in (
+                (CurtailAction.curtail_solar, solution.curtail_kw[k, 0]),
+                (CurtailAction.shed_load, solution.shed_kw[k, 0]),
+            ):
+                headroom = sum(a.headroom_kw.get(action, 0.0) for a in mine)
+                share = min(float(pooled) / headroom, 1.0) if headroom > 0 else 0.0
+                for agent in mine:
+                    _command(plan, agent, action, share * agent.headroom_kw.get(action, 0.0))
+            plan.unfixed_kw[t.transformer_id] = float(solution.overload_kw[k, 0] + solution.reverse_kw[k, 0])
+        return plan
+
+    def _problem(self, snapshot: Snapshot, forecast: np.ndarray) -> tuple[HorizonProblem, list[_Battery]]:
+        """The horizon program: each battery alone for the first steps, then pooled by transformer and kind."""
+        n_t, first = self.horizon_steps, self.individual_steps
+        hours = seconds_to_hours(snapshot.step_s)
+        where = {t.transformer_id: k for k, t in enumerate(snapshot.transformers)}
+        n_k = len(snapshot.transformers)
+        loading = np.zeros((n_k, n_t))
+        transformer = np.array([where[a.transformer_id] for a in snapshot.agents])
+        base_net = forecast[:, :, OTHER] - forecast[:, :, SOLAR]  # net power but for the battery
+        np.add.at(loading, transformer, base_net)
+        loading[:, 0] = [t.loading_kw for t in snapshot.transformers]  # as measured, batteries included
+        # curtailment and shedding only count on the transformer, so each is pooled per transformer
+        # (exact) and this step's is then shared out in proportion to each agent's headroom
+        curtail_now = np.array([a.headroom_kw.get(CurtailAction.curtail_solar, 0.0) for a in snapshot.agents])
+        shed_now = np.array([a.headroom_kw.get(CurtailAction.shed_load, 0.0) for a in snapshot.agents])
+        flex = []
+        for k in range(n_k):
+            mine = transformer == k
+            curtail, shed = forecast[mine, :, SOLAR].sum(axis=0), forecast[mine, :, FLEXIBLE].sum(axis=0)
+            curtail[0], shed[0] = curtail_now[mine].sum(), shed_now[mine].sum()
+            flex.append(HorizonFlex(k, curtail, shed))
+
+        batteries = [
+            _battery_of(i, agent, int(transformer[i]), hours, self.efficiency_fraction)
+            for i, agent in enumerate(snapshot.agents)
+            if (agent.status is not None and agent.status.battery is not None)
+            or agent.headroom_kw.get(CurtailAction.charge_battery, 0.0) > 0
+            or agent.headroom_kw.get(CurtailAction.discharge_battery, 0.0) > 0
+        ]
+        if batteries:
+            idx = np.array([b.row for b in batteries])
+            f = forecast[idx]
+            # the local policy's setpoint: a home's battery stores its surplus (self-consumption);
+            # another keeps the schedule its history shows
+            is_home = np.array([b.known and b.agent.status.agent_type is AgentType.home for b in batteries])
+            request = np.where(is_home[:, None], -base_net[idx], f[:, :, SETPOINT])
+            max_ch, max_dis = f[:, :, MAX_CHARGE].copy(), f[:, :, MAX_DISCHARGE].copy()
+            for j, b in enumerate(batteries):  # this step: the setpoint as it stands and the physics' headroom
+                request[j, 0] = b.agent.battery_power_kw
+                max_ch[j, 0] = b.agent.battery_power_kw + b.agent.headroom_kw.get(CurtailAction.charge_battery, 0.0)
+                max_dis[j, 0] = b.agent.headroom_kw.get(CurtailAction.discharge_battery, 0.0) - b.agent.battery_power_kw
+            max_ch, max_dis = np.maximum(max_ch, 0.0), np.maximum(max_dis, 0.0)
+            # loading_kw excludes the batteries: the program adds each one's setpoint
+            for b in batteries:
+                loading[b.transformer, 0] -= b.agent.battery_power_kw
+        units = []
+        if batteries:
+            e_min = np.array([b.energy_min_kwh for b in batteries])
+            e_max = np.array([b.energy_max_kwh for b in batteries])
+            setpoint, energy = _local_schedule(
+                np.array([b.energy_kwh for b in batteries]),
+                e_min,
+                e_max,
+                request[:, :first],
+                max_ch[:, :first],
+                max_dis[:, :first],
+                hours,
+                self.efficiency_fraction,
+            )
+            for j, b in enumerate(batteries):
+                units.append(
+                    HorizonBattery(
+                        transformer=b.transformer,
+                        energy_min_kwh=b.energy_min_kwh,
+                        energy_max_kwh=b.energy_max_kwh,
+                        charge_efficiency_fraction=self.efficiency_fraction,
+                        discharge_efficiency_fraction=self.efficiency_fraction,
+                        setpoint_kw=setpoint[j] if b.known else setpoint[j, :1],
+                        max_charge_kw=max_ch[j, :first] if b.known else max_ch[j, :1],
+                        max_discharge_kw=max_dis[j, :first] if b.known else max_dis[j, :1],
+                        energy_kwh=b.energy_kwh,
+                    )
+                )
+        if any(b.known for b in batteries) and first < n_t:
+            groups: dict[tuple[int, str], list[int]] = {}
+            for j, b in enumerate(batteries):
+                if b.known:
+                    groups.setdefault((b.transformer, b.agent.status.agent_type.value), []).append(j)
+            pools = list(groups.values())
+            later = slice(first, n_t)
+            own = np.minimum(np.maximum(request[:, later], -max_dis[:, later]), max_ch[:, later])
+            pool_ch = np.array([max_ch[m, later].sum(axis=0) for m in pools])
+            pool_dis = np.array([max_dis[m, later].sum(axis=0) for m in pools])
+            pool_min = np.array([e_min[m].sum() for m in pools])
+            pool_max = np.array([e_max[m].sum() for m in pools])
+            pool_setpoint, _ = _local_schedule(
+                np.array([energy[m].sum() for m in pools]),
+                pool_min,
+                pool_max,
+                np.array([own[m].sum(axis=0) for m in pools]),
+                pool_ch,
+                pool_dis,
+                hours,
+                self.efficiency_fraction,
+                reported_first=False,
+            )
+            for p, members in enumerate(pools):
+                units.append(
+                    HorizonBattery(
+                        transformer=batteries[members[0]].transformer,
+                        energy_min_kwh=float(pool_min[p]),
+                        energy_max_kwh=float(pool_max[p]),
+                        charge_efficiency_fraction=self.efficiency_fraction,
+                        discharge_efficiency_fraction=self.efficiency_fraction,
+                        setpoint_kw=pool_setpoint[p],
+                        max_charge_kw=pool_ch[p],
+                        max_discharge_kw=pool_dis[p],
+                        first_step=first,
+                        takes_over=tuple(members),
+                    )
+                )
+        problem = HorizonProblem(
+            step_s=snapshot.step_s,
+            loading_kw=loading,
+            rating_kw=np.array([t.rating_kw for t in snapshot.transformers]),
+            reverse_limit_kw=np.array([t.reverse_limit_kw for t in snapshot.transformers]),
+            batteries=units,
+            flex=flex,
+            terminal_value_per_kwh=self.terminal_value_per_kwh,
+        )
+        return problem, batteries
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    """Mean over the first axis ignoring NaN; NaN where every value is."""
+    known = ~np.isnan(values)
+    count = known.sum(axis=0)
+    return np.where(count > 0, np.where(known, values, 0.0).sum(axis=0) / np.maximum(count, 1), np.nan)
+
+
+def _nanmax(values: np.ndarray) -> np.ndarray:
+    """Largest over the first axis ignoring NaN; NaN where every value is."""
+    known = ~np.isnan(values)
+    return np.where(known.any(axis=0), np.where(known, values, -np.inf).max(axis=0), np.nan)
+
+
+def _observe(agent: AgentFlex) -> list[float]:
+    """One agent's report as the planner remembers it (kW), in FIELDS order."""
+    s = agent.status
+    solar = s.solar.available_kw if s is not None and s.solar is not None else 0.0
+    demand = s.load.demand_kw if s is not None and s.load is not None else 0.0
+    flexible = s.load.flexible_kw if s is not None and s.load is not None else 0.0
+    battery = s.battery if s is not None else None
+    return [
+        agent.net_power_kw - agent.battery_power_kw + solar,
+        solar,
+        demand,
+        flexible,
+        agent.battery_power_kw,
+        battery.max_charge_kw if battery is not None else 0.0,
+        battery.max_discharge_kw if battery is not None else 0.0,
+    ]
+
+
+def _battery_of(row: int, agent: AgentFlex, transformer: int, hours: float, efficiency: float) -> _Battery:
+    """The battery's energy window, and what it held when this step began (its report is at the step's end)."""
+    if agent.status is None or agent.status.battery is None:  # only its headroom: no energy limit beyond this step
+        return _Battery(
+            row=row, agent=agent, transformer=transformer, energy_min_kwh=-1e6, energy_max_kwh=1e6, energy_kwh=0.0, known=False
+        )
+    b = agent.status.battery
+    stored = agent.battery_power_kw * hours * (efficiency if agent.battery_power_kw > 0 else 1.0 / efficiency)
+    e_min, e_max = b.soc_min_fraction * b.capacity_kwh, b.soc_max_fraction * b.capacity_kwh
+    energy = min(max(b.soc_fraction * b.capacity_kwh - stored, e_min), e_max)
+    return _Battery(row=row, agent=agent, transformer=transformer, energy_min_kwh=e_min, energy_max_kwh=e_max, energy_kwh=energy)
+
+
+def _local_schedule(
+    energy: np.ndarray,
+    e_min: np.ndarray,
+    e_max: np.ndarray,
+    request: np.ndarray,
+    max_ch: np.ndarray,
+    max_dis: np.ndarray,
+    hours: float,
+    efficiency: float,
+    reported_first: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(setpoints, energy at the end): what the batteries' own policies would do, step by step, within their limits.
+
+    Rows are batteries (kWh and kW), columns steps. With ``reported_first`` the first column is
+    a setpoint as reported, which the physics has already clipped.
+    """
+    setpoint = np.minimum(request, max_ch).tolist()
+    low = (-max_dis).tolist()
+    end = []
+    for i, e in enumerate(energy.tolist()):  # plain floats: a few batteries over many steps
+        row, floor, room_min, room_max = setpoint[i], low[i], float(e_min[i]), float(e_max[i])
+        for t in range(len(row)):
+            if t > 0 or not reported_first:
+                p = min(row[t], (room_max - e) / (efficiency * hours))
+                row[t] = p = max(p, floor[t], (room_min - e) * efficiency / hours)
+            else:
+                row[t] = p = float(request[i, 0])
+            e += (p * efficiency if p > 0 else p / efficiency) * hours
+        end.append(e)
+    return np.array(setpoint).reshape(request.shape), np.array(end)
+
+
+def _local_power(units: list[HorizonBattery], n_t: int, n_k: int) -> np.ndarray:
+    """(transformers, steps): the batteries' setpoints added up, each over its span."""
+    total = np.zeros((n_k, n_t))
+    for u in units:
+        total[u.transformer, u.first_step : u.first_step + len(u.setpoint_kw)] += u.setpoint_kw
+    return total
+
+
+def _command(plan: Plan, agent: AgentFlex, action: CurtailAction, power_kw: float) -> None:
+    """Append a command, clipped to the agent's headroom, if it is worth sending."""
+    power_kw = min(power_kw, agent.headroom_kw.get(action, 0.0))
+    if power_kw > MIN_COMMAND_KW:
+        plan.commands.append(Command(agent_id=agent.agent_id, action=action, power_kw=power_kw))
