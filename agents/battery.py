@@ -59,18 +59,10 @@ class BatteryAgent(DeviceAgent):
 
     def status(self) -> AgentStatus:
         return AgentStatus(
-            agent_id=self.agent_id,
-            agent_type=self.agent_type,
-            transformer_id=self.settings.transformer_id,
-            step=self.step,
-            timestamp=self.timestamp,
-            step_s=self.data.step_s,
+            **self._common_status(),
             net_power_kw=self.battery.power_kw,
-            battery=self._battery_status(),
             price_per_kwh=self.row.get("price_per_kwh"),
-            temp_air_c=self.row.get("temp_air_c"),
             flexibility=self._flexibility(),
-            **self._control(),
         )
 
 

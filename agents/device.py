@@ -325,10 +325,22 @@ class DeviceAgent:
     def status(self) -> AgentStatus:
         raise NotImplementedError
 
-    def _control(self) -> dict[str, Any]:
-        """The control fields of the status: who is in charge this step and why."""
+    def _common_status(self) -> dict[str, Any]:
+        """The status fields every kind of agent reports: who and where it is, its step, its battery, who is in charge."""
         in_charge = "grid" if (self.active or self.commands_this_step) else "local"
-        return {"control": in_charge, "control_reason": self.control_reason, "active_commands": list(self.active.values())}
+        return {
+            "agent_id": self.agent_id,
+            "agent_type": self.agent_type,
+            "transformer_id": self.settings.transformer_id,
+            "step": self.step,
+            "timestamp": self.timestamp,
+            "step_s": self.data.step_s,
+            "battery": self._battery_status(),
+            "temp_air_c": self.row.get("temp_air_c"),
+            "control": in_charge,
+            "control_reason": self.control_reason,
+            "active_commands": list(self.active.values()),
+        }
 
     def _write_log_row(self) -> None:
         """Log the current step once it is final (when the next begins, or at shutdown)."""

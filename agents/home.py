@@ -89,12 +89,7 @@ class HomeAgent(DeviceAgent):
                 discharge_battery_kw=flexibility.discharge_battery_kw,
             )
         return AgentStatus(
-            agent_id=self.agent_id,
-            agent_type=self.agent_type,
-            transformer_id=self.settings.transformer_id,
-            step=self.step,
-            timestamp=self.timestamp,
-            step_s=self.data.step_s,
+            **self._common_status(),
             net_power_kw=self.net_power_kw,
             solar=SolarStatus(
                 capacity_kwp=self.solar.capacity_kwp,
@@ -108,10 +103,7 @@ class HomeAgent(DeviceAgent):
                 shed_kw=self.load.shed_kw,
                 flexible_kw=self.load.flexible_kw,
             ),
-            battery=self._battery_status(),
-            temp_air_c=self.row.get("temp_air_c"),
             flexibility=flexibility,
-            **self._control(),
         )
 
 
