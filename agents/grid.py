@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import statistics
 import time
@@ -27,6 +28,8 @@ from agents.peers import PeerCallError, PeerClient, make_peers
 from agents.planners import PLANNERS, AgentFlex, Command, Snapshot, TransformerSnapshot
 from agents.scenario import Scenario, load_scenario
 from agents.planners.ai import AiPlanner
+from agents.planners.mpc import MpcPlanner
+from agents.weather import CloudForecast
 from agents.settings import GridSettings, StartupError, openai_settings_from_env
 from models.grid import classify_loading, transformer_loading_kw, violation_kw
 from models.schemas import (
@@ -85,6 +88,12 @@ def resolve_planner(name: str, api_key: str | None) -> str:
     return name
 
 
+def make_mpc_planner() -> MpcPlanner:
+    """The mpc planner; with OPENWEATHERMAP_API_KEY set, its solar forecast follows OpenWeatherMap's cloud cover."""
+    key = os.environ.get("OPENWEATHERMAP_API_KEY")
+    return MpcPlanner(sky=CloudForecast(key) if key else None)
+
+
 def make_ai_planner(settings: GridSettings) -> AiPlanner:
     """The ai planner with an OpenAI client from the environment (none, and so always falling back, without a key)."""
     api_key, model, base_url = openai_settings_from_env()
@@ -100,7 +109,7 @@ class GridAgent:
         self.agent_id = settings.agent_id
         self.planner = resolve_planner(settings.planner, openai_settings_from_env()[0])
         self.ai = make_ai_planner(settings) if self.planner == "ai" else None
-        self.plan = PLANNERS["optimal" if self.ai else self.planner]()
+        self.plan = make_mpc_planner() if self.planner == "mpc" else PLANNERS["optimal" if self.ai else self.planner]()
         self.scenario = scenario or (load_scenario(settings.scenario) if settings.scenario else Scenario())
         self.registry: dict[str, AgentRecord] = {}
         self.cycle = 0

@@ -58,7 +58,7 @@ def free_port_block(count: int = 3) -> int:
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a child: no token, OpenAI key or EMS_* settings from outside; unbuffered output."""
-    env = {k: v for k, v in os.environ.items() if k != "AGENT_TOKEN" and not k.startswith(("EMS_", "OPENAI_"))}
+    env = {k: v for k, v in os.environ.items() if k not in ("AGENT_TOKEN", "OPENWEATHERMAP_API_KEY") and not k.startswith(("EMS_", "OPENAI_"))}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env

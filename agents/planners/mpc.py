@@ -12,6 +12,8 @@ made again next cycle with what happened. It never sees data the agents have not
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -62,6 +64,9 @@ class MpcPlanner:
     terminal_value_per_kwh: worth of each kWh left stored at the horizon's end.
     solar_forecast: ``envelope`` (the most seen at that time of day over ``history_days``) or
         ``mean`` (the mean over ``forecast_days``).
+    sky: optional weather forecast, ``sky(n_steps, step_s)`` -> the clear-sky index (0-1) of each
+        step ahead, or None when it has none; it scales the solar profile from history
+        (``agents.weather.CloudForecast``, when OPENWEATHERMAP_API_KEY is set).
     """
 
     def __init__(
@@ -75,6 +80,7 @@ class MpcPlanner:
         efficiency_fraction: float = 0.95,
         terminal_value_per_kwh: float = 0.0,
         solar_forecast: str = "envelope",
+        sky: Callable[[int, float], np.ndarray | None] | None = None,
     ) -> None:
         if horizon_steps < 1 or not 1 <= individual_steps <= horizon_steps:
             raise ValueError("need horizon_steps >= 1 and 1 <= individual_steps <= horizon_steps")
@@ -90,6 +96,7 @@ class MpcPlanner:
         self.efficiency_fraction = efficiency_fraction
         self.terminal_value_per_kwh = terminal_value_per_kwh
         self.solar_forecast = solar_forecast
+        self.sky = sky
         self._rows: dict[str, int] = {}
         self._values = np.zeros((0, 0, len(FIELDS)))  # agents x ring x fields
         self._stamps = np.zeros(0, dtype=np.int64)  # step index held in each ring slot (-1: none)
@@ -155,6 +162,9 @@ class MpcPlanner:
         profile = _nanmean(past[: self.forecast_days])
         if self.solar_forecast == "envelope":
             profile[..., SOLAR] = _nanmax(past[..., SOLAR])
+        index_ahead = self.sky(self.horizon_steps, self._step_s or 900.0) if self.sky is not None else None
+        if index_ahead is not None:
+            profile[..., SOLAR] = profile[..., SOLAR] * np.asarray(index_ahead)[None, :]
         if self.history_days >= 7:
             week = past[6, ..., SETPOINT]
             profile[..., SETPOINT] = np.where(np.isnan(week), profile[..., SETPOINT], week)
