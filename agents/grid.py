@@ -29,7 +29,6 @@ from agents.planners import PLANNERS, AgentFlex, Command, Snapshot, TransformerS
 from agents.scenario import Scenario, load_scenario
 from agents.planners.ai import AiPlanner
 from agents.planners.mpc import MpcPlanner
-from agents.weather import CloudForecast
 from agents.settings import GridSettings, StartupError, openai_settings_from_env
 from models.grid import classify_loading, transformer_loading_kw, violation_kw
 from models.schemas import (
@@ -91,7 +90,11 @@ def resolve_planner(name: str, api_key: str | None) -> str:
 def make_mpc_planner() -> MpcPlanner:
     """The mpc planner; with OPENWEATHERMAP_API_KEY set, its solar forecast follows OpenWeatherMap's cloud cover."""
     key = os.environ.get("OPENWEATHERMAP_API_KEY")
-    return MpcPlanner(sky=CloudForecast(key) if key else None)
+    if not key:
+        return MpcPlanner()
+    from agents.weather import CloudForecast  # pvlib loads only when a weather forecast is wanted
+
+    return MpcPlanner(sky=CloudForecast(key))
 
 
 def make_ai_planner(settings: GridSettings) -> AiPlanner:
