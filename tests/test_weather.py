@@ -80,3 +80,12 @@ def test_mpc_scales_its_solar_profile_by_the_sky_forecast():
     assert solar_clear[:, 1:].sum() > 0
     assert solar_cloudy[:, 1:].sum() < 0.6 * solar_clear[:, 1:].sum()
     np.testing.assert_allclose(solar_cloudy[:, 0], solar_clear[:, 0])  # step 0 is what is seen now
+
+
+def test_grid_agent_gives_the_mpc_planner_a_sky_only_with_a_key(monkeypatch):
+    from agents.grid import make_mpc_planner
+
+    assert make_mpc_planner().sky is None
+    monkeypatch.setenv("OPENWEATHERMAP_API_KEY", "test-key")
+    sky = make_mpc_planner().sky
+    assert isinstance(sky, CloudForecast) and sky.api_key == "test-key"
