@@ -314,10 +314,9 @@ class GridAgent:
                 record.healthy = False
                 logger.warning("cycle %d: %s", self.cycle, answer)
                 continue
-            status = answer
-            record.last_status, record.healthy, record.last_seen = status, True, _now()
-            record.transformer_id = status.transformer_id
-            statuses[record.agent_id] = status
+            record.last_status, record.healthy, record.last_seen = answer, True, _now()
+            record.transformer_id = answer.transformer_id
+            statuses[record.agent_id] = answer
         stepped = time.perf_counter()
 
         # 2. assess
@@ -358,8 +357,6 @@ class GridAgent:
                     agents_unreachable=missing.count(t.transformer_id),
                 )
             )
-        timestamps = [s.timestamp for s in statuses.values() if s.timestamp is not None]
-        step_s = next((s.step_s for s in statuses.values()), None)
         phase_ms = {
             "step": (stepped - started) * 1000,
             "plan": (planned - stepped) * 1000,
@@ -367,8 +364,8 @@ class GridAgent:
         }
         result = CoordinationResult(
             cycle=self.cycle,
-            timestamp=max(timestamps) if timestamps else None,
-            step_s=step_s,
+            timestamp=snapshot.timestamp,
+            step_s=snapshot.step_s if statuses else None,
             planner=decided,
             fallback_reason=fallback_reason,
             transformers=reports,
@@ -404,10 +401,9 @@ class GridAgent:
                 self.registry[command.agent_id].healthy = False
                 reports.append(ActionReport(agent_id=command.agent_id, transformer_id=transformer_id, action=command.action, requested_kw=command.power_kw, applied_kw=0.0, status="unreachable", reason=str(answer)))
                 continue
-            result = answer
-            statuses[command.agent_id] = result.agent_status
-            self.registry[command.agent_id].last_status = result.agent_status
-            reports.append(ActionReport(agent_id=command.agent_id, transformer_id=transformer_id, action=command.action, requested_kw=command.power_kw, applied_kw=result.applied_kw, status=result.status, reason=result.reason))
+            statuses[command.agent_id] = answer.agent_status
+            self.registry[command.agent_id].last_status = answer.agent_status
+            reports.append(ActionReport(agent_id=command.agent_id, transformer_id=transformer_id, action=command.action, requested_kw=command.power_kw, applied_kw=answer.applied_kw, status=answer.status, reason=answer.reason))
         return reports
 
     def _record(self, result: CoordinationResult) -> None:
