@@ -10,6 +10,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agents.settings import StartupError
+from models.schemas import AgentId
 
 
 class TransformerSpec(BaseModel):
@@ -22,15 +23,12 @@ class TransformerSpec(BaseModel):
     reverse_limit_kw: float | None = Field(None, gt=0, allow_inf_nan=False, description="Default: the rating")
 
 
-AgentIdText = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
-
-
 class HomeSpec(BaseModel):
     """One home: its PV, its consumption, its battery and where it is connected."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str = AgentIdText
+    id: AgentId
     transformer: str = Field(min_length=1, max_length=64)
     pv_kwp: float = Field(6.0, ge=0, le=1000, allow_inf_nan=False)
     annual_load_kwh: float = Field(4500.0, gt=0, le=1e7, allow_inf_nan=False)
@@ -46,7 +44,7 @@ class BatterySpecEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str = AgentIdText
+    id: AgentId
     transformer: str = Field(min_length=1, max_length=64)
     capacity_kwh: float = Field(50.0, gt=0, le=1e6, allow_inf_nan=False)
     power_kw: float = Field(25.0, gt=0, le=1e5, allow_inf_nan=False)

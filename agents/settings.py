@@ -13,6 +13,8 @@ from typing import TypeVar
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
+from models.schemas import AgentId
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 S = TypeVar("S", bound="ServerSettings")
@@ -44,7 +46,7 @@ class ServerSettings(BaseSettings):
 class DeviceSettings(ServerSettings):
     """What home and battery agents take."""
 
-    agent_id: str = Field("home_1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    agent_id: AgentId = Field("home_1")
     grid_url: str = Field("http://127.0.0.1:8000", description="Base URL of the grid agent")
     public_url: str | None = Field(None, description="URL the grid agent should call (default http://HOST:PORT)")
     transformer_id: str = Field("T1", min_length=1, max_length=64)
@@ -90,7 +92,7 @@ class HomeSettings(DeviceSettings):
 class BatterySettings(DeviceSettings):
     """A storage system driven by price and temperature."""
 
-    agent_id: str = Field("battery_agent_1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    agent_id: AgentId = Field("battery_agent_1")
     port: int = Field(8002, ge=0, le=65535)
     data_file: Path = Field(DATA_DIR / "battery_historical_data.csv", description="Historical data CSV")
     capacity_kwh: float = Field(50.0, gt=0)
