@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from agents.data import BATTERY_COLUMNS, load_timeseries
-from agents.device import DeviceAgent, create_device_app
-from agents.settings import BatterySettings
-from agents.state import StateStore
+from agents.common.data import BATTERY_COLUMNS, load_timeseries
+from agents.device.agent import DeviceAgent
+from agents.device.app import create_device_app
+from agents.common.settings import BatterySettings
+from agents.common.state import StateStore
 from models.devices import BatteryModule, BatterySpec
 from models.schemas import AgentStatus, AgentType, CurtailAction
 

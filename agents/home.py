@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from agents.data import HOME_COLUMNS, HOME_NONNEGATIVE, load_timeseries
-from agents.device import DeviceAgent, create_device_app
-from agents.settings import HomeSettings
-from agents.state import StateStore
+from agents.common.data import HOME_COLUMNS, HOME_NONNEGATIVE, load_timeseries
+from agents.device.agent import DeviceAgent
+from agents.device.app import create_device_app
+from agents.common.settings import HomeSettings
+from agents.common.state import StateStore
 from models.devices import BatteryModule, BatterySpec, LoadModule, SolarModule
 from models.schemas import AgentStatus, AgentType, CurtailAction, Flexibility, LoadStatus, SolarStatus
 

@@ -34,13 +34,13 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
 from agents.battery import BatteryAgent, price_setpoint_kw, temperature_derating_fraction
-from agents.data import BATTERY_COLUMNS, HOME_COLUMNS, load_timeseries
-from agents.grid import build_snapshot, feeder_loadings
+from agents.common.data import BATTERY_COLUMNS, HOME_COLUMNS, load_timeseries
+from agents.planners.snapshot import build_snapshot, feeder_loadings
 from agents.home import DATA_ANNUAL_LOAD_KWH, DATA_PV_KWP, HomeAgent, self_consumption_setpoint_kw
 from agents.planners import PLANNERS, Plan, Planner, Snapshot
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
-from agents.settings import BatterySettings, HomeSettings
+from agents.common.settings import BatterySettings, HomeSettings
 from models.devices import BatterySpec, step_battery
 from models.grid import LIMIT_TOLERANCE_KW, violation_kw
 from models.schemas import CurtailCommand

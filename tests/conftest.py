@@ -15,7 +15,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from agents import battery, grid, home
-from agents.settings import BatterySettings, GridSettings, HomeSettings
+from agents.common.settings import BatterySettings, GridSettings, HomeSettings
 from models.schemas import AgentReport
 
 HOME_ID = "home_1"

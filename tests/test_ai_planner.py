@@ -10,7 +10,7 @@ import openai
 import pytest
 import respx
 
-from agents.grid import resolve_planner
+from agents.cycle.grid_agent import resolve_planner
 from agents.planners import AgentFlex, Snapshot, TransformerSnapshot, plan_optimal
 from agents.planners.ai import AiPlanner
 from models.schemas import CurtailAction

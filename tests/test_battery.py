@@ -11,8 +11,8 @@ import pytest
 from pytest import approx
 
 from agents.battery import create_app, price_setpoint_kw, temperature_derating_fraction
-from agents.device import STEP_LOG_COLUMNS
-from agents.settings import StartupError
+from agents.device.agent import STEP_LOG_COLUMNS
+from agents.common.settings import StartupError
 from tests.conftest import (
     BATTERY_CHEAP_START,
     BATTERY_COLD_START,

@@ -9,7 +9,7 @@ from enum import Enum
 import pandas as pd
 import pytest
 
-from agents.csvlog import CsvLogWriter
+from agents.common.csvlog import CsvLogWriter
 
 COLUMNS = ["step", "timestamp", "net_power_kw", "state"]
 

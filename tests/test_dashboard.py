@@ -7,7 +7,8 @@ import re
 import pytest
 from pytest import approx
 
-from agents.dashboard import CycleHistory, plotly_bundle
+from agents.cycle.dashboard import plotly_bundle
+from agents.cycle.history import CycleHistory
 from tests.conftest import BATTERY_ID, HOME_ID
 
 #: Attributes and CSS through which a page could load something.

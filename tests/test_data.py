@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.data import BATTERY_COLUMNS, HOME_COLUMNS, HOME_NONNEGATIVE, TimeSeries, load_timeseries
-from agents.settings import StartupError
+from agents.common.data import BATTERY_COLUMNS, HOME_COLUMNS, HOME_NONNEGATIVE, TimeSeries, load_timeseries
+from agents.common.settings import StartupError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 ROWS_PER_YEAR = 365 * 96  # 35,040 quarter hours in 2025

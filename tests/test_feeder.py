@@ -13,8 +13,8 @@ from asgi_lifespan import LifespanManager
 from agents.battery import create_app as create_battery_app
 from agents.grid import create_app as create_grid_app
 from agents.home import create_app as create_home_app
-from agents.scenario import HomeSpec, Scenario, generate_feeder, load_scenario
-from agents.settings import StartupError
+from agents.common.scenario import HomeSpec, Scenario, generate_feeder, load_scenario
+from agents.common.settings import StartupError
 from models.schemas import AgentReport
 from tests.conftest import HostRouter, make_battery_settings, make_grid_settings, make_home_settings
 from tests.test_e2e import ROOT, child_env, coordinator_command, free_port_block

@@ -180,7 +180,7 @@ def test_grid_agent_answers_match_its_schema_while_coordinating_real_agents(tmp_
     assert not failures, "\n\n".join(failures)
     agent = grid_app.state.agent
     assert agent.cycle > 0  # /coordinate ran
-    assert {HOME_ID, BATTERY_ID} <= set(agent.registry)
+    assert {HOME_ID, BATTERY_ID} <= set(agent.registry.records)
     assert devices[HOME_ID].state.agent.step > 1  # and stepped the real agents
 
 
@@ -208,7 +208,7 @@ def test_mutating_endpoints_refuse_fuzzed_requests_without_the_token(tmp_path, l
             run()
     for agent_id, status in before.items():
         assert apps[agent_id].state.agent.status() == status
-    assert apps["grid"].state.agent.registry == {}
+    assert apps["grid"].state.agent.registry.records == {}
     assert apps["grid"].state.agent.cycle == 0
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from pytest import approx
 
-from agents.grid import GRID_LOG_COLUMNS, create_app
+from agents.cycle.recorder import GRID_LOG_COLUMNS
+from agents.grid import create_app
 from models.schemas import AgentReport
 from tests.conftest import BATTERY_ID, HOME_ID, HostRouter, bearer, make_grid_settings, running
 

@@ -13,10 +13,11 @@ import pandas as pd
 import pytest
 from pytest import approx
 
-from agents.device import STEP_LOG_COLUMNS, register_forever
+from agents.device.agent import STEP_LOG_COLUMNS
+from agents.device.registration import register_forever
 from agents.grid import create_app as create_grid_app
 from agents.home import create_app
-from agents.settings import StartupError
+from agents.common.settings import StartupError
 from tests.conftest import HOME_DAY_START, HOME_ID, HOME_NIGHT_START, bearer, make_grid_settings, make_home_settings, running
 
 TOKEN = "s3cret-home-token-for-tests"

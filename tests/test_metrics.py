@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest import approx
 
 from agents.grid import create_app as create_grid_app
-from agents.metrics import fallback_kind, peer_error_kind
+from agents.common.metrics import fallback_kind, peer_error_kind
 from tests.conftest import BATTERY_ID, HOME_ID, make_grid_settings, running
 
 SUMMER_EVENING = "2025-07-15T17:00"

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.grid import build_snapshot
+from agents.planners.snapshot import build_snapshot
 from agents.home import HomeAgent
 from agents.planners import PLANNERS, AgentFlex, Plan, Snapshot, TransformerSnapshot, plan_optimal
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
-from agents.settings import HomeSettings
+from agents.common.settings import HomeSettings
 from models.schemas import (
     AgentStatus,
     AgentType,

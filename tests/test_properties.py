@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agents.battery import BatteryAgent
-from agents.device import DeviceAgent
-from agents.errors import ConflictError
+from agents.device.agent import DeviceAgent
+from agents.common.errors import ConflictError
 from agents.home import HomeAgent
 from models.schemas import AgentStatus, CommandStatus, CurtailAction, CurtailCommand
 from models.units import seconds_to_hours

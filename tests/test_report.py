@@ -13,8 +13,8 @@ from matplotlib import image as mpimg
 from pytest import approx
 from rich.console import Console
 
-from agents.progress import LINES_UP_TO_CYCLES, cycle_display, uses_progress_bar
-from agents.report import PLOTS, run_kpis, summary_rows, transformer_kpis, write_report
+from agents.coordinator.progress import LINES_UP_TO_CYCLES, cycle_display, uses_progress_bar
+from agents.coordinator.report import PLOTS, run_kpis, summary_rows, transformer_kpis, write_report
 from tests.test_e2e import ROOT, child_env, child_pids, coordinator_command, free_port_block, leftover_pids, pid_gone, wait_until  # noqa: F401 (leftover_pids is a fixture)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.scenario import load_scenario
-from agents.settings import StartupError
+from agents.common.scenario import load_scenario
+from agents.common.settings import StartupError
 
 GOOD = """\
 name = "two transformers"

@@ -11,7 +11,7 @@ import pytest
 import respx
 
 from agents.planners.mpc import SOLAR, MpcPlanner
-from agents.weather import FORECAST_URL, CloudForecast, clear_sky_index
+from agents.planners.weather import FORECAST_URL, CloudForecast, clear_sky_index
 
 NOON_UTC = datetime(2026, 6, 21, 17, 0, tzinfo=timezone.utc)  # about solar noon in Greensboro
 
@@ -83,7 +83,7 @@ def test_mpc_scales_its_solar_profile_by_the_sky_forecast():
 
 
 def test_grid_agent_gives_the_mpc_planner_a_sky_only_with_a_key(monkeypatch):
-    from agents.grid import make_mpc_planner
+    from agents.cycle.grid_agent import make_mpc_planner
 
     assert make_mpc_planner().sky is None
     monkeypatch.setenv("OPENWEATHERMAP_API_KEY", "test-key")

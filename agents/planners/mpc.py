@@ -66,7 +66,7 @@ class MpcPlanner:
         ``mean`` (the mean over ``forecast_days``).
     sky: optional weather forecast, ``sky(n_steps, step_s)`` -> the clear-sky index (0-1) of each
         step ahead, or None when it has none; it scales the solar profile from history
-        (``agents.weather.CloudForecast``, when OPENWEATHERMAP_API_KEY is set).
+        (``agents.planners.weather.CloudForecast``, when OPENWEATHERMAP_API_KEY is set).
     """
 
     def __init__(

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from agents.metrics import fallback_kind
+from agents.common.metrics import fallback_kind
 from models.units import energy_kwh
 
 #: Step assumed for a cycle in which no agent answered (and so none said how long its step was).

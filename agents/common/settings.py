@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from models.schemas import AgentId
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 S = TypeVar("S", bound="ServerSettings")
 

@@ -19,12 +19,12 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from agents.progress import cycle_display
-from agents.report import run_kpis, summary_rows, write_report
-from agents.scenario import Scenario, generate_feeder, load_scenario
-from agents.settings import ServerSettings, StartupError
+from agents.coordinator.progress import cycle_display
+from agents.coordinator.report import run_kpis, summary_rows, write_report
+from agents.common.scenario import Scenario, generate_feeder, load_scenario
+from agents.common.settings import ServerSettings, StartupError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: With --report, fetch the grid agent's history this often (it keeps the last 2,880 cycles).
 HISTORY_PULL_EVERY = 1000
 #: At --interval 0, cycles per POST /coordinate/batch (a divisor of HISTORY_PULL_EVERY).

@@ -64,7 +64,7 @@ def fallback_kind(reason: str) -> str:
 
 def peer_error_kind(exc: BaseException) -> str:
     """A short, fixed label for a failed call to another agent."""
-    kind = getattr(exc, "kind", None)  # agents.peers.PeerCallError names its own kind
+    kind = getattr(exc, "kind", None)  # agents.cycle.peers.PeerCallError names its own kind
     if isinstance(kind, str):
         return kind
     while exc.__cause__ is not None and not isinstance(exc, (httpx.HTTPError, ValueError)):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from agents.settings import StartupError
+from agents.common.settings import StartupError
 
 HOME_COLUMNS = ("solar_kw", "load_kw", "temp_air_c")
 HOME_NONNEGATIVE = ("solar_kw", "load_kw")

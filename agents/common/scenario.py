@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agents.settings import StartupError
+from agents.common.settings import StartupError
 from models.schemas import AgentId
 
 

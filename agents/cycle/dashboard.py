@@ -11,26 +11,29 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from collections import deque
-from collections.abc import Iterable
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
-from agents.errors import AgentError, error_responses
+from agents.common.errors import AgentError, error_responses
 
-if TYPE_CHECKING:
-    from agents.grid import GridAgent
-    from models.schemas import AgentRecord, CoordinationResult
+from agents.cycle.history import CycleHistory
+from models.schemas import AgentRecord, GridStatus
 
-#: Cycles the grid agent remembers for the dashboard (30 days of 15-minute steps).
-HISTORY_CYCLES = 2880
-#: Agents whose state of charge is kept per cycle; past this many the chart would be unreadable anyway.
-SOC_SERIES_LIMIT = 24
+
+class DashboardSource(Protocol):
+    """What the dashboard reads of a grid agent: its status, its agents, its run and its history of cycles."""
+
+    run_id: str
+    history: CycleHistory
+
+    def status(self) -> GridStatus: ...
+
+    def agents(self) -> list[AgentRecord]: ...
 
 PAGE_FILE = Path(__file__).with_name("dashboard.html")
 #: The page may load and fetch only from this server; nothing from any other host.
@@ -47,56 +50,7 @@ class PlotlyMissingError(AgentError):
     code = "plotly_missing"
 
 
-class CycleHistory:
-    """The last ``limit`` cycles, compact: loadings against limits per transformer, SoC per agent, plan figures."""
-
-    def __init__(self, limit: int = HISTORY_CYCLES, soc_series_limit: int = SOC_SERIES_LIMIT) -> None:
-        self.limit = limit
-        self.soc_series_limit = soc_series_limit
-        self.rows: deque[dict[str, Any]] = deque(maxlen=limit)
-        self.soc_agents: list[str] = []
-
-    def append(self, result: CoordinationResult, records: Iterable[AgentRecord]) -> None:
-        """Remember one finished cycle; ``records`` are the registered agents as the cycle left them."""
-        soc: dict[str, float] = {}
-        for record in sorted(records, key=lambda r: (r.agent_type.value != "battery", r.agent_id)):
-            status = record.last_status
-            if status is None or status.battery is None:
-                continue
-            if record.agent_id not in self.soc_agents and len(self.soc_agents) < self.soc_series_limit:
-                self.soc_agents.append(record.agent_id)
-            if record.agent_id in self.soc_agents:
-                soc[record.agent_id] = status.battery.soc_fraction
-        self.rows.append(
-            {
-                "cycle": result.cycle,
-                "timestamp": result.timestamp.isoformat() if result.timestamp else None,
-                "planner": result.planner,
-                "fallback": result.fallback_reason is not None,
-                "transformers": {
-                    t.transformer_id: {
-                        "loading_before_kw": t.loading_before_kw,
-                        "loading_after_kw": t.loading_after_kw,
-                        "rating_kw": t.rating_kw,
-                        "reverse_limit_kw": t.reverse_limit_kw,
-                        "state_after": t.state_after.value,
-                    }
-                    for t in result.transformers
-                },
-                "soc_fraction": soc,
-                "curtailed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "curtail_solar"),
-                "shed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "shed_load"),
-                "commands": len(result.actions),
-                "unreachable": len(result.unreachable),
-            }
-        )
-
-    def since(self, cycle: int) -> list[dict[str, Any]]:
-        """The remembered cycles after ``cycle``."""
-        return [row for row in self.rows if row["cycle"] > cycle]
-
-
-def dashboard_data(agent: GridAgent, since: int = 0, run: str | None = None) -> dict[str, Any]:
+def dashboard_data(agent: DashboardSource, since: int = 0, run: str | None = None) -> dict[str, Any]:
     """What the page shows: the grid agent's /status, every agent's last report, and the history after ``since``."""
     status = agent.status().model_dump(mode="json")
     last = status["last_cycle"]
@@ -154,7 +108,7 @@ def page() -> str:
     return PAGE_FILE.read_text(encoding="utf-8")
 
 
-def dashboard_router(agent: GridAgent) -> APIRouter:
+def dashboard_router(agent: DashboardSource) -> APIRouter:
     """``GET /dashboard``, ``GET /dashboard/plotly.min.js`` and ``GET /dashboard/data`` for one grid agent."""
     router = APIRouter(tags=["dashboard"])
 

@@ -1,42 +1,23 @@
-"""What home and battery agents share: the step/curtail state machine and its HTTP app."""
+"""What home and battery agents share: the step/curtail state machine, without its transport."""
 
 from __future__ import annotations
 
-import asyncio
-import hmac
 import logging
-import random
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime, timedelta
-from contextlib import asynccontextmanager, contextmanager, suppress
-from typing import Annotated, Any
+from typing import Any
 
-import httpx
-from fastapi import Depends, FastAPI, Header
-from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
-
-from agents.csvlog import CsvLogWriter
-from agents.data import TimeSeries
-from agents.errors import AgentError, ConflictError, NotFoundError, UnauthorizedError, error_responses, install_error_handlers
-from agents.metrics import DeviceMetrics, mount_metrics
-from agents.settings import DeviceSettings, StartupError, agent_token_from_env
-from agents.state import StateStore
+from agents.common.csvlog import CsvLogWriter
+from agents.common.data import TimeSeries
+from agents.common.errors import ConflictError
+from agents.common.metrics import DeviceMetrics
+from agents.common.settings import DeviceSettings, StartupError
+from agents.common.state import StateStore
 from models.devices import POWER_TOLERANCE_KW, BatteryModule
 from models.schemas import (
     ActiveCommand,
-    AgentInfo,
-    AgentReport,
-    BatchCurtail,
-    BatchCurtailResult,
-    BatchError,
-    BatchSimulate,
-    BatchSimulateResult,
-    HostInfo,
     AgentStatus,
     AgentType,
     BatteryStatus,
@@ -45,7 +26,6 @@ from models.schemas import (
     CurtailCommand,
     CurtailResult,
     Flexibility,
-    Health,
 )
 
 logger = logging.getLogger(__name__)
@@ -388,290 +368,3 @@ def _start_index(data: TimeSeries, text: str) -> int:
         return data.index_of(when)
     except ValueError as exc:
         raise StartupError(f"--start {text!r}: {exc}") from None
-
-
-async def register_forever(
-    agents: DeviceAgent | list[DeviceAgent], client: httpx.AsyncClient, settings: DeviceSettings, base_url: str | None = None
-) -> None:
-    """Register with the grid agent, then heartbeat; retry with back-off and jitter while it is away.
-
-    One agent registers through the contract's ``POST /agents/{agent_id}/status``; a process
-    hosting many sends them all in one ``POST /registrations``. Either way the grid agent learns
-    the per-agent URL and the process's batch URL.
-    """
-    agents = [agents] if isinstance(agents, DeviceAgent) else agents
-    base_url = base_url or settings.own_url
-    delay_s = 0.25
-    registered = False
-    last_refusal = None
-    headers = _auth_headers()
-    who = agents[0].agent_id if len(agents) == 1 else f"{len(agents)} agents at {base_url}"
-    while True:
-        try:
-            reports = [
-                AgentReport(url=agent.url(base_url, len(agents) == 1), batch_url=base_url, status=agent.status()).model_dump(mode="json")
-                for agent in agents
-            ]
-            if len(agents) == 1:
-                response = await client.post(f"/agents/{agents[0].agent_id}/status", json=reports[0], headers=headers)
-            else:
-                response = await client.post("/registrations", json={"reports": reports}, headers=headers)
-            response.raise_for_status()
-        except httpx.HTTPStatusError as exc:
-            for agent in agents:
-                agent.metrics.peer_error(settings.grid_url, exc)
-            refusal = f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"
-            if refusal != last_refusal:  # say why once, not every retry
-                logger.warning("%s: the grid agent at %s refused registration (%s); retrying", who, settings.grid_url, refusal)
-            last_refusal, registered = refusal, False
-            await asyncio.sleep(delay_s * random.uniform(0.8, 1.2))
-            delay_s = min(delay_s * 2, settings.heartbeat_s)
-            continue
-        except httpx.HTTPError as exc:
-            for agent in agents:
-                agent.metrics.peer_error(settings.grid_url, exc)
-                agent.check_fail_safe()
-            if registered:
-                logger.warning("%s: lost the grid agent at %s (%s); retrying", who, settings.grid_url, exc)
-            registered = False
-            await asyncio.sleep(delay_s * random.uniform(0.8, 1.2))
-            delay_s = min(delay_s * 2, settings.heartbeat_s)
-            continue
-        for agent in agents:
-            agent.heard_from_grid()
-        if not registered:
-            logger.info("%s: registered with the grid agent at %s", who, settings.grid_url)
-        registered, delay_s, last_refusal = True, 0.25, None
-        await asyncio.sleep(settings.heartbeat_s)
-
-
-def _auth_headers() -> dict[str, str]:
-    token = agent_token_from_env()
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def require_token_dependency(agent_id: str):
-    """A dependency that enforces ``Authorization: Bearer $AGENT_TOKEN`` when the token is set."""
-    token = agent_token_from_env()
-
-    async def check(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
-            return
-        scheme, _, given = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-            raise UnauthorizedError("missing or wrong bearer token", agent_id)
-
-    return check
-
-
-def build_device_app(
-    agents: DeviceAgent | list[DeviceAgent],
-    settings: DeviceSettings,
-    register: bool = True,
-    store: StateStore | None = None,
-) -> FastAPI:
-    """The HTTP face of one or many home or battery agents in one process.
-
-    Each agent answers every endpoint of the contract under ``/agents/{agent_id}``; a process
-    hosting one agent also answers them at the root, as the seed's agents always have. Batch
-    endpoints step and command many hosted agents in one request.
-    """
-    hosted = [agents] if isinstance(agents, DeviceAgent) else list(agents)
-    by_id = {agent.agent_id: agent for agent in hosted}
-    single = hosted[0] if len(hosted) == 1 else None
-    host_id = single.agent_id if single else f"{hosted[0].agent_type.value}-agents-{settings.shard.replace('/', '-of-')}"
-    shared_store = store or (single.store if single else None)
-
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = None
-        client = httpx.AsyncClient(base_url=settings.grid_url, timeout=settings.request_timeout_s)
-        if register:
-            task = asyncio.create_task(register_forever(hosted, client, settings, settings.own_url))
-        try:
-            yield
-        finally:
-            if task is not None:
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
-            await client.aclose()
-            for agent in hosted:
-                agent.close()
-            if store is not None:
-                store.close()
-
-    title = f"{hosted[0].agent_type.value} agent {host_id}" if single else f"{len(hosted)} {hosted[0].agent_type.value} agents ({host_id})"
-    app = FastAPI(title=title, description=hosted[0].description, lifespan=lifespan)
-    app.state.agent = single
-    app.state.agents = by_id
-    install_error_handlers(app, host_id)
-    if single is not None:
-        mount_metrics(app, single.metrics.registry)
-    Authorized = Depends(require_token_dependency(host_id))
-
-    def hosted_agent(agent_id: str) -> DeviceAgent:
-        agent = by_id.get(agent_id)
-        if agent is None:
-            raise NotFoundError(f"no agent {agent_id!r} here; this process hosts {len(by_id)} agents", host_id)
-        return agent
-
-    routes = [("/agents/{agent_id}", hosted_agent)]
-    if single is not None:
-        routes.insert(0, ("", lambda: single))
-    for prefix, resolve in routes:
-        _add_agent_routes(app, prefix, resolve, Authorized)
-
-    @app.post("/batch/simulate", response_model=BatchSimulateResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
-    async def batch_simulate(body: BatchSimulate) -> Response:
-        """Step many hosted agents at once (one state commit for them all)."""
-        statuses, errors = [], []
-        with _one_transaction(shared_store):
-            for agent_id in body.agent_ids:
-                agent = by_id.get(agent_id)
-                if agent is None:
-                    errors.append(BatchError(agent_id=agent_id, error="not hosted here"))
-                    continue
-                agent.heard_from_grid()
-                statuses.append(agent.simulate())
-        return _json(BatchSimulateResult(statuses=statuses, errors=errors))
-
-    @app.post("/batch/curtail", response_model=BatchCurtailResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
-    async def batch_curtail(body: BatchCurtail) -> Response:
-        """Command many hosted agents at once; each command as POST /curtail would take it."""
-        results, errors = [], []
-        with _one_transaction(shared_store):
-            for item in body.commands:
-                agent = by_id.get(item.agent_id)
-                if agent is None:
-                    errors.append(BatchError(agent_id=item.agent_id, command_id=item.command.command_id, error="not hosted here"))
-                    continue
-                agent.heard_from_grid()
-                try:
-                    results.append(agent.curtail(item.command))
-                except AgentError as exc:
-                    errors.append(BatchError(agent_id=item.agent_id, command_id=item.command.command_id, error=exc.message))
-        return _json(BatchCurtailResult(results=results, errors=errors))
-
-    if single is None:
-
-        @app.get("/", response_model=HostInfo)
-        async def host_info() -> HostInfo:
-            """What this process hosts."""
-            return HostInfo(host_id=host_id, agent_type=hosted[0].agent_type, agent_ids=list(by_id), endpoints=HOST_ENDPOINTS)
-
-        @app.get("/health", response_model=Health)
-        async def host_health() -> Health:
-            """Liveness of the process."""
-            return Health(agent_id=host_id, agent_type=hosted[0].agent_type)
-
-    return app
-
-
-def create_device_app(
-    settings: DeviceSettings,
-    make_agent: Callable[[DeviceSettings, StateStore | None], DeviceAgent],
-    entries: Callable[[Any], list[Any]],
-    settings_for: Callable[[DeviceSettings, Any], DeviceSettings],
-    kind: str,
-    register: bool = True,
-) -> FastAPI:
-    """One agent from the settings, or, with ``--scenario``, this process's shard of the scenario's agents.
-
-    ``entries(scenario)`` lists the scenario's agents of this kind; ``settings_for(settings, entry)``
-    gives one of them its own settings. Bad data or settings raise StartupError.
-    """
-    if settings.scenario is None:
-        try:
-            return build_device_app(make_agent(settings, None), settings, register=register)
-        except ValueError as exc:
-            raise StartupError(f"{kind} agent {settings.agent_id}: {exc}") from exc
-    from agents.scenario import load_scenario  # the scenario module imports settings; keep start-up light
-
-    i, n = settings.shard_index
-    mine = entries(load_scenario(settings.scenario))[i::n] if i < n else []
-    if not mine:
-        raise StartupError(f"{settings.scenario}: shard {settings.shard} has no {kind} agents")
-    if len(mine) > settings.max_agents_per_process:
-        raise StartupError(f"{settings.scenario}: shard {settings.shard} has {len(mine)} {kind} agents, over --max-agents-per-process {settings.max_agents_per_process}")
-    try:
-        store = StateStore(settings.state_dir, f"{kind}-agents-{i}-of-{n}", fresh=settings.fresh)
-    except (OSError, sqlite3.Error) as exc:
-        raise StartupError(f"cannot keep state in {settings.state_dir}: {exc}") from exc
-    try:
-        agents = [make_agent(settings_for(settings, entry), store) for entry in mine]
-    except ValueError as exc:
-        store.close()
-        raise StartupError(f"{kind} agents of {settings.scenario}: {exc}") from exc
-    return build_device_app(agents, settings, register=register, store=store)
-
-
-AGENT_ENDPOINTS = ["GET /", "GET /health", "GET /status", "POST /simulate", "POST /curtail", "GET /metrics", "GET /docs"]
-HOST_ENDPOINTS = [
-    "GET /",
-    "GET /health",
-    "GET /agents/{agent_id}/ (and /health, /status, /metrics, POST /simulate, POST /curtail)",
-    "POST /batch/simulate",
-    "POST /batch/curtail",
-    "GET /docs",
-]
-
-
-def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAgent], Authorized: Any) -> None:
-    """The contract's endpoints for one agent, under ``prefix``."""
-    hosted = Depends(resolve)  # a default, not an Annotated alias: this module's annotations are strings
-    tag = ["this agent"] if prefix == "" else ["hosted agents"]
-    by_path = (404, 422) if prefix else ()  # /agents/{agent_id}/...: an agent this process does not host
-
-    @app.get(f"{prefix}/", response_model=AgentInfo, tags=tag, responses=error_responses(*by_path))
-    async def info(agent: DeviceAgent = hosted) -> AgentInfo:
-        """What this agent is and what it serves."""
-        return AgentInfo(agent_id=agent.agent_id, agent_type=agent.agent_type, description=agent.description, endpoints=AGENT_ENDPOINTS)
-
-    @app.get(f"{prefix}/health", response_model=Health, tags=tag, responses=error_responses(*by_path))
-    async def health(agent: DeviceAgent = hosted) -> Health:
-        """Liveness."""
-        return Health(agent_id=agent.agent_id, agent_type=agent.agent_type)
-
-    @app.get(f"{prefix}/status", response_model=AgentStatus, tags=tag, responses=error_responses(*by_path))
-    async def status(agent: DeviceAgent = hosted) -> AgentStatus:
-        """The agent's current step, modules, flexibility and who is in control."""
-        agent.check_fail_safe()
-        return agent.status()
-
-    @app.post(f"{prefix}/simulate", response_model=AgentStatus, dependencies=[Authorized], tags=tag, responses=error_responses(401, *by_path, 409, 422))
-    async def simulate(agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> AgentStatus:
-        """Advance one step, run the local policy and re-apply commands still holding."""
-        agent.check_addressee(x_agent_id)
-        agent.heard_from_grid()
-        return agent.simulate()
-
-    @app.post(f"{prefix}/curtail", response_model=CurtailResult, dependencies=[Authorized], tags=tag, responses=error_responses(400, 401, *by_path, 409, 422))
-    async def curtail(command: CurtailCommand, agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> CurtailResult:
-        """Shift the operating point by power_kw through action (for duration_s or until valid_until); answers what was applied."""
-        agent.check_addressee(x_agent_id)
-        agent.heard_from_grid()
-        return agent.curtail(command)
-
-    if prefix:
-
-        # Response, not PlainTextResponse, as the class: the 404 and 422 answers are JSON, only the 200 is text
-        @app.get(f"{prefix}/metrics", tags=tag, response_class=Response, responses={200: {"content": {"text/plain": {}}}, **error_responses(*by_path)})
-        async def metrics(agent: DeviceAgent = hosted) -> PlainTextResponse:
-            """Prometheus metrics of one hosted agent."""
-            return PlainTextResponse(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def _json(model: BaseModel) -> Response:
-    """A model as a JSON answer, serialised once by pydantic: the batch routes are the hot path,
-    and FastAPI would validate the model again before serialising it (response_model still documents it)."""
-    return Response(content=model.model_dump_json(), media_type="application/json")
-
-
-@contextmanager
-def _one_transaction(store: StateStore | None) -> Iterator[None]:
-    if store is None:
-        yield
-    else:
-        with store.batch():
-            yield

@@ -1,0 +1,268 @@
+"""The grid agent without its transport: each cycle steps, assesses, plans, acts and records."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import statistics
+import time
+import uuid
+from dataclasses import dataclass
+
+import openai
+
+from agents.common.metrics import GridMetrics
+from agents.common.scenario import Scenario, load_scenario
+from agents.common.settings import GridSettings, openai_settings_from_env
+from agents.cycle.calls import AgentCalls
+from agents.cycle.history import CycleHistory
+from agents.cycle.peers import PeerClient
+from agents.cycle.recorder import CycleRecorder
+from agents.cycle.registry import Registry, now
+from agents.planners import PLANNERS, Command, Plan, Snapshot
+from agents.planners.ai import AiPlanner
+from agents.planners.mpc import MpcPlanner
+from agents.planners.snapshot import build_snapshot, feeder_loadings
+from models.grid import classify_loading, violation_kw
+from models.schemas import (
+    ActionReport,
+    AgentRecord,
+    AgentStatus,
+    CoordinationResult,
+    GridStatus,
+    TransformerReport,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_planner(name: str, api_key: str | None) -> str:
+    """The planner a setting names; ``auto`` is ``ai`` when an OpenAI key is set, else ``optimal``."""
+    if name == "auto":
+        return "ai" if api_key else "optimal"
+    return name
+
+
+def make_mpc_planner() -> MpcPlanner:
+    """The mpc planner; with OPENWEATHERMAP_API_KEY set, its solar forecast follows OpenWeatherMap's cloud cover."""
+    key = os.environ.get("OPENWEATHERMAP_API_KEY")
+    if not key:
+        return MpcPlanner()
+    from agents.planners.weather import CloudForecast  # pvlib loads only when a weather forecast is wanted
+
+    return MpcPlanner(sky=CloudForecast(key))
+
+
+def make_ai_planner(settings: GridSettings) -> AiPlanner:
+    """The ai planner with an OpenAI client from the environment (none, and so always falling back, without a key)."""
+    api_key, model, base_url = openai_settings_from_env()
+    client = (
+        openai.AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=settings.ai_timeout_s, max_retries=0)
+        if api_key
+        else None
+    )
+    return AiPlanner(client, model=model, timeout_s=settings.ai_timeout_s)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A cycle's plan and who made it: ``fallback_reason`` says why the ai planner's own plan was not used."""
+
+    plan: Plan
+    planner: str
+    fallback_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PhaseClock:
+    """perf_counter() readings at the start of the cycle and at the end of its step, plan and act phases."""
+
+    started: float
+    stepped: float
+    planned: float
+    acted: float
+
+    def phase_ms(self) -> dict[str, float]:
+        return {
+            "step": (self.stepped - self.started) * 1000,
+            "plan": (self.planned - self.stepped) * 1000,
+            "act": (self.acted - self.planned) * 1000,
+        }
+
+
+class GridAgent:
+    """Coordinates the feeder: a registry of agents, calls to them, a planner and a recorder, one cycle at a time."""
+
+    def __init__(self, settings: GridSettings, scenario: Scenario | None = None) -> None:
+        self.settings = settings
+        self.agent_id = settings.agent_id
+        self.planner = resolve_planner(settings.planner, openai_settings_from_env()[0])
+        self.ai = make_ai_planner(settings) if self.planner == "ai" else None
+        self.plan = make_mpc_planner() if self.planner == "mpc" else PLANNERS["optimal" if self.ai else self.planner]()
+        scenario = scenario or (load_scenario(settings.scenario) if settings.scenario else Scenario())
+        self.registry = Registry(settings, scenario)
+        self.metrics = GridMetrics(self.agents)
+        self.calls = AgentCalls(settings, self.metrics)
+        self.recorder = CycleRecorder(settings, self.metrics)
+        self.cycle = 0
+        self.run_id = uuid.uuid4().hex[:8]
+        self._lock = asyncio.Lock()
+
+    # -- what others read ----------------------------------------------------------------------
+    def agents(self) -> list[AgentRecord]:
+        """Every registered agent; one unheard of for ``stale_after_s`` counts as unhealthy."""
+        return self.registry.agents()
+
+    @property
+    def history(self) -> CycleHistory:
+        return self.recorder.history
+
+    @property
+    def peers(self) -> PeerClient | None:
+        return self.calls.peers
+
+    @peers.setter
+    def peers(self, peers: PeerClient | None) -> None:
+        self.calls.peers = peers
+
+    def status(self) -> GridStatus:
+        """The feeder as of the last cycle."""
+        agents = self.agents()
+        last = self.recorder.last_result
+        return GridStatus(
+            agent_id=self.agent_id,
+            planner=self.planner,
+            cycles=self.cycle,
+            agents_registered=len(agents),
+            agents_healthy=sum(a.healthy for a in agents),
+            transformers=last.transformers if last else [],
+            last_cycle=last,
+            median_cycle_ms=statistics.median(self.recorder.cycle_ms) if self.recorder.cycle_ms else None,
+            ai=self.ai.stats.as_dict() if self.ai else None,
+        )
+
+    # -- the cycle -----------------------------------------------------------------------------
+    async def coordinate(self) -> CoordinationResult:
+        """One coordination cycle: step, assess, plan, act, record. Cycles never overlap."""
+        async with self._lock:
+            started = time.perf_counter()
+            self.cycle += 1
+            unreachable: list[str] = []
+            statuses = await self._step(self.registry.agents(), unreachable)
+            stepped = time.perf_counter()
+            snapshot = self._assess(statuses)
+            decision = await self._plan(snapshot)
+            planned = time.perf_counter()
+            actions = await self._act(decision.plan.commands, statuses, unreachable)
+            clock = PhaseClock(started, stepped, planned, time.perf_counter())
+            return self._record(snapshot, decision, statuses, actions, unreachable, clock)
+
+    async def _step(self, records: list[AgentRecord], unreachable: list[str]) -> dict[str, AgentStatus]:
+        """1. Step every agent in parallel; those that fail are listed in ``unreachable`` and marked unhealthy."""
+        answers = await self.calls.step_all(records)
+        statuses: dict[str, AgentStatus] = {}
+        for record, answer in zip(records, answers):
+            if isinstance(answer, Exception):
+                unreachable.append(record.agent_id)
+                record.healthy = False
+                logger.warning("cycle %d: %s", self.cycle, answer)
+                continue
+            record.last_status, record.healthy, record.last_seen = answer, True, now()
+            record.transformer_id = answer.transformer_id
+            statuses[record.agent_id] = answer
+        return statuses
+
+    def _assess(self, statuses: dict[str, AgentStatus]) -> Snapshot:
+        """2. The feeder as the planners see it: every transformer's loading and every agent's flexibility."""
+        return build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits)
+
+    async def _plan(self, snapshot: Snapshot) -> Decision:
+        """3. The planner's commands; the ai planner falls back to the optimal plan and says why."""
+        if self.ai is None:
+            return Decision(self.plan(snapshot), self.planner)
+        plan, fallback_reason = await self.ai.plan(snapshot)
+        return Decision(plan, "ai" if fallback_reason is None else "optimal", fallback_reason)
+
+    async def _act(
+        self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str]
+    ) -> list[ActionReport]:
+        """4. Send the commands; each agent's answer replaces its status, so the record sees the loading after."""
+        records = self.registry.records
+        addressed = [
+            (
+                records[c.agent_id],
+                {
+                    "command_id": f"{self.run_id}-{self.cycle}-{c.agent_id}-{c.action.value}",
+                    "action": c.action.value,
+                    "power_kw": c.power_kw,
+                },
+            )
+            for c in commands
+        ]
+        answers = await self.calls.curtail_all(addressed)
+        reports = []
+        for command, answer in zip(commands, answers):
+            where = {"agent_id": command.agent_id, "transformer_id": statuses[command.agent_id].transformer_id}
+            asked = {"action": command.action, "requested_kw": command.power_kw}
+            if isinstance(answer, Exception):
+                unreachable.append(command.agent_id)
+                records[command.agent_id].healthy = False
+                reports.append(ActionReport(**where, **asked, applied_kw=0.0, status="unreachable", reason=str(answer)))
+                continue
+            statuses[command.agent_id] = answer.agent_status
+            records[command.agent_id].last_status = answer.agent_status
+            reports.append(
+                ActionReport(**where, **asked, applied_kw=answer.applied_kw, status=answer.status, reason=answer.reason)
+            )
+        return reports
+
+    def _record(
+        self,
+        snapshot: Snapshot,
+        decision: Decision,
+        statuses: dict[str, AgentStatus],
+        actions: list[ActionReport],
+        unreachable: list[str],
+        clock: PhaseClock,
+    ) -> CoordinationResult:
+        """5. Loading before and after per transformer, the plan, who answered: logged, measured and answered."""
+        after = feeder_loadings(statuses.values(), self.registry.transformer_ids())
+        records = self.registry.records
+        missing = [records[a].transformer_id for a in set(unreachable) if a in records and a not in statuses]
+        reports = []
+        for t in snapshot.transformers:
+            rating, reverse = t.rating_kw, t.reverse_limit_kw
+            loading_after = after.get(t.transformer_id, 0.0)
+            reports.append(
+                TransformerReport(
+                    transformer_id=t.transformer_id,
+                    rating_kw=rating,
+                    reverse_limit_kw=reverse,
+                    loading_before_kw=t.loading_kw,
+                    loading_after_kw=loading_after,
+                    state_before=classify_loading(t.loading_kw, rating, reverse),
+                    state_after=classify_loading(loading_after, rating, reverse),
+                    unfixed_kw=violation_kw(loading_after, rating, reverse),
+                    agents_reporting=sum(1 for s in statuses.values() if s.transformer_id == t.transformer_id),
+                    agents_unreachable=missing.count(t.transformer_id),
+                )
+            )
+        result = CoordinationResult(
+            cycle=self.cycle,
+            timestamp=snapshot.timestamp,
+            step_s=snapshot.step_s if statuses else None,
+            planner=decision.planner,
+            fallback_reason=decision.fallback_reason,
+            transformers=reports,
+            actions=actions,
+            unreachable=sorted(set(unreachable)),
+            agents_stepped=len(statuses),
+            duration_ms=(time.perf_counter() - clock.started) * 1000,
+            phase_ms=clock.phase_ms(),
+        )
+        self.recorder.record(result, list(records.values()))
+        return result
+
+    def close(self) -> None:
+        self.recorder.close()

@@ -1,0 +1,63 @@
+"""The grid agent's memory of recent cycles, compact, for the dashboard."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from models.schemas import AgentRecord, CoordinationResult
+
+#: Cycles the grid agent remembers for the dashboard (30 days of 15-minute steps).
+HISTORY_CYCLES = 2880
+#: Agents whose state of charge is kept per cycle; past this many the chart would be unreadable anyway.
+SOC_SERIES_LIMIT = 24
+
+
+class CycleHistory:
+    """The last ``limit`` cycles, compact: loadings against limits per transformer, SoC per agent, plan figures."""
+
+    def __init__(self, limit: int = HISTORY_CYCLES, soc_series_limit: int = SOC_SERIES_LIMIT) -> None:
+        self.limit = limit
+        self.soc_series_limit = soc_series_limit
+        self.rows: deque[dict[str, Any]] = deque(maxlen=limit)
+        self.soc_agents: list[str] = []
+
+    def append(self, result: CoordinationResult, records: Iterable[AgentRecord]) -> None:
+        """Remember one finished cycle; ``records`` are the registered agents as the cycle left them."""
+        soc: dict[str, float] = {}
+        for record in sorted(records, key=lambda r: (r.agent_type.value != "battery", r.agent_id)):
+            status = record.last_status
+            if status is None or status.battery is None:
+                continue
+            if record.agent_id not in self.soc_agents and len(self.soc_agents) < self.soc_series_limit:
+                self.soc_agents.append(record.agent_id)
+            if record.agent_id in self.soc_agents:
+                soc[record.agent_id] = status.battery.soc_fraction
+        self.rows.append(
+            {
+                "cycle": result.cycle,
+                "timestamp": result.timestamp.isoformat() if result.timestamp else None,
+                "planner": result.planner,
+                "fallback": result.fallback_reason is not None,
+                "transformers": {
+                    t.transformer_id: {
+                        "loading_before_kw": t.loading_before_kw,
+                        "loading_after_kw": t.loading_after_kw,
+                        "rating_kw": t.rating_kw,
+                        "reverse_limit_kw": t.reverse_limit_kw,
+                        "state_after": t.state_after.value,
+                    }
+                    for t in result.transformers
+                },
+                "soc_fraction": soc,
+                "curtailed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "curtail_solar"),
+                "shed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "shed_load"),
+                "commands": len(result.actions),
+                "unreachable": len(result.unreachable),
+            }
+        )
+
+    def since(self, cycle: int) -> list[dict[str, Any]]:
+        """The remembered cycles after ``cycle``."""
+        return [row for row in self.rows if row["cycle"] > cycle]

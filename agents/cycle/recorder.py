@@ -1,0 +1,94 @@
+"""What the grid agent keeps of each cycle: the CSV log row per transformer, metrics, history and timings."""
+
+from __future__ import annotations
+
+import logging
+
+from agents.common.csvlog import CsvLogWriter
+from agents.common.metrics import GridMetrics
+from agents.common.settings import GridSettings
+from agents.cycle.history import CycleHistory
+from models.schemas import AgentRecord, CoordinationResult
+
+logger = logging.getLogger(__name__)
+
+GRID_LOG_COLUMNS = (
+    "cycle",
+    "timestamp",
+    "transformer_id",
+    "rating_kw",
+    "reverse_limit_kw",
+    "loading_before_kw",
+    "loading_after_kw",
+    "state_before",
+    "state_after",
+    "unfixed_kw",
+    "agents_reporting",
+    "agents_unreachable",
+    "planner",
+    "fallback_reason",
+    "commands",
+    "requested_kw",
+    "applied_kw",
+    "unreachable",
+    "step_ms",
+    "plan_ms",
+    "act_ms",
+    "duration_ms",
+)
+
+#: Cycle durations kept for the median in /status.
+CYCLE_TIMES_KEPT = 1000
+
+
+class CycleRecorder:
+    """Writes each finished cycle to the grid log, the metrics and the dashboard's history."""
+
+    def __init__(self, settings: GridSettings, metrics: GridMetrics) -> None:
+        self.log = CsvLogWriter(settings.log_dir / f"{settings.agent_id}_log.csv", GRID_LOG_COLUMNS)
+        self.metrics = metrics
+        self.history = CycleHistory()
+        self.last_result: CoordinationResult | None = None
+        self.cycle_ms: list[float] = []
+
+    def record(self, result: CoordinationResult, records: list[AgentRecord]) -> None:
+        """Keep one cycle: ``records`` are the registered agents as the cycle left them."""
+        self.last_result = result
+        self.metrics.observe_cycle(result)
+        self.history.append(result, records)
+        self.cycle_ms.append(result.duration_ms)
+        del self.cycle_ms[:-CYCLE_TIMES_KEPT]
+        for t in result.transformers:
+            mine = [a for a in result.actions if a.transformer_id == t.transformer_id]
+            self.log.write(
+                {
+                    "cycle": result.cycle,
+                    "timestamp": result.timestamp,
+                    **t.model_dump(),
+                    "planner": result.planner,
+                    "fallback_reason": result.fallback_reason,
+                    "commands": len(mine),
+                    "requested_kw": sum(a.requested_kw for a in mine),
+                    "applied_kw": sum(a.applied_kw for a in mine),
+                    "unreachable": ";".join(result.unreachable),
+                    "step_ms": result.phase_ms["step"],
+                    "plan_ms": result.phase_ms["plan"],
+                    "act_ms": result.phase_ms["act"],
+                    "duration_ms": result.duration_ms,
+                }
+            )
+        states = ", ".join(
+            f"{t.transformer_id} {t.loading_before_kw:.1f}->{t.loading_after_kw:.1f} kW {t.state_after.value}"
+            for t in result.transformers
+        )
+        logger.info(
+            "cycle %d at %s: %s; %d commands; %.1f ms",
+            result.cycle,
+            result.timestamp,
+            states,
+            len(result.actions),
+            result.duration_ms,
+        )
+
+    def close(self) -> None:
+        self.log.close()

@@ -1,0 +1,1 @@
+"""Device agents (homes and storage): the state machine, its HTTP app and its registration."""

@@ -1,0 +1,249 @@
+"""The HTTP face of device agents: one agent at the root, or many under /agents/{agent_id}, and batch routes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from typing import Annotated, Any
+
+import httpx
+from fastapi import Depends, FastAPI, Header
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from agents.common.auth import require_token_dependency
+from agents.common.errors import AgentError, NotFoundError, error_responses, install_error_handlers
+from agents.common.metrics import mount_metrics
+from agents.common.settings import DeviceSettings, StartupError
+from agents.common.state import StateStore
+from agents.device.agent import DeviceAgent
+from agents.device.registration import register_forever
+from models.schemas import (
+    AgentInfo,
+    AgentStatus,
+    BatchCurtail,
+    BatchCurtailResult,
+    BatchError,
+    BatchSimulate,
+    BatchSimulateResult,
+    CurtailCommand,
+    CurtailResult,
+    Health,
+    HostInfo,
+)
+
+
+def build_device_app(
+    agents: DeviceAgent | list[DeviceAgent],
+    settings: DeviceSettings,
+    register: bool = True,
+    store: StateStore | None = None,
+) -> FastAPI:
+    """The HTTP face of one or many home or battery agents in one process.
+
+    Each agent answers every endpoint of the contract under ``/agents/{agent_id}``; a process
+    hosting one agent also answers them at the root, as the seed's agents always have. Batch
+    endpoints step and command many hosted agents in one request.
+    """
+    hosted = [agents] if isinstance(agents, DeviceAgent) else list(agents)
+    by_id = {agent.agent_id: agent for agent in hosted}
+    single = hosted[0] if len(hosted) == 1 else None
+    host_id = single.agent_id if single else f"{hosted[0].agent_type.value}-agents-{settings.shard.replace('/', '-of-')}"
+    shared_store = store or (single.store if single else None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = None
+        client = httpx.AsyncClient(base_url=settings.grid_url, timeout=settings.request_timeout_s)
+        if register:
+            task = asyncio.create_task(register_forever(hosted, client, settings, settings.own_url))
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+            await client.aclose()
+            for agent in hosted:
+                agent.close()
+            if store is not None:
+                store.close()
+
+    title = f"{hosted[0].agent_type.value} agent {host_id}" if single else f"{len(hosted)} {hosted[0].agent_type.value} agents ({host_id})"
+    app = FastAPI(title=title, description=hosted[0].description, lifespan=lifespan)
+    app.state.agent = single
+    app.state.agents = by_id
+    install_error_handlers(app, host_id)
+    if single is not None:
+        mount_metrics(app, single.metrics.registry)
+    Authorized = Depends(require_token_dependency(host_id))
+
+    def hosted_agent(agent_id: str) -> DeviceAgent:
+        agent = by_id.get(agent_id)
+        if agent is None:
+            raise NotFoundError(f"no agent {agent_id!r} here; this process hosts {len(by_id)} agents", host_id)
+        return agent
+
+    routes = [("/agents/{agent_id}", hosted_agent)]
+    if single is not None:
+        routes.insert(0, ("", lambda: single))
+    for prefix, resolve in routes:
+        _add_agent_routes(app, prefix, resolve, Authorized)
+
+    @app.post("/batch/simulate", response_model=BatchSimulateResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
+    async def batch_simulate(body: BatchSimulate) -> Response:
+        """Step many hosted agents at once (one state commit for them all)."""
+        statuses, errors = [], []
+        with _one_transaction(shared_store):
+            for agent_id in body.agent_ids:
+                agent = by_id.get(agent_id)
+                if agent is None:
+                    errors.append(BatchError(agent_id=agent_id, error="not hosted here"))
+                    continue
+                agent.heard_from_grid()
+                statuses.append(agent.simulate())
+        return _json(BatchSimulateResult(statuses=statuses, errors=errors))
+
+    @app.post("/batch/curtail", response_model=BatchCurtailResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
+    async def batch_curtail(body: BatchCurtail) -> Response:
+        """Command many hosted agents at once; each command as POST /curtail would take it."""
+        results, errors = [], []
+        with _one_transaction(shared_store):
+            for item in body.commands:
+                agent = by_id.get(item.agent_id)
+                if agent is None:
+                    errors.append(BatchError(agent_id=item.agent_id, command_id=item.command.command_id, error="not hosted here"))
+                    continue
+                agent.heard_from_grid()
+                try:
+                    results.append(agent.curtail(item.command))
+                except AgentError as exc:
+                    errors.append(BatchError(agent_id=item.agent_id, command_id=item.command.command_id, error=exc.message))
+        return _json(BatchCurtailResult(results=results, errors=errors))
+
+    if single is None:
+
+        @app.get("/", response_model=HostInfo)
+        async def host_info() -> HostInfo:
+            """What this process hosts."""
+            return HostInfo(host_id=host_id, agent_type=hosted[0].agent_type, agent_ids=list(by_id), endpoints=HOST_ENDPOINTS)
+
+        @app.get("/health", response_model=Health)
+        async def host_health() -> Health:
+            """Liveness of the process."""
+            return Health(agent_id=host_id, agent_type=hosted[0].agent_type)
+
+    return app
+
+
+def create_device_app(
+    settings: DeviceSettings,
+    make_agent: Callable[[DeviceSettings, StateStore | None], DeviceAgent],
+    entries: Callable[[Any], list[Any]],
+    settings_for: Callable[[DeviceSettings, Any], DeviceSettings],
+    kind: str,
+    register: bool = True,
+) -> FastAPI:
+    """One agent from the settings, or, with ``--scenario``, this process's shard of the scenario's agents.
+
+    ``entries(scenario)`` lists the scenario's agents of this kind; ``settings_for(settings, entry)``
+    gives one of them its own settings. Bad data or settings raise StartupError.
+    """
+    if settings.scenario is None:
+        try:
+            return build_device_app(make_agent(settings, None), settings, register=register)
+        except ValueError as exc:
+            raise StartupError(f"{kind} agent {settings.agent_id}: {exc}") from exc
+    from agents.common.scenario import load_scenario  # the scenario module imports settings; keep start-up light
+
+    i, n = settings.shard_index
+    mine = entries(load_scenario(settings.scenario))[i::n] if i < n else []
+    if not mine:
+        raise StartupError(f"{settings.scenario}: shard {settings.shard} has no {kind} agents")
+    if len(mine) > settings.max_agents_per_process:
+        raise StartupError(f"{settings.scenario}: shard {settings.shard} has {len(mine)} {kind} agents, over --max-agents-per-process {settings.max_agents_per_process}")
+    try:
+        store = StateStore(settings.state_dir, f"{kind}-agents-{i}-of-{n}", fresh=settings.fresh)
+    except (OSError, sqlite3.Error) as exc:
+        raise StartupError(f"cannot keep state in {settings.state_dir}: {exc}") from exc
+    try:
+        agents = [make_agent(settings_for(settings, entry), store) for entry in mine]
+    except ValueError as exc:
+        store.close()
+        raise StartupError(f"{kind} agents of {settings.scenario}: {exc}") from exc
+    return build_device_app(agents, settings, register=register, store=store)
+
+
+AGENT_ENDPOINTS = ["GET /", "GET /health", "GET /status", "POST /simulate", "POST /curtail", "GET /metrics", "GET /docs"]
+HOST_ENDPOINTS = [
+    "GET /",
+    "GET /health",
+    "GET /agents/{agent_id}/ (and /health, /status, /metrics, POST /simulate, POST /curtail)",
+    "POST /batch/simulate",
+    "POST /batch/curtail",
+    "GET /docs",
+]
+
+
+def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAgent], Authorized: Any) -> None:
+    """The contract's endpoints for one agent, under ``prefix``."""
+    hosted = Depends(resolve)  # a default, not an Annotated alias: this module's annotations are strings
+    tag = ["this agent"] if prefix == "" else ["hosted agents"]
+    by_path = (404, 422) if prefix else ()  # /agents/{agent_id}/...: an agent this process does not host
+
+    @app.get(f"{prefix}/", response_model=AgentInfo, tags=tag, responses=error_responses(*by_path))
+    async def info(agent: DeviceAgent = hosted) -> AgentInfo:
+        """What this agent is and what it serves."""
+        return AgentInfo(agent_id=agent.agent_id, agent_type=agent.agent_type, description=agent.description, endpoints=AGENT_ENDPOINTS)
+
+    @app.get(f"{prefix}/health", response_model=Health, tags=tag, responses=error_responses(*by_path))
+    async def health(agent: DeviceAgent = hosted) -> Health:
+        """Liveness."""
+        return Health(agent_id=agent.agent_id, agent_type=agent.agent_type)
+
+    @app.get(f"{prefix}/status", response_model=AgentStatus, tags=tag, responses=error_responses(*by_path))
+    async def status(agent: DeviceAgent = hosted) -> AgentStatus:
+        """The agent's current step, modules, flexibility and who is in control."""
+        agent.check_fail_safe()
+        return agent.status()
+
+    @app.post(f"{prefix}/simulate", response_model=AgentStatus, dependencies=[Authorized], tags=tag, responses=error_responses(401, *by_path, 409, 422))
+    async def simulate(agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> AgentStatus:
+        """Advance one step, run the local policy and re-apply commands still holding."""
+        agent.check_addressee(x_agent_id)
+        agent.heard_from_grid()
+        return agent.simulate()
+
+    @app.post(f"{prefix}/curtail", response_model=CurtailResult, dependencies=[Authorized], tags=tag, responses=error_responses(400, 401, *by_path, 409, 422))
+    async def curtail(command: CurtailCommand, agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> CurtailResult:
+        """Shift the operating point by power_kw through action (for duration_s or until valid_until); answers what was applied."""
+        agent.check_addressee(x_agent_id)
+        agent.heard_from_grid()
+        return agent.curtail(command)
+
+    if prefix:
+
+        # Response, not PlainTextResponse, as the class: the 404 and 422 answers are JSON, only the 200 is text
+        @app.get(f"{prefix}/metrics", tags=tag, response_class=Response, responses={200: {"content": {"text/plain": {}}}, **error_responses(*by_path)})
+        async def metrics(agent: DeviceAgent = hosted) -> PlainTextResponse:
+            """Prometheus metrics of one hosted agent."""
+            return PlainTextResponse(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _json(model: BaseModel) -> Response:
+    """A model as a JSON answer, serialised once by pydantic: the batch routes are the hot path,
+    and FastAPI would validate the model again before serialising it (response_model still documents it)."""
+    return Response(content=model.model_dump_json(), media_type="application/json")
+
+
+@contextmanager
+def _one_transaction(store: StateStore | None) -> Iterator[None]:
+    if store is None:
+        yield
+    else:
+        with store.batch():
+            yield
