@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import Depends, FastAPI
@@ -31,11 +32,43 @@ from models.schemas import (
 )
 
 
+GRID_ENDPOINTS = [
+    "GET /",
+    "GET /health",
+    "GET /status",
+    "GET /agents",
+    "POST /agents/{agent_id}/status",
+    "POST /coordinate",
+    "GET /metrics",
+    "GET /dashboard",
+    "GET /docs",
+]
+
+
 def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """Build the grid agent's app; ``transport`` lets tests route its calls to in-process agents."""
-    if resolve_planner(settings.planner, openai_settings_from_env()[0]) not in {*PLANNERS, "ai"}:
-        raise StartupError(f"planner {settings.planner!r} is not available here (known: {', '.join(sorted({*PLANNERS, 'ai'}))})")
+    known = sorted({*PLANNERS, "ai"})
+    if resolve_planner(settings.planner, openai_settings_from_env()[0]) not in known:
+        raise StartupError(f"planner {settings.planner!r} is not available here (known: {', '.join(known)})")
     agent = GridAgent(settings)
+    app = FastAPI(
+        title="grid agent",
+        description="Watches transformers and coordinates curtailment.",
+        lifespan=_lifespan(agent, settings, transport),
+    )
+    app.state.agent = agent
+    install_error_handlers(app, agent.agent_id)
+    mount_metrics(app, agent.metrics.registry)
+    app.include_router(dashboard_router(agent))
+    authorized = Depends(require_token_dependency(agent.agent_id))
+    _add_read_routes(app, agent)
+    _add_registration_routes(app, agent, authorized)
+    _add_coordination_routes(app, agent, authorized)
+    return app
+
+
+def _lifespan(agent: GridAgent, settings: GridSettings, transport: httpx.AsyncBaseTransport | None):
+    """The client to other agents opens with the app and closes with it, with the log."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -48,21 +81,21 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
                 await agent.ai.client.close()
             agent.close()
 
-    app = FastAPI(title="grid agent", description="Watches transformers and coordinates curtailment.", lifespan=lifespan)
-    app.state.agent = agent
-    install_error_handlers(app, agent.agent_id)
-    mount_metrics(app, agent.metrics.registry)
-    app.include_router(dashboard_router(agent))
-    Authorized = Depends(require_token_dependency(agent.agent_id))
+    return lifespan
+
+
+def _add_read_routes(app: FastAPI, agent: GridAgent) -> None:
+    """What anyone may read: what this is, liveness, status and the registered agents."""
 
     @app.get("/", response_model=AgentInfo)
     async def info() -> AgentInfo:
         """What this agent is and what it serves."""
+        transformers = ", ".join(agent.registry.transformer_ids()) or "none yet"
         return AgentInfo(
             agent_id=agent.agent_id,
             agent_type=AgentType.grid,
-            description=f"Grid agent; planner {agent.planner}; transformers {', '.join(agent.registry.transformer_ids()) or 'none yet'}",
-            endpoints=["GET /", "GET /health", "GET /status", "GET /agents", "POST /agents/{agent_id}/status", "POST /coordinate", "GET /metrics", "GET /dashboard", "GET /docs"],
+            description=f"Grid agent; planner {agent.planner}; transformers {transformers}",
+            endpoints=GRID_ENDPOINTS,
         )
 
     @app.get("/health", response_model=Health)
@@ -80,26 +113,48 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
         """Every registered agent and whether it is healthy."""
         return agent.agents()
 
-    @app.post("/agents/{agent_id}/status", response_model=AgentRecord, dependencies=[Authorized], response_model_exclude={"last_status"}, responses=error_responses(400, 401, 422))
+
+def _add_registration_routes(app: FastAPI, agent: GridAgent, authorized: Any) -> None:
+    """Agents register themselves and heartbeat, one at a time or a whole process at once."""
+
+    @app.post(
+        "/agents/{agent_id}/status",
+        response_model=AgentRecord,
+        dependencies=[authorized],
+        response_model_exclude={"last_status"},
+        responses=error_responses(400, 401, 422),
+    )
     async def report(agent_id: str, body: AgentReport) -> AgentRecord:
         """Register an agent, or take its heartbeat."""
         return agent.registry.register(agent_id, body)
 
-    @app.post("/registrations", response_model=RegistrationsResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
+    @app.post(
+        "/registrations",
+        response_model=RegistrationsResult,
+        dependencies=[authorized],
+        responses=error_responses(400, 401, 422),
+    )
     async def registrations(body: Registrations) -> RegistrationsResult:
         """Register, or take the heartbeat of, many agents of one process at once."""
         for report in body.reports:
             agent.registry.register(report.status.agent_id, report)
         return RegistrationsResult(registered=len(body.reports))
 
-    @app.post("/coordinate/batch", response_model=CoordinationBatch, dependencies=[Authorized], responses=error_responses(400, 401, 422))
+
+def _add_coordination_routes(app: FastAPI, agent: GridAgent, authorized: Any) -> None:
+    """``POST /coordinate`` (one cycle) and ``POST /coordinate/batch`` (several back to back)."""
+
+    @app.post(
+        "/coordinate/batch",
+        response_model=CoordinationBatch,
+        dependencies=[authorized],
+        responses=error_responses(400, 401, 422),
+    )
     async def coordinate_batch(body: CoordinateBatch) -> CoordinationBatch:
         """Run several cycles back to back (as fast as possible) and answer every cycle's record."""
         return CoordinationBatch(results=[await agent.coordinate() for _ in range(body.cycles)])
 
-    @app.post("/coordinate", response_model=CoordinationResult, dependencies=[Authorized], responses=error_responses(401))
+    @app.post("/coordinate", response_model=CoordinationResult, dependencies=[authorized], responses=error_responses(401))
     async def coordinate() -> CoordinationResult:
         """Run one coordination cycle: step, assess, plan, act, record."""
         return await agent.coordinate()
-
-    return app

@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import httpx
@@ -24,6 +25,7 @@ from agents.device.registration import register_forever
 from models.schemas import (
     AgentInfo,
     AgentStatus,
+    AgentType,
     BatchCurtail,
     BatchCurtailResult,
     BatchError,
@@ -34,6 +36,70 @@ from models.schemas import (
     Health,
     HostInfo,
 )
+
+
+@dataclass(frozen=True)
+class Hosted:
+    """The agents one process hosts, by id; ``single`` when it hosts exactly one (served at the root too)."""
+
+    by_id: dict[str, DeviceAgent]
+    host_id: str
+    store: StateStore | None  # the one store they share, so a batch commits once
+
+    @classmethod
+    def of(cls, agents: list[DeviceAgent], settings: DeviceSettings, store: StateStore | None) -> Hosted:
+        single = agents[0] if len(agents) == 1 else None
+        host_id = single.agent_id if single else f"{agents[0].agent_type.value}-agents-{settings.shard.replace('/', '-of-')}"
+        return cls({a.agent_id: a for a in agents}, host_id, store or (single.store if single else None))
+
+    @property
+    def agents(self) -> list[DeviceAgent]:
+        return list(self.by_id.values())
+
+    @property
+    def single(self) -> DeviceAgent | None:
+        return next(iter(self.by_id.values())) if len(self.by_id) == 1 else None
+
+    @property
+    def agent_type(self) -> AgentType:
+        return next(iter(self.by_id.values())).agent_type
+
+    def agent(self, agent_id: str) -> DeviceAgent:
+        """The hosted agent ``agent_id``, or a 404 naming how many this process hosts."""
+        agent = self.by_id.get(agent_id)
+        if agent is None:
+            raise NotFoundError(f"no agent {agent_id!r} here; this process hosts {len(self.by_id)} agents", self.host_id)
+        return agent
+
+    def simulate(self, body: BatchSimulate) -> BatchSimulateResult:
+        """Step many hosted agents at once (one state commit for them all)."""
+        statuses, errors = [], []
+        with _one_transaction(self.store):
+            for agent_id in body.agent_ids:
+                agent = self.by_id.get(agent_id)
+                if agent is None:
+                    errors.append(BatchError(agent_id=agent_id, error="not hosted here"))
+                    continue
+                agent.heard_from_grid()
+                statuses.append(agent.simulate())
+        return BatchSimulateResult(statuses=statuses, errors=errors)
+
+    def curtail(self, body: BatchCurtail) -> BatchCurtailResult:
+        """Command many hosted agents at once; each command as POST /curtail would take it."""
+        results, errors = [], []
+        with _one_transaction(self.store):
+            for item in body.commands:
+                command_id = item.command.command_id
+                agent = self.by_id.get(item.agent_id)
+                if agent is None:
+                    errors.append(BatchError(agent_id=item.agent_id, command_id=command_id, error="not hosted here"))
+                    continue
+                agent.heard_from_grid()
+                try:
+                    results.append(agent.curtail(item.command))
+                except AgentError as exc:
+                    errors.append(BatchError(agent_id=item.agent_id, command_id=command_id, error=exc.message))
+        return BatchCurtailResult(results=results, errors=errors)
 
 
 def build_device_app(
@@ -48,18 +114,38 @@ def build_device_app(
     hosting one agent also answers them at the root, as the seed's agents always have. Batch
     endpoints step and command many hosted agents in one request.
     """
-    hosted = [agents] if isinstance(agents, DeviceAgent) else list(agents)
-    by_id = {agent.agent_id: agent for agent in hosted}
-    single = hosted[0] if len(hosted) == 1 else None
-    host_id = single.agent_id if single else f"{hosted[0].agent_type.value}-agents-{settings.shard.replace('/', '-of-')}"
-    shared_store = store or (single.store if single else None)
+    hosted = Hosted.of([agents] if isinstance(agents, DeviceAgent) else list(agents), settings, store)
+    single, kind = hosted.single, hosted.agent_type.value
+    title = f"{kind} agent {hosted.host_id}" if single else f"{len(hosted.by_id)} {kind} agents ({hosted.host_id})"
+    app = FastAPI(
+        title=title,
+        description=hosted.agents[0].description,
+        lifespan=_lifespan(hosted, settings, register, owned_store=store),
+    )
+    app.state.agent = single
+    app.state.agents = hosted.by_id
+    install_error_handlers(app, hosted.host_id)
+    if single is not None:
+        mount_metrics(app, single.metrics.registry)
+    authorized = Depends(require_token_dependency(hosted.host_id))
+    if single is not None:
+        _add_agent_routes(app, "", lambda: single, authorized)
+    _add_agent_routes(app, "/agents/{agent_id}", hosted.agent, authorized)
+    _add_batch_routes(app, hosted, authorized)
+    if single is None:
+        _add_host_routes(app, hosted)
+    return app
+
+
+def _lifespan(hosted: Hosted, settings: DeviceSettings, register: bool, owned_store: StateStore | None):
+    """Registration with the grid agent while the app runs; every agent's log and state closed after."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = None
         client = httpx.AsyncClient(base_url=settings.grid_url, timeout=settings.request_timeout_s)
         if register:
-            task = asyncio.create_task(register_forever(hosted, client, settings, settings.own_url))
+            task = asyncio.create_task(register_forever(hosted.agents, client, settings, settings.own_url))
         try:
             yield
         finally:
@@ -68,76 +154,55 @@ def build_device_app(
                 with suppress(asyncio.CancelledError):
                     await task
             await client.aclose()
-            for agent in hosted:
+            for agent in hosted.agents:
                 agent.close()
-            if store is not None:
-                store.close()
+            if owned_store is not None:
+                owned_store.close()
 
-    title = f"{hosted[0].agent_type.value} agent {host_id}" if single else f"{len(hosted)} {hosted[0].agent_type.value} agents ({host_id})"
-    app = FastAPI(title=title, description=hosted[0].description, lifespan=lifespan)
-    app.state.agent = single
-    app.state.agents = by_id
-    install_error_handlers(app, host_id)
-    if single is not None:
-        mount_metrics(app, single.metrics.registry)
-    Authorized = Depends(require_token_dependency(host_id))
+    return lifespan
 
-    def hosted_agent(agent_id: str) -> DeviceAgent:
-        agent = by_id.get(agent_id)
-        if agent is None:
-            raise NotFoundError(f"no agent {agent_id!r} here; this process hosts {len(by_id)} agents", host_id)
-        return agent
 
-    routes = [("/agents/{agent_id}", hosted_agent)]
-    if single is not None:
-        routes.insert(0, ("", lambda: single))
-    for prefix, resolve in routes:
-        _add_agent_routes(app, prefix, resolve, Authorized)
+def _add_batch_routes(app: FastAPI, hosted: Hosted, authorized: Any) -> None:
+    """``POST /batch/simulate`` and ``POST /batch/curtail``: many hosted agents in one request."""
 
-    @app.post("/batch/simulate", response_model=BatchSimulateResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
+    @app.post(
+        "/batch/simulate",
+        response_model=BatchSimulateResult,
+        dependencies=[authorized],
+        responses=error_responses(400, 401, 422),
+    )
     async def batch_simulate(body: BatchSimulate) -> Response:
         """Step many hosted agents at once (one state commit for them all)."""
-        statuses, errors = [], []
-        with _one_transaction(shared_store):
-            for agent_id in body.agent_ids:
-                agent = by_id.get(agent_id)
-                if agent is None:
-                    errors.append(BatchError(agent_id=agent_id, error="not hosted here"))
-                    continue
-                agent.heard_from_grid()
-                statuses.append(agent.simulate())
-        return _json(BatchSimulateResult(statuses=statuses, errors=errors))
+        return _json(hosted.simulate(body))
 
-    @app.post("/batch/curtail", response_model=BatchCurtailResult, dependencies=[Authorized], responses=error_responses(400, 401, 422))
+    @app.post(
+        "/batch/curtail",
+        response_model=BatchCurtailResult,
+        dependencies=[authorized],
+        responses=error_responses(400, 401, 422),
+    )
     async def batch_curtail(body: BatchCurtail) -> Response:
         """Command many hosted agents at once; each command as POST /curtail would take it."""
-        results, errors = [], []
-        with _one_transaction(shared_store):
-            for item in body.commands:
-                agent = by_id.get(item.agent_id)
-                if agent is None:
-                    errors.append(BatchError(agent_id=item.agent_id, command_id=item.command.command_id, error="not hosted here"))
-                    continue
-                agent.heard_from_grid()
-                try:
-                    results.append(agent.curtail(item.command))
-                except AgentError as exc:
-                    errors.append(BatchError(agent_id=item.agent_id, command_id=item.command.command_id, error=exc.message))
-        return _json(BatchCurtailResult(results=results, errors=errors))
+        return _json(hosted.curtail(body))
 
-    if single is None:
 
-        @app.get("/", response_model=HostInfo)
-        async def host_info() -> HostInfo:
-            """What this process hosts."""
-            return HostInfo(host_id=host_id, agent_type=hosted[0].agent_type, agent_ids=list(by_id), endpoints=HOST_ENDPOINTS)
+def _add_host_routes(app: FastAPI, hosted: Hosted) -> None:
+    """``GET /`` and ``GET /health`` of a process hosting many agents."""
 
-        @app.get("/health", response_model=Health)
-        async def host_health() -> Health:
-            """Liveness of the process."""
-            return Health(agent_id=host_id, agent_type=hosted[0].agent_type)
+    @app.get("/", response_model=HostInfo)
+    async def host_info() -> HostInfo:
+        """What this process hosts."""
+        return HostInfo(
+            host_id=hosted.host_id,
+            agent_type=hosted.agent_type,
+            agent_ids=list(hosted.by_id),
+            endpoints=HOST_ENDPOINTS,
+        )
 
-    return app
+    @app.get("/health", response_model=Health)
+    async def host_health() -> Health:
+        """Liveness of the process."""
+        return Health(agent_id=hosted.host_id, agent_type=hosted.agent_type)
 
 
 def create_device_app(
@@ -189,7 +254,7 @@ HOST_ENDPOINTS = [
 ]
 
 
-def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAgent], Authorized: Any) -> None:
+def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAgent], authorized: Any) -> None:
     """The contract's endpoints for one agent, under ``prefix``."""
     hosted = Depends(resolve)  # a default, not an Annotated alias: this module's annotations are strings
     tag = ["this agent"] if prefix == "" else ["hosted agents"]
@@ -211,14 +276,14 @@ def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAg
         agent.check_fail_safe()
         return agent.status()
 
-    @app.post(f"{prefix}/simulate", response_model=AgentStatus, dependencies=[Authorized], tags=tag, responses=error_responses(401, *by_path, 409, 422))
+    @app.post(f"{prefix}/simulate", response_model=AgentStatus, dependencies=[authorized], tags=tag, responses=error_responses(401, *by_path, 409, 422))
     async def simulate(agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> AgentStatus:
         """Advance one step, run the local policy and re-apply commands still holding."""
         agent.check_addressee(x_agent_id)
         agent.heard_from_grid()
         return agent.simulate()
 
-    @app.post(f"{prefix}/curtail", response_model=CurtailResult, dependencies=[Authorized], tags=tag, responses=error_responses(400, 401, *by_path, 409, 422))
+    @app.post(f"{prefix}/curtail", response_model=CurtailResult, dependencies=[authorized], tags=tag, responses=error_responses(400, 401, *by_path, 409, 422))
     async def curtail(command: CurtailCommand, agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> CurtailResult:
         """Shift the operating point by power_kw through action (for duration_s or until valid_until); answers what was applied."""
         agent.check_addressee(x_agent_id)
