@@ -18,6 +18,7 @@ from agents.cycle.grid_agent import GridAgent, resolve_planner
 from agents.cycle.peers import make_peers
 from agents.planners import PLANNERS
 from models.schemas import (
+    AgentId,
     AgentInfo,
     AgentRecord,
     AgentReport,
@@ -124,7 +125,7 @@ def _add_registration_routes(app: FastAPI, agent: GridAgent, authorized: Any) ->
         response_model_exclude={"last_status"},
         responses=error_responses(400, 401, 422),
     )
-    async def report(agent_id: str, body: AgentReport) -> AgentRecord:
+    async def report(agent_id: AgentId, body: AgentReport) -> AgentRecord:
         """Register an agent, or take its heartbeat."""
         return agent.registry.register(agent_id, body)
 

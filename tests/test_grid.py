@@ -124,6 +124,16 @@ async def test_registration_with_nan_net_power_is_422(make_feeder):
     assert "status.net_power_kw" in {d["field"] for d in response.json()["detail"]}
 
 
+
+@pytest.mark.parametrize("agent_id", [".x", "..", "a/b", "a b"], ids=["leading-dot", "dot-dot", "slash", "space"])
+async def test_registration_under_an_id_unsafe_in_paths_is_refused(make_feeder, agent_id):
+    """An id that a URL or a file name would rewrite ('.', '..', hidden files, slashes) is never registered."""
+    feeder = await make_feeder(register=False)
+    status = {**await feeder.device_status(HOME_ID), "agent_id": agent_id}
+    response = await feeder.client.post(f"/agents/{agent_id}/status", json={"url": "http://home_1", "status": status})
+    assert response.status_code in (404, 422)
+    assert await feeder.agents() == {}
+
 # -- the cycle -----------------------------------------------------------------------------------
 async def test_coordinate_result_has_the_contract_fields(feeder):
     result = await feeder.coordinate()
