@@ -131,7 +131,7 @@ async def test_registration_under_an_id_unsafe_in_paths_is_refused(make_feeder, 
     feeder = await make_feeder(register=False)
     status = {**await feeder.device_status(HOME_ID), "agent_id": agent_id}
     response = await feeder.client.post(f"/agents/{agent_id}/status", json={"url": "http://home_1", "status": status})
-    assert response.status_code in (404, 422)
+    assert 400 <= response.status_code < 500  # 422 for the id, or a path the URL client rewrote elsewhere
     assert await feeder.agents() == {}
 
 # -- the cycle -----------------------------------------------------------------------------------
