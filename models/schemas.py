@@ -14,7 +14,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from models.grid import TransformerState
 
-AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")]
+#: An agent id is a URL path segment (/agents/{agent_id}/...) and names files: no leading dot, so never "." or "..",
+#: which clients fold away as dot segments before the request leaves them.
+AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")]
 NonNegativeKw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 #: On the wire a command's power must be a JSON number: no "0.1" strings, no booleans.
 StrictNonNegativeKw = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)]
