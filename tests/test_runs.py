@@ -332,3 +332,31 @@ async def test_runs_need_the_token_to_start_and_stop(monkeypatch, tmp_path):
         assert (await client.get(f"/runs/{run['run_id']}")).status_code == 200  # reads stay open
         response = await client.delete(f"/runs/{run['run_id']}", headers=bearer(TOKEN))
         assert response.json()["status"] == "stopped"
+
+
+async def test_401_under_a_coordinators_own_token_says_how_to_set_agent_token(monkeypatch, tmp_path):
+    monkeypatch.setenv("AGENT_TOKEN", TOKEN)
+    monkeypatch.setenv("AGENT_TOKEN_GENERATED", "1")  # as the coordinator sets it for its agents
+    async with running(empty_grid(tmp_path)) as client:
+        for response in (
+            await client.post("/coordinate"),
+            await client.post("/runs", json={"cycles": 1}, headers=bearer("wrong")),
+            await client.post("/coordinate/batch", json={"cycles": 1}),
+        ):
+            assert response.status_code == 401
+            assert response.headers["www-authenticate"] == "Bearer"
+            body = response.json()
+            assert body["error"] == "unauthorized"
+            assert "set AGENT_TOKEN before starting" in body["message"]
+            assert "run_distributed_simulation.py" in body["message"]
+            assert TOKEN not in response.text
+
+
+async def test_401_without_a_coordinator_says_which_token(monkeypatch, tmp_path):
+    monkeypatch.setenv("AGENT_TOKEN", TOKEN)
+    monkeypatch.delenv("AGENT_TOKEN_GENERATED", raising=False)
+    async with running(empty_grid(tmp_path)) as client:
+        response = await client.post("/coordinate")
+    assert response.status_code == 401
+    assert "the AGENT_TOKEN this agent was started with" in response.json()["message"]
+    assert TOKEN not in response.text

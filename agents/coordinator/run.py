@@ -21,6 +21,7 @@ from rich.table import Table
 
 from agents.coordinator.progress import cycle_display
 from agents.coordinator.report import run_kpis, summary_rows, write_report
+from agents.common.auth import GENERATED_TOKEN_ENV
 from agents.common.scenario import Scenario, generate_feeder, load_scenario
 from agents.common.settings import ServerSettings, StartupError
 
@@ -161,6 +162,7 @@ class Coordinator:
             scenario_path = settings.log_dir / "feeder.toml"
             scenario_path.write_text(self.scenario.to_toml(), encoding="utf-8")
         self.children = plan_children(settings, self.scenario, scenario_path)
+        self.token_generated = not os.environ.get("AGENT_TOKEN")
         self.token = os.environ.get("AGENT_TOKEN") or secrets.token_urlsafe(24)
         self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {self.token}"})
         self.stats = RunStats()
@@ -173,6 +175,9 @@ class Coordinator:
                 raise CoordinatorError(f"port {child.port} is already in use ({child.name}); stop what holds it or choose another --base-port")
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        env.pop(GENERATED_TOKEN_ENV, None)
+        if self.token_generated:  # so that a 401 tells a caller how to get a token that works
+            env[GENERATED_TOKEN_ENV] = "1"
         for child in self.children:
             with child.output.open("w", encoding="utf-8") as output:
                 child.process = subprocess.Popen(child.command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(), start_new_session=True)
@@ -343,6 +348,11 @@ class Coordinator:
             self.console.print(f"logs and agent output in {self.settings.log_dir}/")
             if not self.settings.exit:
                 self.console.print(f"agents stay up at {', '.join(c.url for c in self.children)}; press Ctrl+C to stop them")
+                if self.token_generated:
+                    self.console.print(
+                        "their POST endpoints want this run's own random token;"
+                        " to call them yourself, set AGENT_TOKEN before starting the coordinator"
+                    )
                 while all(c.process.poll() is None for c in self.children):
                     time.sleep(0.5)
                 gone = [c for c in self.children if c.process.poll() is not None]
