@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Query, Response
 
 from agents.common.auth import require_token_dependency
 from agents.common.errors import error_responses, install_error_handlers
@@ -16,6 +16,7 @@ from agents.common.settings import GridSettings, StartupError, openai_settings_f
 from agents.cycle.dashboard import dashboard_router
 from agents.cycle.grid_agent import GridAgent, resolve_planner
 from agents.cycle.peers import make_peers
+from agents.cycle.runs import RESULTS_KEPT, Runs, RunStore
 from agents.planners import PLANNERS
 from models.schemas import (
     AgentId,
@@ -30,6 +31,9 @@ from models.schemas import (
     Health,
     Registrations,
     RegistrationsResult,
+    RunInfo,
+    RunResults,
+    RunStart,
 )
 
 
@@ -40,6 +44,12 @@ GRID_ENDPOINTS = [
     "GET /agents",
     "POST /agents/{agent_id}/status",
     "POST /coordinate",
+    "POST /coordinate/batch",
+    "POST /runs",
+    "GET /runs",
+    "GET /runs/{run_id}",
+    "GET /runs/{run_id}/results",
+    "DELETE /runs/{run_id}",
     "GET /metrics",
     "GET /dashboard",
     "GET /docs",
@@ -52,12 +62,14 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     if resolve_planner(settings.planner, openai_settings_from_env()[0]) not in known:
         raise StartupError(f"planner {settings.planner!r} is not available here (known: {', '.join(known)})")
     agent = GridAgent(settings)
+    runs = Runs(agent, RunStore(settings.state_dir, agent.agent_id), settings.coordinate_wait_s)
     app = FastAPI(
         title="grid agent",
         description="Watches transformers and coordinates curtailment.",
-        lifespan=_lifespan(agent, settings, transport),
+        lifespan=_lifespan(agent, runs, settings, transport),
     )
     app.state.agent = agent
+    app.state.runs = runs
     install_error_handlers(app, agent.agent_id)
     mount_metrics(app, agent.metrics.registry)
     app.include_router(dashboard_router(agent))
@@ -65,11 +77,12 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     _add_read_routes(app, agent)
     _add_registration_routes(app, agent, authorized)
     _add_coordination_routes(app, agent, authorized)
+    _add_run_routes(app, runs, authorized)
     return app
 
 
-def _lifespan(agent: GridAgent, settings: GridSettings, transport: httpx.AsyncBaseTransport | None):
-    """The client to other agents opens with the app and closes with it, with the log."""
+def _lifespan(agent: GridAgent, runs: Runs, settings: GridSettings, transport: httpx.AsyncBaseTransport | None):
+    """The client to other agents opens with the app and closes with it, with the log; a run in flight ends first."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -77,6 +90,7 @@ def _lifespan(agent: GridAgent, settings: GridSettings, transport: httpx.AsyncBa
         try:
             yield
         finally:
+            await runs.close()
             await agent.peers.aclose()
             if agent.ai is not None and agent.ai.client is not None:
                 await agent.ai.client.close()
@@ -142,20 +156,90 @@ def _add_registration_routes(app: FastAPI, agent: GridAgent, authorized: Any) ->
         return RegistrationsResult(registered=len(body.reports))
 
 
+#: What a 409 from the routes that run cycles means.
+_FEEDER_BUSY = "A run holds the feeder (or another request held it past --coordinate-wait-s); the message says which"
+_RUN_BUSY = "A run holds the feeder already (one at a time), or a request held it past the wait"
+RunsLimit = Annotated[int, Query(ge=1, le=1000, description="How many, newest first")]
+Since = Annotated[int, Query(ge=0, description="The cycles numbered after this one (a result's `cycle`)")]
+ResultsLimit = Annotated[int, Query(ge=1, le=RESULTS_KEPT, description="At most this many, oldest first")]
+
+
 def _add_coordination_routes(app: FastAPI, agent: GridAgent, authorized: Any) -> None:
-    """``POST /coordinate`` (one cycle) and ``POST /coordinate/batch`` (several back to back)."""
+    """``POST /coordinate`` (one cycle) and ``POST /coordinate/batch`` (a few back to back).
+
+    Both wait for the feeder at most ``--coordinate-wait-s``, then answer 409 naming who holds it.
+    """
+    wait_s = agent.settings.coordinate_wait_s
 
     @app.post(
         "/coordinate/batch",
         response_model=CoordinationBatch,
         dependencies=[authorized],
-        responses=error_responses(400, 401, 422),
+        responses=error_responses(400, 401, 409, 422, descriptions={409: _FEEDER_BUSY}),
     )
     async def coordinate_batch(body: CoordinateBatch) -> CoordinationBatch:
-        """Run several cycles back to back (as fast as possible) and answer every cycle's record."""
-        return CoordinationBatch(results=[await agent.coordinate() for _ in range(body.cycles)])
+        """Run up to 100 cycles back to back and answer every cycle's record (longer runs: POST /runs)."""
+        results: list[CoordinationResult] = []
 
-    @app.post("/coordinate", response_model=CoordinationResult, dependencies=[authorized], responses=error_responses(401))
+        def holder() -> str:
+            return f"a POST /coordinate/batch holds it ({len(results)} of {body.cycles} cycles done)"
+
+        async with agent.feeder(holder, wait_s):
+            for _ in range(body.cycles):
+                results.append(await agent.run_cycle())
+        return CoordinationBatch(results=results)
+
+    @app.post(
+        "/coordinate",
+        response_model=CoordinationResult,
+        dependencies=[authorized],
+        responses=error_responses(401, 409, descriptions={409: _FEEDER_BUSY}),
+    )
     async def coordinate() -> CoordinationResult:
         """Run one coordination cycle: step, assess, plan, act, record."""
-        return await agent.coordinate()
+        return await agent.coordinate(wait_s)
+
+
+def _add_run_routes(app: FastAPI, runs: Runs, authorized: Any) -> None:
+    """Long runs as jobs: ``POST /runs`` answers at once and the run holds the feeder until it ends."""
+    no_run = {404: "No run of this id here (GET /runs lists them)"}
+
+    @app.post(
+        "/runs",
+        status_code=202,
+        response_model=RunInfo,
+        dependencies=[authorized],
+        responses=error_responses(400, 401, 409, 422, descriptions={409: _RUN_BUSY}),
+    )
+    async def start_run(body: RunStart, response: Response) -> RunInfo:
+        """Start a run of cycles back to back; answers at once, follow it at GET /runs/{run_id}."""
+        info = await runs.start(body.cycles)
+        response.headers["Location"] = f"/runs/{info.run_id}"
+        return info
+
+    @app.get("/runs", response_model=list[RunInfo], responses=error_responses(422))
+    async def list_runs(limit: RunsLimit = 100) -> list[RunInfo]:
+        """The latest runs, newest first."""
+        return runs.list(limit)
+
+    @app.get("/runs/{run_id}", response_model=RunInfo, responses=error_responses(404, descriptions=no_run))
+    async def get_run(run_id: str) -> RunInfo:
+        """A run's status, cycles done, times and error."""
+        return runs.get(run_id)
+
+    @app.get(
+        "/runs/{run_id}/results", response_model=RunResults, responses=error_responses(404, 422, descriptions=no_run)
+    )
+    async def run_results(run_id: str, since: Since = 0, limit: ResultsLimit = RESULTS_KEPT) -> RunResults:
+        """The run's cycle results after cycle ``since`` that are still kept (the latest run's last 1,000)."""
+        return runs.results(run_id, since, limit)
+
+    @app.delete(
+        "/runs/{run_id}",
+        response_model=RunInfo,
+        dependencies=[authorized],
+        responses=error_responses(401, 404, descriptions=no_run),
+    )
+    async def stop_run(run_id: str) -> RunInfo:
+        """Stop a run after the cycle in flight; answers the run as it ended (a finished run as it is)."""
+        return await runs.stop(run_id)

@@ -1,7 +1,7 @@
 """A whole year (35,040 cycles) through the seed's three agents at --interval 0: python bench/year.py [--cycles N].
 
 Starts the agents as run_distributed_simulation.py does and drives the cycles with the
-coordinator's own loop (POST /coordinate/batch at --interval 0), then prints wall time, cycles
+coordinator's own loop (one run, POST /runs, at --interval 0), then prints wall time, cycles
 per second, and the CPU seconds each process used. A benchmark, not a test.
 """
 

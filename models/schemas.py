@@ -14,7 +14,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSche
 
 from models.grid import TransformerState
 
-#: An agent id: safe in URL paths and file names; it may not start with a dot (no ".", "..", or hidden files).
+#: An agent id is a URL path segment (/agents/{agent_id}/...) and names files: no leading dot, so never "." or "..",
+#: which clients fold away as dot segments before the request leaves them.
 AgentId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$")]
 NonNegativeKw = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 #: On the wire a command's power must be a JSON number: no "0.1" strings, no booleans.
@@ -349,17 +350,72 @@ class CoordinationResult(BaseModel):
     phase_ms: dict[str, float]
 
 
+#: Most cycles one ``POST /coordinate/batch`` runs: it holds the feeder for the whole request, so
+#: longer runs go through ``POST /runs``, which answers at once and can be stopped.
+BATCH_CYCLES_MAX = 100
+#: Most cycles of one run (28 years of 15-minute steps): a sanity bound, not a resource one.
+RUN_CYCLES_MAX = 1_000_000
+
+
 class CoordinateBatch(BaseModel):
     """Run this many cycles back to back."""
 
     model_config = ConfigDict(extra="forbid")
 
-    cycles: Count = Field(ge=1, le=10_000)
+    cycles: Count = Field(
+        ge=1, le=BATCH_CYCLES_MAX, description=f"At most {BATCH_CYCLES_MAX}; longer runs: POST /runs"
+    )
 
 
 class CoordinationBatch(BaseModel):
     """The records of cycles run back to back."""
 
+    results: list[CoordinationResult]
+
+
+class RunStatus(str, Enum):
+    """Where a run stands: ``stopped`` by DELETE /runs/{run_id}; ``failed`` by an error or a grid agent that stopped."""
+
+    running = "running"
+    done = "done"
+    stopped = "stopped"
+    failed = "failed"
+
+
+class RunStart(BaseModel):
+    """Start a run of this many coordination cycles, back to back, as a job of the grid agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cycles: Count = Field(ge=1, le=RUN_CYCLES_MAX)
+
+
+class RunInfo(BaseModel):
+    """A run of coordination cycles: how far it got and how it ended. Times are wall clock, UTC."""
+
+    run_id: str
+    status: RunStatus
+    cycles: int = Field(description="Cycles asked for")
+    cycles_done: int = Field(description="Cycles finished so far")
+    started_at: datetime
+    finished_at: datetime | None = None
+    first_cycle: int | None = Field(None, description="The grid agent's number of the run's first cycle")
+    last_cycle: int | None = Field(None, description="The grid agent's number of the run's latest cycle")
+    last_timestamp: SimulatedTime | None = Field(None, description="Simulated time of the run's latest cycle")
+    stop_requested: bool = Field(False, description="DELETE asked it to stop after the cycle in flight")
+    error: str | None = Field(None, description="Why it failed")
+
+
+class RunResults(BaseModel):
+    """A run's cycle results after ``since``, oldest first, with where the run stands."""
+
+    run_id: str
+    status: RunStatus
+    cycles: int
+    cycles_done: int
+    first_kept_cycle: int | None = Field(
+        None, description="Oldest cycle still kept in memory (none: none kept, e.g. after a restart)"
+    )
     results: list[CoordinationResult]
 
 

@@ -8,6 +8,7 @@ import random
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -277,8 +278,54 @@ def test_coordinator_runs_cycles_and_leaves_nothing_behind(tmp_path, leftover_pi
     for name in ("home_1_log.csv", "battery_agent_1_log.csv"):
         assert pd.read_csv(tmp_path / "logs" / name)["step"].tolist() == [1, 2, 3]
     assert pd.read_csv(tmp_path / "logs" / "grid_agent_log.csv")["cycle"].tolist() == [1, 2, 3]
+    assert grid_runs(tmp_path) == [("done", 3, 3)]  # at --interval 0 the cycles ran as one job, POST /runs
+    assert "/runs/" in out
     for name, pid in pids.items():
         assert wait_until(lambda pid=pid: pid_gone(pid), 5.0), f"the {name} (pid {pid}) outlived the coordinator"
+
+
+def grid_runs(tmp_path: Path) -> list[tuple[str, int, int]]:
+    """(status, cycles, cycles_done) of every run the grid agent recorded under the test's state folder."""
+    with sqlite3.connect(tmp_path / "state" / "grid_agent_runs.sqlite3") as db:
+        return db.execute("SELECT status, cycles, cycles_done FROM runs ORDER BY rowid").fetchall()
+
+
+def test_coordinator_ctrl_c_stops_its_run_and_outsiders_learn_how_to_set_the_token(tmp_path, leftover_pids):
+    base = free_port_block()
+    grid = f"http://{HOST}:{base}"
+    process = subprocess.Popen(
+        coordinator_command(tmp_path, base, "--cycles", "1000000", "--interval", "0"),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(COLUMNS="200"),
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
+    reader.start()
+    try:
+
+        def running_run() -> dict | None:
+            try:
+                runs = httpx.get(f"{grid}/runs", timeout=1.0).json()
+            except (httpx.HTTPError, ValueError):
+                return None
+            return next((r for r in runs if r["status"] == "running" and r["cycles_done"] > 0), None)
+
+        run = wait_until(running_run, 60)
+        assert run, "no run under way within 60 s:\n" + "".join(output)
+        refused = httpx.post(f"{grid}/coordinate", timeout=5.0)  # no token: the coordinator made its own
+        assert refused.status_code == 401
+        assert "set AGENT_TOKEN before starting" in refused.json()["message"]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=20) == 0
+    finally:
+        stop(process)
+        reader.join(timeout=5)
+        leftover_pids.extend(child_pids("".join(output)).values())
+    ((status, cycles, cycles_done),) = grid_runs(tmp_path)
+    assert status == "stopped", "".join(output)
+    assert 0 < cycles_done < cycles == 1_000_000
+    text = "".join(output)
+    assert "Traceback" not in text
+    assert "stopped 3 agent processes" in text
 
 
 def test_coordinator_stops_its_agents_on_ctrl_c(tmp_path, leftover_pids):

@@ -12,6 +12,7 @@ process, so each fuzzed cycle steps, plans and commands real agents.
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,15 +76,16 @@ def start(app: Any) -> None:
 def within_cross_field_rules(case: schemathesis.Case) -> None:
     """Make a positive case obey the rules between fields that OpenAPI cannot state.
 
-    A registration's path names the agent its body reports (else 400, tested in test_grid.py), and a
-    batch of cycles is kept short here (up to 10,000 are valid; each steps the whole feeder).
+    A registration's path names the agent its body reports (else 400, tested in test_grid.py), and
+    batches and runs of cycles are kept short here (up to 100 and 1,000,000 are valid; each cycle
+    steps the whole feeder, and a run holds the feeder until it ends).
     """
     body = case.body if isinstance(case.body, dict) else None
     if body is None:
         return
     if case.operation.label == "POST /agents/{agent_id}/status" and isinstance(body.get("status"), dict) and isinstance(body["status"].get("agent_id"), str):
         case.path_parameters = {**(case.path_parameters or {}), "agent_id": body["status"]["agent_id"]}
-    if case.operation.label == "POST /coordinate/batch" and isinstance(body.get("cycles"), int | float):
+    if case.operation.label in ("POST /coordinate/batch", "POST /runs") and isinstance(body.get("cycles"), int | float):
         case.body = {**body, "cycles": min(body["cycles"], 3)}  # JSON Schema's integers include 3.0
 
 
@@ -195,7 +197,7 @@ def test_mutating_endpoints_refuse_fuzzed_requests_without_the_token(tmp_path, l
         schema = schemathesis.openapi.from_asgi("/openapi.json", app)
         for result in schema.get_all_operations():
             operation = result.ok()
-            if operation.method.upper() != "POST":
+            if operation.method.upper() not in ("POST", "DELETE"):
                 continue
 
             @fuzz_settings(10)
@@ -234,3 +236,16 @@ async def test_command_refuses_a_number_for_valid_until(tmp_path, serve_app):
 async def test_coordinate_batch_refuses_a_boolean_for_cycles(feeder):
     response = await feeder.client.post("/coordinate/batch", json={"cycles": True})
     assert response.status_code == 422, response.text
+
+
+async def test_a_fuzzers_long_batch_is_refused_at_once(feeder):
+    """{"cycles": 9999} once held the grid agent for minutes; now it is a 422 and long runs are jobs."""
+    started = time.monotonic()
+    response = await feeder.client.post("/coordinate/batch", json={"cycles": 9999})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["field"] == "cycles"
+    run = await feeder.client.post("/runs", json={"cycles": 9999})
+    assert run.status_code == 202, run.text
+    stopped = await feeder.client.delete(f"/runs/{run.json()['run_id']}")
+    assert stopped.json()["status"] == "stopped"
+    assert time.monotonic() - started < 10

@@ -114,6 +114,17 @@ async def test_bad_registration_body_is_422(make_feeder, change, field):
     assert await feeder.agents() == {}
 
 
+@pytest.mark.parametrize("agent_id", [".", "..", ".hidden"])
+async def test_agent_id_with_a_leading_dot_is_422(make_feeder, agent_id):
+    """"." and ".." cannot be a path segment: clients fold /agents/./status into /agents/status."""
+    feeder = await make_feeder(register=False)
+    status = {**(await feeder.device_status(HOME_ID)), "agent_id": agent_id}
+    response = await feeder.client.post("/registrations", json={"reports": [{"url": "http://home_1", "status": status}]})
+    assert response.status_code == 422
+    assert any(d["field"].endswith("status.agent_id") for d in response.json()["detail"])
+    assert await feeder.agents() == {}
+
+
 async def test_registration_with_nan_net_power_is_422(make_feeder):
     feeder = await make_feeder(register=False)
     raw = AgentReport.model_validate({"url": "http://home_1", "status": await feeder.device_status(HOME_ID)}).model_dump_json()
@@ -124,7 +135,6 @@ async def test_registration_with_nan_net_power_is_422(make_feeder):
     assert "status.net_power_kw" in {d["field"] for d in response.json()["detail"]}
 
 
-
 @pytest.mark.parametrize("agent_id", [".x", "..", "a/b", "a b"], ids=["leading-dot", "dot-dot", "slash", "space"])
 async def test_registration_under_an_id_unsafe_in_paths_is_refused(make_feeder, agent_id):
     """An id that a URL or a file name would rewrite ('.', '..', hidden files, slashes) is never registered."""
@@ -133,6 +143,7 @@ async def test_registration_under_an_id_unsafe_in_paths_is_refused(make_feeder, 
     response = await feeder.client.post(f"/agents/{agent_id}/status", json={"url": "http://home_1", "status": status})
     assert 400 <= response.status_code < 500  # 422 for the id, or a path the URL client rewrote elsewhere
     assert await feeder.agents() == {}
+
 
 # -- the cycle -----------------------------------------------------------------------------------
 async def test_coordinate_result_has_the_contract_fields(feeder):

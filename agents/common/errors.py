@@ -3,7 +3,8 @@
 AgentError                 base: code, message, the agent that raised it
  ├── BadRequestError       the caller sent something wrong (4xx)
  │    ├── ConflictError    a command id reused with a different body, or a call meant for another agent (409)
- │    ├── NotFoundError    an agent this process does not host (404)
+ │    │    └── FeederBusyError  a run (or another request) holds the grid agent's feeder past the wait (409)
+ │    ├── NotFoundError    an agent this process does not host, or a run it does not know (404)
  │    └── UnauthorizedError  no or wrong bearer token (401)
  └── PeerUnavailableError  another agent did not answer (502)
 """
@@ -45,8 +46,14 @@ class ConflictError(BadRequestError):
     code = "conflict"
 
 
+class FeederBusyError(ConflictError):
+    """The feeder is held by a run, or by another request for longer than the bounded wait."""
+
+    code = "feeder_busy"
+
+
 class NotFoundError(BadRequestError):
-    """The path names an agent this process does not host."""
+    """The path names an agent this process does not host, or a run the grid agent does not know."""
 
     status_code = 404
     code = "not_found"
@@ -81,9 +88,13 @@ _ERROR_DESCRIPTIONS = {
 }
 
 
-def error_responses(*status_codes: int) -> dict[int | str, dict]:
-    """The ``responses=`` of a route: each error status it can answer, all in the one ErrorBody shape."""
-    return {code: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[code]} for code in status_codes}
+def error_responses(*status_codes: int, descriptions: dict[int, str] | None = None) -> dict[int | str, dict]:
+    """The ``responses=`` of a route: each error status it can answer, all in the one ErrorBody shape.
+
+    ``descriptions`` replaces the generic text of a status where the route means something more precise.
+    """
+    texts = {**_ERROR_DESCRIPTIONS, **(descriptions or {})}
+    return {code: {"model": ErrorBody, "description": texts[code]} for code in status_codes}
 
 
 def _field_name(loc: tuple) -> str:

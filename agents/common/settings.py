@@ -116,6 +116,12 @@ class GridSettings(ServerSettings):
     max_concurrency: int = Field(64, ge=1, description="Calls to agents in flight at once")
     curtail_retries: int = Field(2, ge=0, le=5, description="Retries of a /curtail that could not connect (same command_id)")
     stale_after_s: float = Field(15.0, gt=0, description="An agent unheard of this long is unhealthy")
+    coordinate_wait_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="How long POST /coordinate, /coordinate/batch and /runs wait for the feeder, then 409",
+    )
 
 
 def agent_token_from_env() -> str | None:

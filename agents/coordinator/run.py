@@ -11,6 +11,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +22,16 @@ from rich.table import Table
 
 from agents.coordinator.progress import cycle_display
 from agents.coordinator.report import run_kpis, summary_rows, write_report
+from agents.common.auth import GENERATED_TOKEN_ENV
 from agents.common.scenario import Scenario, generate_feeder, load_scenario
 from agents.common.settings import ServerSettings, StartupError
+from models.schemas import RUN_CYCLES_MAX
 
 ROOT = Path(__file__).resolve().parents[2]
 #: With --report, fetch the grid agent's history this often (it keeps the last 2,880 cycles).
 HISTORY_PULL_EVERY = 1000
-#: At --interval 0, cycles per POST /coordinate/batch (a divisor of HISTORY_PULL_EVERY).
-BATCH_CYCLES = 50
+#: At --interval 0, how long to wait before asking a run for results again when it had none new.
+RESULTS_POLL_S = 0.05
 
 
 class CoordinatorSettings(ServerSettings):
@@ -161,6 +164,7 @@ class Coordinator:
             scenario_path = settings.log_dir / "feeder.toml"
             scenario_path.write_text(self.scenario.to_toml(), encoding="utf-8")
         self.children = plan_children(settings, self.scenario, scenario_path)
+        self.token_generated = not os.environ.get("AGENT_TOKEN")
         self.token = os.environ.get("AGENT_TOKEN") or secrets.token_urlsafe(24)
         self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {self.token}"})
         self.stats = RunStats()
@@ -173,6 +177,9 @@ class Coordinator:
                 raise CoordinatorError(f"port {child.port} is already in use ({child.name}); stop what holds it or choose another --base-port")
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        env.pop(GENERATED_TOKEN_ENV, None)
+        if self.token_generated:  # so that a 401 tells a caller how to get a token that works
+            env[GENERATED_TOKEN_ENV] = "1"
         for child in self.children:
             with child.output.open("w", encoding="utf-8") as output:
                 child.process = subprocess.Popen(child.command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(), start_new_session=True)
@@ -228,36 +235,92 @@ class Coordinator:
 
     # -- cycles ------------------------------------------------------------------------------
     def run_cycles(self) -> None:
-        """Run the configured number of cycles, ``interval`` seconds apart, showing each (a progress bar for long runs).
+        """Run the configured number of cycles, showing each (a line each, or a progress bar for long runs).
 
-        At --interval 0 the grid agent runs up to BATCH_CYCLES cycles per request
-        (POST /coordinate/batch), so a long run does not pay a round trip per cycle.
+        At --interval 0 the grid agent runs them as a job (POST /runs) whose results the coordinator
+        follows (GET /runs/{run_id}/results); otherwise it asks for one cycle (POST /coordinate) every
+        ``interval`` seconds.
         """
-        total, done = self.settings.cycles, 0
         loop_started = time.perf_counter()
-        batch = BATCH_CYCLES if self.settings.interval == 0 else 1
-        with cycle_display(self.console, total, self.print_cycle) as show:
-            while done < total:
-                n = min(batch, total - done)
-                started = time.perf_counter()
-                if n == 1:
-                    response = self.http.post(f"{self.children[0].url}/coordinate")
-                else:
-                    response = self.http.post(f"{self.children[0].url}/coordinate/batch", json={"cycles": n})
-                if response.status_code != 200:
-                    raise CoordinatorError(f"the grid agent answered /coordinate with HTTP {response.status_code}: {response.text[:200]}")
-                results = [response.json()] if n == 1 else response.json()["results"]
-                per_cycle_ms = (time.perf_counter() - started) * 1000 / n
-                for result in results:
-                    self.stats.round_trip_ms.append(per_cycle_ms)
-                    self.stats.cycles.append(result)
-                    show(result)
-                    if self.settings.report and len(self.stats.cycles) % HISTORY_PULL_EVERY == 0:
-                        self.pull_history()  # before the grid agent's bounded history forgets the first cycles
-                done += n
-                if done < total and self.settings.interval > 0:
-                    time.sleep(max(self.settings.interval - (time.perf_counter() - started), 0.0))
+        with cycle_display(self.console, self.settings.cycles, self.print_cycle) as show:
+            if self.settings.interval == 0:
+                done = 0
+                while done < self.settings.cycles:
+                    n = min(RUN_CYCLES_MAX, self.settings.cycles - done)
+                    self.follow_run(n, show)
+                    done += n
+            else:
+                self.cycle_every_interval(show)
         self.stats.cycles_wall_s = time.perf_counter() - loop_started
+
+    def cycle_every_interval(self, show: Callable[[dict], None]) -> None:
+        """One POST /coordinate every ``interval`` seconds."""
+        for k in range(self.settings.cycles):
+            started = time.perf_counter()
+            response = self.http.post(f"{self.children[0].url}/coordinate")
+            if response.status_code != 200:
+                raise CoordinatorError(f"the grid agent answered POST /coordinate with {_refusal(response)}")
+            self.take(response.json(), (time.perf_counter() - started) * 1000, show)
+            if k + 1 < self.settings.cycles:
+                time.sleep(max(self.settings.interval - (time.perf_counter() - started), 0.0))
+
+    def follow_run(self, cycles: int, show: Callable[[dict], None]) -> None:
+        """Start a run of ``cycles`` on the grid agent and show its results as they come; Ctrl+C stops the run."""
+        grid = self.children[0].url
+        response = self.http.post(f"{grid}/runs", json={"cycles": cycles})
+        if response.status_code != 202:
+            raise CoordinatorError(f"the grid agent answered POST /runs with {_refusal(response)}")
+        run_id = response.json()["run_id"]
+        self.console.print(f"run            {grid}/runs/{run_id}  ({cycles} cycles)")
+        since, received, last = 0, 0, time.perf_counter()
+        try:
+            while True:
+                answer = self.http.get(f"{grid}/runs/{run_id}/results", params={"since": since})
+                if answer.status_code != 200:
+                    raise CoordinatorError(
+                        f"the grid agent answered GET /runs/{run_id}/results with {_refusal(answer)}"
+                    )
+                page = answer.json()
+                if page["results"]:
+                    arrived = time.perf_counter()
+                    per_cycle_ms = (arrived - last) * 1000 / len(page["results"])
+                    last = arrived
+                    for result in page["results"]:
+                        self.take(result, per_cycle_ms, show)
+                    received += len(page["results"])
+                    since = page["results"][-1]["cycle"]
+                elif page["status"] != "running":
+                    break
+                else:
+                    time.sleep(RESULTS_POLL_S)
+        except KeyboardInterrupt:
+            self.stop_run(run_id)
+            raise
+        if received < page["cycles_done"]:
+            missed = page["cycles_done"] - received
+            self.errors.print(f"[yellow]warning:[/yellow] {missed} cycles of run {run_id} were gone when asked for")
+        if page["status"] != "done":
+            info = self.http.get(f"{grid}/runs/{run_id}").json()
+            why = info.get("error") or "stopped by DELETE /runs/" + run_id
+            raise CoordinatorError(
+                f"run {run_id} on the grid agent ended {info['status']}"
+                f" after {info['cycles_done']} of {info['cycles']} cycles: {why}"
+            )
+
+    def stop_run(self, run_id: str) -> None:
+        """Ask the grid agent to stop a run after its cycle in flight (on Ctrl+C), so that it ends ``stopped``."""
+        try:
+            httpx.delete(f"{self.children[0].url}/runs/{run_id}", headers=self.http.headers, timeout=5.0)
+        except httpx.HTTPError as exc:
+            self.errors.print(f"[yellow]warning:[/yellow] could not stop run {run_id} on the grid agent: {exc}")
+
+    def take(self, result: dict, round_trip_ms: float, show: Callable[[dict], None]) -> None:
+        """Count and show one cycle's result."""
+        self.stats.round_trip_ms.append(round_trip_ms)
+        self.stats.cycles.append(result)
+        show(result)
+        if self.settings.report and len(self.stats.cycles) % HISTORY_PULL_EVERY == 0:
+            self.pull_history()  # before the grid agent's bounded history forgets the first cycles
 
     def pull_history(self) -> None:
         """Fetch the grid agent's dashboard rows not fetched yet (the state of charge per cycle, for the report)."""
@@ -343,6 +406,11 @@ class Coordinator:
             self.console.print(f"logs and agent output in {self.settings.log_dir}/")
             if not self.settings.exit:
                 self.console.print(f"agents stay up at {', '.join(c.url for c in self.children)}; press Ctrl+C to stop them")
+                if self.token_generated:
+                    self.console.print(
+                        "their POST endpoints want this run's own random token;"
+                        " to call them yourself, set AGENT_TOKEN before starting the coordinator"
+                    )
                 while all(c.process.poll() is None for c in self.children):
                     time.sleep(0.5)
                 gone = [c for c in self.children if c.process.poll() is not None]
@@ -377,3 +445,12 @@ def main(args: list[str] | None = None) -> int:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _refusal(response: httpx.Response) -> str:
+    """An error answer in a few words: its status and the message of its error body (or its first characters)."""
+    try:
+        message = response.json()["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200]
+    return f"HTTP {response.status_code}: {message}"

@@ -8,10 +8,13 @@ import os
 import statistics
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import openai
 
+from agents.common.errors import FeederBusyError
 from agents.common.metrics import GridMetrics
 from agents.common.scenario import Scenario, load_scenario
 from agents.common.settings import GridSettings, openai_settings_from_env
@@ -107,7 +110,8 @@ class GridAgent:
         self.recorder = CycleRecorder(settings, self.metrics)
         self.cycle = 0
         self.run_id = uuid.uuid4().hex[:8]
-        self._lock = asyncio.Lock()
+        self._lock = asyncio.Lock()  # the feeder: cycles run only while it is held
+        self._holder: Callable[[], str] = lambda: "nobody"
 
     # -- what others read ----------------------------------------------------------------------
     def agents(self) -> list[AgentRecord]:
@@ -142,21 +146,54 @@ class GridAgent:
             ai=self.ai.stats.as_dict() if self.ai else None,
         )
 
+    # -- who holds the feeder ------------------------------------------------------------------
+    async def claim_feeder(self, holder: Callable[[], str], wait_s: float | None) -> None:
+        """Hold the feeder for a cycle, a batch or a run; wait at most ``wait_s`` (None: no bound) for its holder.
+
+        ``holder`` says who holds it and how to follow them, for the 409 of whoever waits in vain.
+        Whoever claims it calls ``release_feeder`` once, possibly from another task (a run's).
+        """
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._lock.acquire()
+        except TimeoutError:
+            message = f"the feeder is busy after waiting {wait_s:g} s: {self._holder()}"
+            raise FeederBusyError(message, self.agent_id) from None
+        self._holder = holder
+
+    def release_feeder(self) -> None:
+        """Let the next waiting cycle, batch or run have the feeder."""
+        self._holder = lambda: "nobody"
+        self._lock.release()
+
+    @asynccontextmanager
+    async def feeder(self, holder: Callable[[], str], wait_s: float | None) -> AsyncIterator[None]:
+        """Hold the feeder inside the block (see ``claim_feeder``)."""
+        await self.claim_feeder(holder, wait_s)
+        try:
+            yield
+        finally:
+            self.release_feeder()
+
     # -- the cycle -----------------------------------------------------------------------------
-    async def coordinate(self) -> CoordinationResult:
-        """One coordination cycle: step, assess, plan, act, record. Cycles never overlap."""
-        async with self._lock:
-            started = time.perf_counter()
-            self.cycle += 1
-            unreachable: list[str] = []
-            statuses = await self._step(self.registry.agents(), unreachable)
-            stepped = time.perf_counter()
-            snapshot = self._assess(statuses)
-            decision = await self._plan(snapshot)
-            planned = time.perf_counter()
-            actions = await self._act(decision.plan.commands, statuses, unreachable)
-            clock = PhaseClock(started, stepped, planned, time.perf_counter())
-            return self._record(snapshot, decision, statuses, actions, unreachable, clock)
+    async def coordinate(self, wait_s: float | None = None) -> CoordinationResult:
+        """One coordination cycle, once the feeder is free (waiting at most ``wait_s``). Cycles never overlap."""
+        async with self.feeder(lambda: "another POST /coordinate holds it for one cycle", wait_s):
+            return await self.run_cycle()
+
+    async def run_cycle(self) -> CoordinationResult:
+        """One coordination cycle: step, assess, plan, act, record; only for whoever holds the feeder."""
+        started = time.perf_counter()
+        self.cycle += 1
+        unreachable: list[str] = []
+        statuses = await self._step(self.registry.agents(), unreachable)
+        stepped = time.perf_counter()
+        snapshot = self._assess(statuses)
+        decision = await self._plan(snapshot)
+        planned = time.perf_counter()
+        actions = await self._act(decision.plan.commands, statuses, unreachable)
+        clock = PhaseClock(started, stepped, planned, time.perf_counter())
+        return self._record(snapshot, decision, statuses, actions, unreachable, clock)
 
     async def _step(self, records: list[AgentRecord], unreachable: list[str]) -> dict[str, AgentStatus]:
         """1. Step every agent in parallel; those that fail are listed in ``unreachable`` and marked unhealthy."""
