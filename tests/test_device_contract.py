@@ -1,0 +1,463 @@
+"""The device contract, once for every kind of device agent: routes, curtail, validation, idempotency, log, state.
+
+Each test runs for a home and for a storage system. What differs between the kinds (their ids, their
+data, the actions they take, the figures they report) lives in ``Kind`` or in a test's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from fastapi import FastAPI
+from pytest import approx
+
+from agents import battery, home
+from agents.device import STEP_LOG_COLUMNS
+from agents.settings import StartupError
+from tests.conftest import (
+    BATTERY_CHEAP_START,
+    BATTERY_CSV,
+    BATTERY_ID,
+    BATTERY_IDLE_START,
+    HOME_CSV,
+    HOME_DAY_START,
+    HOME_ID,
+    HOME_NIGHT_START,
+    make_battery_settings,
+    make_home_settings,
+    running,
+)
+
+JSON = {"content-type": "application/json"}
+STEP = timedelta(minutes=15)
+
+#: The figures of each module of the status that the contract names.
+MODULE_FIELDS = {
+    "solar": {"available_kw", "output_kw", "curtailed_kw"},
+    "load": {"demand_kw", "served_kw", "shed_kw", "flexible_kw"},
+    "battery": {"soc_fraction", "power_kw", "capacity_kwh", "max_charge_kw", "max_discharge_kw"},
+}
+
+
+@dataclass(frozen=True)
+class Kind:
+    """A kind of device agent, built from conftest's settings factory, and its facts the contract tests use."""
+
+    name: str  # also its agent_type
+    agent_id: str
+    create_app: Callable[..., FastAPI]
+    make_settings: Callable[..., Any]
+    csv: str  # its small data file (conftest)
+    first_start: str  # the data's first row, where it starts by default
+    active_start: str  # a row where its local policy charges the battery (home: sunny, 3 kW; battery: cheap, 25 kW)
+    command: tuple[str, float]  # a command it applies in full at active_start
+    actions: tuple[str, ...]  # the actions it can take
+    modules: tuple[str, ...]  # the modules it reports; the others are null
+
+
+HOME = Kind(
+    name="home",
+    agent_id=HOME_ID,
+    create_app=home.create_app,
+    make_settings=make_home_settings,
+    csv=HOME_CSV,
+    first_start=HOME_NIGHT_START,
+    active_start=HOME_DAY_START,
+    command=("shed_load", 0.1),
+    actions=("charge_battery", "curtail_solar", "discharge_battery", "shed_load"),
+    modules=("solar", "load", "battery"),
+)
+BATTERY = Kind(
+    name="battery",
+    agent_id=BATTERY_ID,
+    create_app=battery.create_app,
+    make_settings=make_battery_settings,
+    csv=BATTERY_CSV,
+    first_start=BATTERY_CHEAP_START,
+    active_start=BATTERY_CHEAP_START,
+    command=("discharge_battery", 1.0),
+    actions=("charge_battery", "discharge_battery"),
+    modules=("battery",),
+)
+KINDS = (HOME, BATTERY)
+
+
+@pytest.fixture(params=[pytest.param(k, id=k.name) for k in KINDS])
+def kind(request: pytest.FixtureRequest) -> Kind:
+    """Each kind of device agent; a test that needs kind-specific facts parametrises ``kind`` itself."""
+    return request.param
+
+
+@pytest.fixture
+def make_app(tmp_path: Path, kind: Kind) -> Callable[..., FastAPI]:
+    """Build an app of the kind on its small data file (logs and state under tmp_path); overrides go to the settings."""
+    data_file = tmp_path / f"{kind.name}_data.csv"
+    data_file.write_text(kind.csv, encoding="utf-8")
+
+    def build(**overrides: Any) -> FastAPI:
+        return kind.create_app(kind.make_settings(tmp_path, data_file=data_file, **overrides), register=False)
+
+    return build
+
+
+@pytest.fixture
+async def client(make_app, serve_app) -> httpx.AsyncClient:
+    """A client to an agent at its first row, before any step."""
+    return await serve_app(make_app())
+
+
+@pytest.fixture
+async def stepped(make_app, serve_app, kind: Kind) -> httpx.AsyncClient:
+    """A client to an agent stepped once into its active row, where its battery charges."""
+    c = await serve_app(make_app(start=kind.active_start))
+    assert (await c.post("/simulate")).status_code == 200
+    return c
+
+
+async def curtail(client: httpx.AsyncClient, action: str, power_kw: float, command_id: str | None = None, **kwargs) -> httpx.Response:
+    body = {"command_id": command_id or f"{action}-{power_kw}", "action": action, "power_kw": power_kw}
+    return await client.post("/curtail", json=body, **kwargs)
+
+
+async def run_steps(app: FastAPI, steps: int) -> dict:
+    """Run an app's lifespan, simulate ``steps`` steps, close it; return the last status."""
+    async with running(app) as c:
+        for _ in range(steps):
+            status = (await c.post("/simulate")).json()
+    return status
+
+
+def assert_error_shape(body: dict, error: str, agent_id: str) -> None:
+    assert set(body) >= {"error", "message", "agent_id"}
+    assert body["error"] == error
+    assert body["agent_id"] == agent_id
+    assert isinstance(body["message"], str) and body["message"]
+
+
+def assert_figures(body: dict, expected: dict[str, float | None]) -> None:
+    """Each ``"module.figure"`` (or top-level ``"figure"``) of a status has the expected value."""
+    for path, value in expected.items():
+        got = body
+        for key in path.split("."):
+            got = got[key]
+        assert got == approx(value, abs=1e-9), path
+
+
+# -- read endpoints ------------------------------------------------------------------------------
+async def test_root_describes_the_agent(client, kind):
+    response = await client.get("/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["agent_id"] == kind.agent_id
+    assert body["agent_type"] == kind.name
+    assert {"GET /health", "GET /status", "POST /simulate", "POST /curtail"} <= set(body["endpoints"])
+
+
+async def test_health_answers_ok_with_agent_id(client, kind):
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json()["status"] == "ok"
+    assert response.json()["agent_id"] == kind.agent_id
+
+
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json"])
+async def test_docs_answer_200(client, path):
+    assert (await client.get(path)).status_code == 200
+
+
+async def test_metrics_serves_prometheus_text(client):
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize(
+    ("kind", "figures"),
+    [
+        pytest.param(HOME, {"solar.available_kw": 4.0, "load.demand_kw": 1.0, "load.flexible_kw": 0.3, "battery.capacity_kwh": 13.5}, id="home"),
+        pytest.param(BATTERY, {"battery.capacity_kwh": 50.0, "price_per_kwh": 0.10, "temp_air_c": 20.0}, id="battery"),
+    ],
+)
+async def test_status_has_the_contract_fields(stepped, kind, figures):
+    body = (await stepped.get("/status")).json()
+    assert {"agent_id", "agent_type", "transformer_id", "step", "timestamp", "net_power_kw", "solar", "load", "battery"} <= set(body)
+    for module, fields in MODULE_FIELDS.items():
+        if module in kind.modules:
+            assert fields <= set(body[module]), module
+        else:
+            assert body[module] is None, module
+    assert_figures(body, figures)
+
+
+# -- /simulate -----------------------------------------------------------------------------------
+async def test_simulate_advances_step_and_timestamp_by_15_min(client, kind):
+    stamps = []
+    for expected_step in (1, 2, 3):
+        response = await client.post("/simulate")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["step"] == expected_step
+        stamps.append(datetime.fromisoformat(body["timestamp"]))
+    assert stamps[0] == datetime.fromisoformat(kind.first_start)
+    assert [b - a for a, b in pairwise(stamps)] == [STEP, STEP]
+    assert (await client.get("/status")).json()["step"] == 3
+
+
+# -- /curtail: the battery's limits --------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kind", "start", "request_kw", "net_power_kw"),
+    [
+        pytest.param(HOME, HOME_DAY_START, 1.0, -3.0, id="home"),  # sunny: nowhere to store the 3 kW surplus, so it exports
+        pytest.param(BATTERY, BATTERY_IDLE_START, 5.0, 0.0, id="battery"),
+    ],
+)
+async def test_charge_a_full_battery_is_rejected(make_app, serve_app, start, request_kw, net_power_kw):
+    c = await serve_app(make_app(start=start, initial_soc_fraction=1.0))
+    before = (await c.post("/simulate")).json()
+    assert before["battery"]["power_kw"] == approx(0.0)  # nowhere to store anything
+    body = (await curtail(c, "charge_battery", request_kw)).json()
+    assert body["status"] == "rejected"
+    assert body["applied_kw"] == 0.0
+    assert "full" in body["reason"]
+    assert body["agent_status"]["net_power_kw"] == approx(before["net_power_kw"])
+    assert body["agent_status"]["net_power_kw"] == approx(net_power_kw)
+
+
+@pytest.mark.parametrize(
+    ("kind", "start", "request_kw"),
+    [pytest.param(HOME, HOME_NIGHT_START, 1.0, id="home"), pytest.param(BATTERY, BATTERY_IDLE_START, 5.0, id="battery")],
+)
+async def test_discharge_an_empty_battery_is_rejected(make_app, serve_app, start, request_kw):
+    c = await serve_app(make_app(start=start, initial_soc_fraction=0.0))
+    await c.post("/simulate")
+    body = (await curtail(c, "discharge_battery", request_kw)).json()
+    assert body["status"] == "rejected"
+    assert "empty" in body["reason"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "start", "request_kw", "applied_kw", "figures"),
+    [
+        # charging 3 of 5 kW already: net 1 kW load - 4 kW PV + 5 kW battery
+        pytest.param(HOME, HOME_DAY_START, 5.0, 2.0, {"battery.power_kw": 5.0, "net_power_kw": 2.0}, id="home"),
+        pytest.param(BATTERY, BATTERY_IDLE_START, 40.0, 25.0, {"battery.power_kw": 25.0, "net_power_kw": 25.0}, id="battery"),
+    ],
+)
+async def test_charge_beyond_the_power_limit_is_partial(make_app, serve_app, start, request_kw, applied_kw, figures):
+    c = await serve_app(make_app(start=start))
+    assert (await c.post("/simulate")).status_code == 200
+    body = (await curtail(c, "charge_battery", request_kw)).json()
+    assert body["status"] == "partial"
+    assert body["applied_kw"] == approx(applied_kw)
+    assert body["reason"]
+    assert_figures(body["agent_status"], figures)
+
+
+@pytest.mark.parametrize(("kind", "action"), [pytest.param(k, a, id=f"{k.name}-{a}") for k in KINDS for a in k.actions])
+async def test_curtail_before_any_step_is_rejected(client, action):
+    response = await curtail(client, action, 0.5)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "rejected"
+    assert body["applied_kw"] == 0.0
+    assert "step" in body["reason"]
+    assert body["agent_status"]["step"] == 0
+    assert (await client.get("/status")).json()["battery"]["soc_fraction"] == approx(0.5)
+
+
+# -- /curtail: validation ------------------------------------------------------------------------
+#: Bodies /curtail must refuse with 422, each with the field the answer must name; ACTION is the kind's own action.
+BAD_BODIES = [
+    ('{"command_id":"x","action":"ACTION","power_kw":NaN}', "power_kw", "nan"),
+    ('{"command_id":"x","action":"ACTION","power_kw":Infinity}', "power_kw", "infinity"),
+    ('{"command_id":"x","action":"ACTION","power_kw":-Infinity}', "power_kw", "minus-infinity"),
+    ('{"command_id":"x","action":"ACTION","power_kw":-1}', "power_kw", "negative"),
+    ('{"command_id":"x","action":"ACTION","power_kw":"lots"}', "power_kw", "string"),
+    ('{"command_id":"x","action":"ACTION","power_kw":null}', "power_kw", "null"),
+    ('{"command_id":"x","action":"ACTION"}', "power_kw", "missing-power"),
+    ('{"command_id":"x","action":"explode","power_kw":1}', "action", "unknown-action"),
+    ('{"command_id":"x","action":"self_destruct","power_kw":1}', "action", "another-unknown-action"),
+    ('{"command_id":"x","action":"ACTION","power_kw":1,"force":true}', "force", "extra-field"),
+    ('{"command_id":"x","action":"ACTION","power_kw":1,"priority":9}', "priority", "another-extra-field"),
+    ('{"action":"ACTION","power_kw":1}', "command_id", "missing-command-id"),
+    ('{"command_id":"","action":"ACTION","power_kw":1}', "command_id", "empty-command-id"),
+    ('{"command_id":7,"action":"ACTION","power_kw":1}', "command_id", "number-command-id"),
+    ("[]", "body", "array-body"),
+    ("", "body", "empty-body"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "raw", "field"),
+    [pytest.param(k, raw.replace("ACTION", k.command[0]).encode(), field, id=f"{k.name}-{name}") for k in KINDS for raw, field, name in BAD_BODIES],
+)
+async def test_curtail_rejects_bad_bodies_naming_the_field(stepped, kind, raw, field):
+    before = (await stepped.get("/status")).json()
+    response = await stepped.post("/curtail", content=raw, headers=JSON)
+    assert response.status_code == 422
+    body = response.json()
+    assert_error_shape(body, "validation_error", kind.agent_id)
+    assert field in {d["field"] for d in body["detail"]}
+    assert field in body["message"]
+    assert (await stepped.get("/status")).json() == before
+
+
+# -- /curtail: idempotency -----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kind", "action", "power_kw", "figures"),
+    [
+        pytest.param(HOME, "curtail_solar", 1.0, {"solar.curtailed_kw": 1.0, "net_power_kw": 1.0}, id="home"),
+        pytest.param(BATTERY, "discharge_battery", 10.0, {"battery.power_kw": 15.0, "net_power_kw": 15.0}, id="battery"),
+    ],
+)
+async def test_repeated_command_is_a_duplicate_applied_once(stepped, action, power_kw, figures):
+    first = (await curtail(stepped, action, power_kw, command_id="dup-1")).json()
+    assert first["status"] == "applied"
+    again = await curtail(stepped, action, power_kw, command_id="dup-1")
+    assert again.status_code == 200
+    body = again.json()
+    assert body["status"] == "duplicate"
+    assert body["applied_kw"] == approx(first["applied_kw"])
+    assert body["applied_kw"] == approx(power_kw)
+    assert body["command_id"] == "dup-1"
+    status = (await stepped.get("/status")).json()
+    assert status["net_power_kw"] == approx(first["agent_status"]["net_power_kw"])
+    assert status == first["agent_status"]
+    assert_figures(status, figures)  # moved once, not twice
+
+
+@pytest.mark.parametrize(
+    ("kind", "action", "power_kw", "other_action"),
+    [
+        pytest.param(HOME, "curtail_solar", 1.0, "shed_load", id="home"),
+        pytest.param(BATTERY, "discharge_battery", 10.0, "charge_battery", id="battery"),
+    ],
+)
+async def test_reused_command_id_with_another_body_is_409(stepped, kind, action, power_kw, other_action):
+    await curtail(stepped, action, power_kw, command_id="dup-2")
+    before = (await stepped.get("/status")).json()
+    response = await curtail(stepped, action, 2 * power_kw, command_id="dup-2")
+    assert response.status_code == 409
+    body = response.json()
+    assert_error_shape(body, "conflict", kind.agent_id)
+    assert "dup-2" in body["message"]
+    other = await curtail(stepped, other_action, power_kw, command_id="dup-2")
+    assert other.status_code == 409
+    assert_error_shape(other.json(), "conflict", kind.agent_id)
+    assert (await stepped.get("/status")).json() == before
+
+
+# -- the step log --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kind", "start", "commands", "columns", "empty_columns"),
+    [
+        pytest.param(
+            HOME,
+            HOME_DAY_START,
+            [[("curtail_solar", 1.0), ("shed_load", 0.1)], [], []],  # the commands after each step
+            {"commands": [2, 0, 0], "solar_curtailed_kw": [1.0, 0.0, 0.0], "load_shed_kw": [0.1, 0.0, 0.0], "net_power_kw": [0.9, 0.0, 0.0]},
+            ["price_per_kwh"],
+            id="home",
+        ),
+        pytest.param(
+            BATTERY,
+            BATTERY_CHEAP_START,
+            [[], [], [("charge_battery", 5.0)]],
+            {"commands": [0, 0, 1], "battery_power_kw": [25.0, 0.0, -20.0], "price_per_kwh": [0.10, 0.20, 0.40]},
+            ["solar_output_kw"],
+            id="battery",
+        ),
+    ],
+)
+async def test_step_log_has_one_row_per_step(make_app, tmp_path, kind, start, commands, columns, empty_columns):
+    async with running(make_app(start=start)) as c:
+        for step, step_commands in enumerate(commands, start=1):
+            await c.post("/simulate")
+            for action, power_kw in step_commands:
+                assert (await curtail(c, action, power_kw, command_id=f"{action}-{step}")).status_code == 200
+        last = (await c.get("/status")).json()
+    log = pd.read_csv(tmp_path / "logs" / f"{kind.agent_id}_log.csv")
+    assert list(log.columns) == list(STEP_LOG_COLUMNS)
+    assert log["step"].tolist() == [1, 2, 3]
+    for column, values in columns.items():
+        assert log[column].tolist() == approx(values, abs=1e-9), column
+    for column in empty_columns:
+        assert log[column].isna().all(), column
+    assert pd.to_datetime(log["timestamp"]).diff().dropna().tolist() == [STEP, STEP]
+    assert log["battery_soc_fraction"].iloc[-1] == approx(last["battery"]["soc_fraction"], abs=1e-6)
+
+
+# -- durable state -------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kind", "steps", "soc_direction", "next_price_per_kwh"),
+    [
+        pytest.param(HOME, 3, +1, None, id="home"),  # still sunny after the restart: it goes on charging
+        pytest.param(BATTERY, 2, -1, 0.40, id="battery"),  # the third row, dear: resumed, not restarted
+    ],
+)
+async def test_new_app_resumes_at_the_saved_step_and_soc(make_app, serve_app, kind, steps, soc_direction, next_price_per_kwh):
+    saved = await run_steps(make_app(start=kind.active_start), steps)
+    assert saved["battery"]["soc_fraction"] > 0.5  # the active rows charged it
+    c = await serve_app(make_app(start=kind.active_start, fresh=False))
+    resumed = (await c.get("/status")).json()
+    assert resumed["step"] == steps
+    assert resumed["timestamp"] == saved["timestamp"]
+    assert resumed["battery"]["soc_fraction"] == approx(saved["battery"]["soc_fraction"])
+    nxt = (await c.post("/simulate")).json()
+    assert nxt["step"] == steps + 1
+    assert datetime.fromisoformat(nxt["timestamp"]) - datetime.fromisoformat(saved["timestamp"]) == STEP
+    assert (nxt["battery"]["soc_fraction"] - saved["battery"]["soc_fraction"]) * soc_direction > 0
+    assert nxt["price_per_kwh"] == approx(next_price_per_kwh)
+
+
+async def test_fresh_starts_over(make_app, serve_app, kind):
+    await run_steps(make_app(start=kind.active_start), 3)
+    c = await serve_app(make_app(start=kind.active_start, fresh=True))
+    body = (await c.get("/status")).json()
+    assert body["step"] == 0
+    assert body["battery"]["soc_fraction"] == approx(0.5)
+    assert (await c.post("/simulate")).json()["timestamp"] == datetime.fromisoformat(kind.active_start).isoformat()
+
+
+# -- start-up errors -----------------------------------------------------------------------------
+HOME_HEADER = "timestamp,solar_kw,load_kw,temp_air_c"
+
+
+def _home_rows(bad_row: str) -> list[str]:
+    """A home data file whose line 3 is ``bad_row``."""
+    return [HOME_HEADER, "2025-06-01T00:00:00,0.0,1.0,15.0", bad_row, "2025-06-01T00:30:00,0.0,1.0,15.0", "2025-06-01T00:45:00,0.0,1.0,15.0"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "rows", "line", "column"),
+    [
+        pytest.param(HOME, _home_rows("2025-06-01T00:15:00,abc,1.0,15.0"), 3, "solar_kw", id="home-not-a-number"),
+        pytest.param(HOME, _home_rows("2025-06-01T00:15:00,0.0,-1.0,15.0"), 3, "load_kw", id="home-negative-load"),
+        pytest.param(HOME, _home_rows("2025-06-01T00:15:00,0.0,1.0,nan"), 3, "temp_air_c", id="home-nan"),
+        pytest.param(HOME, _home_rows("yesterday,0.0,1.0,15.0"), 3, "timestamp", id="home-bad-timestamp"),
+        pytest.param(
+            BATTERY,
+            ["timestamp,price_per_kwh,temp_air_c", "2025-06-01T00:00:00,0.10,20", "2025-06-01T00:15:00,0.10,20", "2025-06-01T00:30:00,cheap,20"],
+            4,
+            "price_per_kwh",
+            id="battery-not-a-number",
+        ),
+    ],
+)
+def test_malformed_data_file_names_file_line_and_column(tmp_path, kind, rows, line, column):
+    path = tmp_path / f"broken_{kind.name}.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    with pytest.raises(StartupError) as caught:
+        kind.create_app(kind.make_settings(tmp_path, data_file=path), register=False)
+    message = str(caught.value)
+    assert f"broken_{kind.name}.csv" in message
+    assert f"line {line}" in message
+    assert f"column {column}" in message
