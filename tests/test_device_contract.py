@@ -25,19 +25,25 @@ from agents.settings import StartupError
 from tests.conftest import (
     BATTERY_CHEAP_START,
     BATTERY_CSV,
+    BATTERY_DEAR_START,
     BATTERY_ID,
     BATTERY_IDLE_START,
     HOME_CSV,
     HOME_DAY_START,
     HOME_ID,
     HOME_NIGHT_START,
+    bearer,
     make_battery_settings,
     make_home_settings,
     running,
 )
 
+TOKEN = "s3cret-device-token-for-tests"
 JSON = {"content-type": "application/json"}
 STEP = timedelta(minutes=15)
+
+#: Direction in which each action moves the agent's net power.
+DIRECTION = {"curtail_solar": +1, "charge_battery": +1, "shed_load": -1, "discharge_battery": -1}
 
 #: The figures of each module of the status that the contract names.
 MODULE_FIELDS = {
@@ -179,6 +185,17 @@ async def test_metrics_serves_prometheus_text(client):
     assert response.headers["content-type"].startswith("text/plain")
 
 
+async def test_status_before_first_step_has_no_timestamp(client, kind):
+    body = (await client.get("/status")).json()
+    assert body["step"] == 0
+    assert body["timestamp"] is None
+    assert body["agent_id"] == kind.agent_id
+    assert body["agent_type"] == kind.name
+    assert body["transformer_id"] == "T1"
+    assert body["net_power_kw"] == 0.0
+    assert body["battery"]["soc_fraction"] == approx(0.5)
+
+
 @pytest.mark.parametrize(
     ("kind", "figures"),
     [
@@ -209,6 +226,47 @@ async def test_simulate_advances_step_and_timestamp_by_15_min(client, kind):
     assert stamps[0] == datetime.fromisoformat(kind.first_start)
     assert [b - a for a, b in pairwise(stamps)] == [STEP, STEP]
     assert (await client.get("/status")).json()["step"] == 3
+
+
+# -- /curtail: the contract ----------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kind", "start", "action", "power_kw", "figures"),
+    [
+        *[pytest.param(HOME, HOME_DAY_START, action, 0.2, {}, id=f"home-{action}") for action in HOME.actions],
+        pytest.param(BATTERY, BATTERY_DEAR_START, "charge_battery", 10.0, {"battery.power_kw": -15.0, "net_power_kw": -15.0}, id="battery-charge_battery"),
+        pytest.param(BATTERY, BATTERY_IDLE_START, "discharge_battery", 10.0, {"battery.power_kw": -10.0, "net_power_kw": -10.0}, id="battery-discharge_battery"),
+    ],
+)
+async def test_curtail_shifts_net_power_by_applied_kw(make_app, serve_app, start, action, power_kw, figures):
+    c = await serve_app(make_app(start=start))
+    before = (await c.post("/simulate")).json()["net_power_kw"]
+    response = await curtail(c, action, power_kw)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "applied"
+    assert body["applied_kw"] == approx(power_kw)
+    assert body["requested_kw"] == approx(power_kw)
+    assert body["reason"] is None
+    after = (await c.get("/status")).json()
+    assert after["net_power_kw"] == approx(before + DIRECTION[action] * power_kw, abs=1e-9)
+    assert body["agent_status"] == after
+    assert_figures(after, figures)
+
+
+@pytest.mark.parametrize(
+    ("kind", "power_kw", "figures"),
+    [
+        pytest.param(HOME, 4.0, {"battery.power_kw": -1.0, "net_power_kw": -4.0}, id="home"),  # charging at 3 kW
+        pytest.param(BATTERY, 30.0, {"battery.power_kw": -5.0, "net_power_kw": -5.0}, id="battery"),  # charging at 25 kW
+    ],
+)
+async def test_discharge_beyond_the_charging_setpoint_reverses_the_battery(stepped, power_kw, figures):
+    # The contract's example: a battery charging at 2 kW told to discharge 3 kW ends discharging at 1 kW.
+    body = (await curtail(stepped, "discharge_battery", power_kw)).json()
+    assert body["status"] == "applied"
+    assert body["applied_kw"] == approx(power_kw)
+    assert_figures(body["agent_status"], figures)
+    assert (await stepped.get("/status")).json() == body["agent_status"]
 
 
 # -- /curtail: the battery's limits --------------------------------------------------------------
@@ -393,6 +451,53 @@ async def test_step_log_has_one_row_per_step(make_app, tmp_path, kind, start, co
         assert log[column].isna().all(), column
     assert pd.to_datetime(log["timestamp"]).diff().dropna().tolist() == [STEP, STEP]
     assert log["battery_soc_fraction"].iloc[-1] == approx(last["battery"]["soc_fraction"], abs=1e-6)
+
+
+# -- auth ----------------------------------------------------------------------------------------
+@pytest.fixture
+async def token_client(monkeypatch, make_app, serve_app, kind) -> httpx.AsyncClient:
+    """A client to an agent started with AGENT_TOKEN set, at its active row, before any step."""
+    monkeypatch.setenv("AGENT_TOKEN", TOKEN)
+    return await serve_app(make_app(start=kind.active_start))
+
+
+@pytest.mark.parametrize(
+    "headers", [{}, bearer("wrong"), {"Authorization": TOKEN}, {"Authorization": f"Basic {TOKEN}"}], ids=["none", "wrong", "no-scheme", "basic"]
+)
+async def test_token_is_required_to_simulate_and_curtail(token_client, kind, headers):
+    for response in (
+        await token_client.post("/simulate", headers=headers),
+        await curtail(token_client, *kind.command, headers=headers),
+    ):
+        assert response.status_code == 401
+        assert_error_shape(response.json(), "unauthorized", kind.agent_id)
+        assert TOKEN not in response.text
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert (await token_client.get("/status")).json()["step"] == 0
+
+
+async def test_token_lets_simulate_and_curtail_through(token_client, kind):
+    assert (await token_client.post("/simulate", headers=bearer(TOKEN))).status_code == 200
+    response = await curtail(token_client, *kind.command, headers=bearer(TOKEN))
+    assert response.status_code == 200
+    assert response.json()["status"] == "applied"
+    assert (await token_client.get("/status")).json()["step"] == 1
+
+
+@pytest.mark.parametrize("path", ["/", "/health", "/status", "/docs", "/openapi.json"])
+async def test_reads_stay_open_with_a_token(token_client, path):
+    assert (await token_client.get(path)).status_code == 200
+
+
+async def test_bearer_scheme_is_case_insensitive(token_client):
+    response = await token_client.post("/simulate", headers={"Authorization": f"bearer {TOKEN}"})
+    assert response.status_code == 200
+
+
+async def test_unauthorised_bad_body_gets_401_not_422(token_client, kind):
+    raw = f'{{"command_id":"x","action":"{kind.command[0]}","power_kw":NaN}}'.encode()
+    response = await token_client.post("/curtail", content=raw, headers=JSON)
+    assert response.status_code == 401
 
 
 # -- durable state -------------------------------------------------------------------------------
