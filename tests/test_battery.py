@@ -1,4 +1,8 @@
-"""The battery agent's HTTP app in process: routes, local policy, the curtail contract, validation, auth, state, logs."""
+"""The battery agent in process, what only a storage system does: its price policy, derating, its energy limits.
+
+The contract every device agent keeps (routes, curtail, validation, idempotency, auth, state, logs) is tested
+for homes and storage systems alike in test_device_contract.py.
+"""
 
 from __future__ import annotations
 

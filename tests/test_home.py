@@ -1,24 +1,20 @@
-"""The home agent's HTTP app in process: every route, the curtail contract, validation, idempotency, auth, state, logs."""
+"""The home agent in process, what only a home does: its self-consumption policy, solar, load, its data file.
+
+The contract every device agent keeps (routes, curtail, validation, idempotency, auth, state, logs) is tested
+for homes and storage systems alike in test_device_contract.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from pathlib import Path
 
 import httpx
-import pandas as pd
 import pytest
 from pytest import approx
 
-from agents.device import STEP_LOG_COLUMNS, register_forever
-from agents.grid import create_app as create_grid_app
 from agents.home import create_app
 from agents.settings import StartupError
-from tests.conftest import HOME_DAY_START, HOME_ID, make_grid_settings, make_home_settings, running
-
-JSON = {"content-type": "application/json"}
+from tests.conftest import HOME_DAY_START, make_home_settings
 
 
 @pytest.fixture
@@ -50,23 +46,11 @@ async def curtail(client: httpx.AsyncClient, action: str, power_kw: float, comma
     return await client.post("/curtail", json=body, **kwargs)
 
 
-# -- read endpoints ------------------------------------------------------------------------------
-async def test_openapi_documents_the_routes(client):
-    paths = (await client.get("/openapi.json")).json()["paths"]
-    assert {"/", "/health", "/status", "/simulate", "/curtail"} <= set(paths)
-
-
+# -- status --------------------------------------------------------------------------------------
 async def test_status_net_power_is_load_minus_solar_plus_battery(day_client):
     body = (await day_client.get("/status")).json()
     expected = body["load"]["served_kw"] - body["solar"]["output_kw"] + body["battery"]["power_kw"]
     assert body["net_power_kw"] == approx(expected, abs=1e-9)
-
-
-async def test_transformer_id_setting_is_reported(make_app, serve_app):
-    c = await serve_app(make_app(transformer_id="T7", agent_id="home_42"))
-    body = (await c.get("/status")).json()
-    assert (body["transformer_id"], body["agent_id"]) == ("T7", "home_42")
-    assert (await c.get("/health")).json()["agent_id"] == "home_42"
 
 
 # -- /simulate -----------------------------------------------------------------------------------
@@ -80,12 +64,6 @@ async def test_simulate_at_night_covers_the_load_from_the_battery(client):
     body = (await client.post("/simulate")).json()
     assert body["battery"]["power_kw"] == approx(-1.0)
     assert body["net_power_kw"] == approx(0.0, abs=1e-9)
-
-
-async def test_start_setting_picks_the_row(make_app, serve_app):
-    c = await serve_app(make_app(start="2025-06-01T01:00"))
-    body = (await c.post("/simulate")).json()
-    assert body["timestamp"] == "2025-06-01T01:00:00"
 
 
 async def test_pv_size_scales_the_data(make_app, serve_app):
@@ -103,14 +81,7 @@ async def test_simulate_wraps_around_the_data_while_the_clock_runs_on(make_app, 
     assert body["solar"]["available_kw"] == approx(0.0)  # row 0 again: night
 
 
-# -- /curtail: the contract ----------------------------------------------------------------------
-async def test_curtail_answer_carries_the_command(day_client):
-    body = (await curtail(day_client, "shed_load", 0.1, command_id="cmd-42")).json()
-    assert body["command_id"] == "cmd-42"
-    assert body["action"] == "shed_load"
-    assert set(body) >= {"command_id", "status", "applied_kw", "agent_status"}
-
-
+# -- /curtail: solar, load and a home without a battery ------------------------------------------
 async def test_curtail_solar_moves_output_to_curtailed(day_client):
     body = (await curtail(day_client, "curtail_solar", 1.5)).json()
     assert body["agent_status"]["solar"]["output_kw"] == approx(2.5)
@@ -121,29 +92,6 @@ async def test_shed_load_moves_served_to_shed(day_client):
     body = (await curtail(day_client, "shed_load", 0.25)).json()
     assert body["agent_status"]["load"]["served_kw"] == approx(0.75)
     assert body["agent_status"]["load"]["shed_kw"] == approx(0.25)
-
-
-async def test_commands_accumulate_within_a_step(day_client):
-    await curtail(day_client, "curtail_solar", 1.0, command_id="a")
-    await curtail(day_client, "curtail_solar", 1.0, command_id="b")
-    body = (await day_client.get("/status")).json()
-    assert body["solar"]["curtailed_kw"] == approx(2.0)
-    assert body["net_power_kw"] == approx(2.0)
-
-
-async def test_next_step_forgets_the_commands(day_client):
-    await curtail(day_client, "curtail_solar", 1.0)
-    body = (await day_client.post("/simulate")).json()
-    assert body["solar"]["curtailed_kw"] == 0.0
-    assert body["net_power_kw"] == approx(0.0, abs=1e-9)
-
-
-async def test_zero_kw_command_is_applied_and_changes_nothing(day_client):
-    before = (await day_client.get("/status")).json()
-    body = (await curtail(day_client, "shed_load", 0.0)).json()
-    assert body["status"] == "applied"
-    assert body["applied_kw"] == 0.0
-    assert body["agent_status"]["net_power_kw"] == approx(before["net_power_kw"])
 
 
 async def test_curtail_solar_at_night_is_rejected_with_a_reason(client):
@@ -181,136 +129,7 @@ async def test_home_without_battery_rejects_battery_commands(make_app, serve_app
     assert "battery" in body["reason"]
 
 
-# -- /curtail: validation ------------------------------------------------------------------------
-async def test_curtail_rejects_a_non_json_content_type(day_client):
-    before = (await day_client.get("/status")).json()
-    response = await day_client.post("/curtail", content=b"command_id=x&action=shed_load&power_kw=1", headers={"content-type": "application/x-www-form-urlencoded"})
-    assert response.status_code == 422
-    assert (await day_client.get("/status")).json() == before
-
-
-async def test_refused_command_id_is_not_remembered(day_client):
-    await day_client.post("/curtail", content=b'{"command_id":"c1","action":"shed_load","power_kw":NaN}', headers=JSON)
-    body = (await curtail(day_client, "shed_load", 0.1, command_id="c1")).json()
-    assert body["status"] == "applied"
-
-
-@pytest.mark.parametrize("raw", [b'{"command_id":"x","action":"shed_load","power_kw":"0.1"}', b'{"command_id":"x","action":"shed_load","power_kw":true}'], ids=["numeric-string", "boolean"])
-async def test_curtail_rejects_power_kw_that_is_not_a_json_number(day_client, raw):
-    response = await day_client.post("/curtail", content=raw, headers=JSON)
-    assert response.status_code == 422
-
-
-async def test_curtail_malformed_json_names_the_body(day_client):
-    response = await day_client.post("/curtail", content=b'{"command_id": "x", ', headers=JSON)
-    assert response.status_code == 422
-    assert [d["field"] for d in response.json()["detail"]] == ["body"]
-
-
-# -- /curtail: idempotency -----------------------------------------------------------------------
-async def test_duplicate_of_a_rejected_command_stays_rejected_in_a_later_step(client):
-    first = (await curtail(client, "shed_load", 0.1, command_id="early")).json()
-    assert first["status"] == "rejected"
-    await client.post("/simulate")
-    before = (await client.get("/status")).json()
-    body = (await curtail(client, "shed_load", 0.1, command_id="early")).json()
-    assert body["status"] == "duplicate"
-    assert body["applied_kw"] == 0.0
-    assert (await client.get("/status")).json() == before
-
-
-async def test_command_ids_survive_a_restart(make_app, serve_app, tmp_path):
-    async with running(make_app(start=HOME_DAY_START)) as c:
-        await c.post("/simulate")
-        assert (await curtail(c, "shed_load", 0.1, command_id="persist")).json()["status"] == "applied"
-    c2 = await serve_app(make_app(start=HOME_DAY_START, fresh=False))
-    assert (await curtail(c2, "shed_load", 0.1, command_id="persist")).json()["status"] == "duplicate"
-    assert (await curtail(c2, "shed_load", 0.2, command_id="persist")).status_code == 409
-
-
-# -- the step log --------------------------------------------------------------------------------
-async def test_step_log_of_an_agent_that_never_stepped_is_just_a_header(make_app, tmp_path):
-    async with running(make_app()):
-        pass
-    log = pd.read_csv(tmp_path / "logs" / f"{HOME_ID}_log.csv")
-    assert len(log) == 0
-    assert list(log.columns) == list(STEP_LOG_COLUMNS)
-
-
-async def test_step_log_has_one_row_per_step_across_a_restart(make_app, tmp_path):
-    await _run_steps(make_app(start=HOME_DAY_START), 2)
-    await _run_steps(make_app(start=HOME_DAY_START, fresh=False), 1)
-    log = pd.read_csv(tmp_path / "logs" / f"{HOME_ID}_log.csv")
-    assert log["step"].tolist() == [1, 2, 3]
-
-
-# -- registration with the grid agent ------------------------------------------------------------
-async def _registration_task(home_app, grid_app, settings):
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=grid_app), base_url="http://grid")
-    task = asyncio.create_task(register_forever(home_app.state.agent, client, settings))
-    return client, task
-
-
-async def _stop(client, task):
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await client.aclose()
-
-
-async def test_register_forever_registers_with_the_grid_agent(tmp_path, home_csv, serve_app):
-    settings = make_home_settings(tmp_path, data_file=home_csv, public_url="http://home.example:8101/", heartbeat_s=0.05)
-    home_app = create_app(settings, register=False)
-    await serve_app(home_app)
-    grid_app = create_grid_app(make_grid_settings(tmp_path))
-    grid = await serve_app(grid_app)
-    client, task = await _registration_task(home_app, grid_app, settings)
-    try:
-        for _ in range(100):
-            agents = (await grid.get("/agents")).json()
-            if agents:
-                break
-            await asyncio.sleep(0.01)
-    finally:
-        await _stop(client, task)
-    assert [(a["agent_id"], a["url"], a["healthy"]) for a in agents] == [(HOME_ID, "http://home.example:8101", True)]
-
-
-async def test_register_forever_says_why_the_grid_agent_refuses_it(tmp_path, home_csv, serve_app, monkeypatch, caplog):
-    monkeypatch.setenv("AGENT_TOKEN", "the-grid-agents-token")
-    grid_app = create_grid_app(make_grid_settings(tmp_path))
-    await serve_app(grid_app)
-    monkeypatch.setenv("AGENT_TOKEN", "a-mistyped-token")  # the home agent was started with another token
-    settings = make_home_settings(tmp_path, data_file=home_csv, heartbeat_s=0.05)
-    home_app = create_app(settings, register=False)
-    await serve_app(home_app)
-    caplog.set_level(logging.INFO, logger="agents")
-    client, task = await _registration_task(home_app, grid_app, settings)
-    await asyncio.sleep(0.5)
-    await _stop(client, task)
-    assert any("401" in r.getMessage() and r.levelno >= logging.WARNING for r in caplog.records)
-
-
-# -- durable state -------------------------------------------------------------------------------
-async def test_resume_keeps_a_soc_changed_by_a_command(make_app, serve_app):
-    async with running(make_app()) as c:
-        await c.post("/simulate")
-        saved = (await curtail(c, "discharge_battery", 4.0)).json()["agent_status"]  # -1 -> -5 kW
-    c2 = await serve_app(make_app(fresh=False))
-    resumed = (await c2.get("/status")).json()
-    assert resumed["battery"]["soc_fraction"] == approx(saved["battery"]["soc_fraction"])
-    assert resumed["battery"]["soc_fraction"] < 0.5 - 0.05
-
-
-async def test_resumed_status_reports_the_saved_operating_point(make_app, serve_app):
-    saved = await _run_steps(make_app(start=HOME_DAY_START), 2)
-    c = await serve_app(make_app(start=HOME_DAY_START, fresh=False))
-    resumed = (await c.get("/status")).json()
-    assert resumed["load"]["demand_kw"] == approx(saved["load"]["demand_kw"])
-    assert resumed["battery"]["power_kw"] == approx(saved["battery"]["power_kw"])
-
-
-# -- start-up errors -----------------------------------------------------------------------------
+# -- start-up errors of the home's data file -----------------------------------------------------
 def test_uneven_timestamps_name_the_first_uneven_line(tmp_path):
     rows = ["timestamp,solar_kw,load_kw,temp_air_c", "2025-06-01T00:00:00,0,1,15", "2025-06-01T00:15:00,0,1,15", "2025-06-01T00:20:00,0,1,15", "2025-06-01T00:45:00,0,1,15"]
     path = tmp_path / "uneven.csv"
@@ -324,35 +143,3 @@ def test_data_file_missing_a_column_is_named(tmp_path):
     path.write_text("timestamp,solar_kw,temp_air_c\n2025-06-01T00:00:00,0,1\n2025-06-01T00:15:00,0,1\n", encoding="utf-8")
     with pytest.raises(StartupError, match="load_kw"):
         create_app(make_home_settings(tmp_path, data_file=path), register=False)
-
-
-def test_missing_data_file_is_a_startup_error(tmp_path):
-    with pytest.raises(StartupError, match="nowhere.csv"):
-        create_app(make_home_settings(tmp_path, data_file=tmp_path / "nowhere.csv"), register=False)
-
-
-@pytest.mark.parametrize("start", ["2030-01-01T00:00", "not a time"])
-def test_start_outside_the_data_is_a_startup_error(tmp_path, home_csv, start):
-    with pytest.raises(StartupError):
-        create_app(make_home_settings(tmp_path, data_file=home_csv, start=start), register=False)
-
-
-def test_unparsable_start_names_the_setting(tmp_path, home_csv):
-    with pytest.raises(StartupError, match="start"):
-        create_app(make_home_settings(tmp_path, data_file=home_csv, start="not a time"), register=False)
-
-
-def test_unusable_log_dir_is_a_startup_error(tmp_path, home_csv):
-    not_a_dir = tmp_path / "a_file"
-    not_a_dir.write_text("x", encoding="utf-8")
-    with pytest.raises(StartupError):
-        create_app(make_home_settings(tmp_path, data_file=home_csv, log_dir=not_a_dir), register=False)
-
-
-# -- helpers -------------------------------------------------------------------------------------
-async def _run_steps(app, steps: int) -> dict:
-    """Run an app's lifespan, simulate ``steps`` steps, close it; return the last status."""
-    async with running(app) as c:
-        for _ in range(steps):
-            status = (await c.post("/simulate")).json()
-    return status
