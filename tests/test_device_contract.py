@@ -1,7 +1,7 @@
 """The device contract, once for every kind of device agent: routes, curtail, validation, idempotency, log, state.
 
 Each test runs for a home and for a storage system. What differs between the kinds (their ids, their
-data, the actions they take, the figures they report) lives in ``Kind`` or in a test's parameters.
+data, the actions they take, the figures they report) lives in ``DeviceKind`` or in a test's parameters.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
@@ -22,24 +21,21 @@ import pytest
 from fastapi import FastAPI
 from pytest import approx
 
-from agents import battery, home
 from agents.device import STEP_LOG_COLUMNS, register_forever
 from agents.grid import create_app as create_grid_app
 from agents.settings import StartupError
 from tests.conftest import (
     BATTERY_CHEAP_START,
-    BATTERY_CSV,
     BATTERY_DEAR_START,
-    BATTERY_ID,
     BATTERY_IDLE_START,
-    HOME_CSV,
+    BATTERY_KIND,
+    DEVICE_KINDS,
     HOME_DAY_START,
-    HOME_ID,
+    HOME_KIND,
     HOME_NIGHT_START,
+    DeviceKind,
     bearer,
-    make_battery_settings,
     make_grid_settings,
-    make_home_settings,
     running,
 )
 
@@ -69,57 +65,14 @@ MODULE_FIELDS = {
 }
 
 
-@dataclass(frozen=True)
-class Kind:
-    """A kind of device agent, built from conftest's settings factory, and its facts the contract tests use."""
-
-    name: str  # also its agent_type
-    agent_id: str
-    create_app: Callable[..., FastAPI]
-    make_settings: Callable[..., Any]
-    csv: str  # its small data file (conftest)
-    first_start: str  # the data's first row, where it starts by default
-    active_start: str  # a row where its local policy charges the battery (home: sunny, 3 kW; battery: cheap, 25 kW)
-    command: tuple[str, float]  # a command it applies in full at active_start
-    actions: tuple[str, ...]  # the actions it can take
-    modules: tuple[str, ...]  # the modules it reports; the others are null
-
-
-HOME = Kind(
-    name="home",
-    agent_id=HOME_ID,
-    create_app=home.create_app,
-    make_settings=make_home_settings,
-    csv=HOME_CSV,
-    first_start=HOME_NIGHT_START,
-    active_start=HOME_DAY_START,
-    command=("shed_load", 0.1),
-    actions=("charge_battery", "curtail_solar", "discharge_battery", "shed_load"),
-    modules=("solar", "load", "battery"),
-)
-BATTERY = Kind(
-    name="battery",
-    agent_id=BATTERY_ID,
-    create_app=battery.create_app,
-    make_settings=make_battery_settings,
-    csv=BATTERY_CSV,
-    first_start=BATTERY_CHEAP_START,
-    active_start=BATTERY_CHEAP_START,
-    command=("discharge_battery", 1.0),
-    actions=("charge_battery", "discharge_battery"),
-    modules=("battery",),
-)
-KINDS = (HOME, BATTERY)
-
-
-@pytest.fixture(params=[pytest.param(k, id=k.name) for k in KINDS])
-def kind(request: pytest.FixtureRequest) -> Kind:
+@pytest.fixture(params=[pytest.param(k, id=k.name) for k in DEVICE_KINDS])
+def kind(request: pytest.FixtureRequest) -> DeviceKind:
     """Each kind of device agent; a test that needs kind-specific facts parametrises ``kind`` itself."""
     return request.param
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, kind: Kind) -> Callable[..., Any]:
+def make_settings(tmp_path: Path, kind: DeviceKind) -> Callable[..., Any]:
     """Settings of the kind on its small data file, logs and state under tmp_path; overrides win."""
     data_file = tmp_path / f"{kind.name}_data.csv"
     data_file.write_text(kind.csv, encoding="utf-8")
@@ -131,7 +84,7 @@ def make_settings(tmp_path: Path, kind: Kind) -> Callable[..., Any]:
 
 
 @pytest.fixture
-def make_app(make_settings, kind: Kind) -> Callable[..., FastAPI]:
+def make_app(make_settings, kind: DeviceKind) -> Callable[..., FastAPI]:
     """Build an app of the kind from ``make_settings(**overrides)``, not registering with a grid agent."""
 
     def build(**overrides: Any) -> FastAPI:
@@ -147,7 +100,7 @@ async def client(make_app, serve_app) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def stepped(make_app, serve_app, kind: Kind) -> httpx.AsyncClient:
+async def stepped(make_app, serve_app, kind: DeviceKind) -> httpx.AsyncClient:
     """A client to an agent stepped once into its active row, where its battery charges."""
     c = await serve_app(make_app(start=kind.active_start))
     assert (await c.post("/simulate")).status_code == 200
@@ -245,11 +198,13 @@ async def test_status_before_first_step_has_no_timestamp(client, kind):
     ("kind", "figures"),
     [
         pytest.param(
-            HOME,
+            HOME_KIND,
             {"solar.available_kw": 4.0, "load.demand_kw": 1.0, "load.flexible_kw": 0.3, "battery.capacity_kwh": 13.5},
             id="home",
         ),
-        pytest.param(BATTERY, {"battery.capacity_kwh": 50.0, "price_per_kwh": 0.10, "temp_air_c": 20.0}, id="battery"),
+        pytest.param(
+            BATTERY_KIND, {"battery.capacity_kwh": 50.0, "price_per_kwh": 0.10, "temp_air_c": 20.0}, id="battery"
+        ),
     ],
 )
 async def test_status_has_the_contract_fields(stepped, kind, figures):
@@ -287,9 +242,12 @@ async def test_start_setting_picks_the_row(make_app, serve_app):
 @pytest.mark.parametrize(
     ("kind", "start", "action", "power_kw", "figures"),
     [
-        *[pytest.param(HOME, HOME_DAY_START, action, 0.2, {}, id=f"home-{action}") for action in HOME.actions],
+        *[
+            pytest.param(HOME_KIND, HOME_DAY_START, action, 0.2, {}, id=f"home-{action}")
+            for action in HOME_KIND.actions
+        ],
         pytest.param(
-            BATTERY,
+            BATTERY_KIND,
             BATTERY_DEAR_START,
             "charge_battery",
             10.0,
@@ -297,7 +255,7 @@ async def test_start_setting_picks_the_row(make_app, serve_app):
             id="battery-charge_battery",
         ),
         pytest.param(
-            BATTERY,
+            BATTERY_KIND,
             BATTERY_IDLE_START,
             "discharge_battery",
             10.0,
@@ -325,8 +283,8 @@ async def test_curtail_shifts_net_power_by_applied_kw(make_app, serve_app, start
 @pytest.mark.parametrize(
     ("kind", "power_kw", "figures"),
     [
-        pytest.param(HOME, 4.0, {"battery.power_kw": -1.0, "net_power_kw": -4.0}, id="home"),  # from +3 kW
-        pytest.param(BATTERY, 30.0, {"battery.power_kw": -5.0, "net_power_kw": -5.0}, id="battery"),  # from +25 kW
+        pytest.param(HOME_KIND, 4.0, {"battery.power_kw": -1.0, "net_power_kw": -4.0}, id="home"),  # from +3 kW
+        pytest.param(BATTERY_KIND, 30.0, {"battery.power_kw": -5.0, "net_power_kw": -5.0}, id="battery"),  # from +25 kW
     ],
 )
 async def test_discharge_beyond_the_charging_setpoint_reverses_the_battery(stepped, power_kw, figures):
@@ -349,9 +307,11 @@ async def test_curtail_answer_carries_the_command(stepped, kind):
 @pytest.mark.parametrize(
     ("kind", "action", "power_kw", "figures"),
     [
-        pytest.param(HOME, "curtail_solar", 1.0, {"solar.curtailed_kw": 2.0, "net_power_kw": 2.0}, id="home"),
+        pytest.param(HOME_KIND, "curtail_solar", 1.0, {"solar.curtailed_kw": 2.0, "net_power_kw": 2.0}, id="home"),
         # charging at 25 kW, less 2 x 10 kW
-        pytest.param(BATTERY, "discharge_battery", 10.0, {"battery.power_kw": 5.0, "net_power_kw": 5.0}, id="battery"),
+        pytest.param(
+            BATTERY_KIND, "discharge_battery", 10.0, {"battery.power_kw": 5.0, "net_power_kw": 5.0}, id="battery"
+        ),
     ],
 )
 async def test_commands_accumulate_within_a_step(stepped, action, power_kw, figures):
@@ -363,8 +323,12 @@ async def test_commands_accumulate_within_a_step(stepped, action, power_kw, figu
 @pytest.mark.parametrize(
     ("kind", "action", "power_kw", "moved"),
     [
-        pytest.param(HOME, "curtail_solar", 1.0, "solar.curtailed_kw", id="home"),  # next row sunny: none curtailed
-        pytest.param(BATTERY, "discharge_battery", 10.0, "battery.power_kw", id="battery"),  # next row's price: idle
+        pytest.param(
+            HOME_KIND, "curtail_solar", 1.0, "solar.curtailed_kw", id="home"
+        ),  # next row sunny: none curtailed
+        pytest.param(
+            BATTERY_KIND, "discharge_battery", 10.0, "battery.power_kw", id="battery"
+        ),  # next row's price: idle
     ],
 )
 async def test_next_step_forgets_the_commands(stepped, action, power_kw, moved):
@@ -386,8 +350,8 @@ async def test_zero_kw_command_is_applied_and_changes_nothing(stepped, kind):
 @pytest.mark.parametrize(
     ("kind", "start", "request_kw", "net_power_kw"),
     [
-        pytest.param(HOME, HOME_DAY_START, 1.0, -3.0, id="home"),  # sunny: it exports the 3 kW it cannot store
-        pytest.param(BATTERY, BATTERY_IDLE_START, 5.0, 0.0, id="battery"),
+        pytest.param(HOME_KIND, HOME_DAY_START, 1.0, -3.0, id="home"),  # sunny: it exports the 3 kW it cannot store
+        pytest.param(BATTERY_KIND, BATTERY_IDLE_START, 5.0, 0.0, id="battery"),
     ],
 )
 async def test_charge_a_full_battery_is_rejected(make_app, serve_app, start, request_kw, net_power_kw):
@@ -405,8 +369,8 @@ async def test_charge_a_full_battery_is_rejected(make_app, serve_app, start, req
 @pytest.mark.parametrize(
     ("kind", "start", "request_kw"),
     [
-        pytest.param(HOME, HOME_NIGHT_START, 1.0, id="home"),
-        pytest.param(BATTERY, BATTERY_IDLE_START, 5.0, id="battery"),
+        pytest.param(HOME_KIND, HOME_NIGHT_START, 1.0, id="home"),
+        pytest.param(BATTERY_KIND, BATTERY_IDLE_START, 5.0, id="battery"),
     ],
 )
 async def test_discharge_an_empty_battery_is_rejected(make_app, serve_app, start, request_kw):
@@ -421,9 +385,9 @@ async def test_discharge_an_empty_battery_is_rejected(make_app, serve_app, start
     ("kind", "start", "request_kw", "applied_kw", "figures"),
     [
         # charging 3 of 5 kW already: net 1 kW load - 4 kW PV + 5 kW battery
-        pytest.param(HOME, HOME_DAY_START, 5.0, 2.0, {"battery.power_kw": 5.0, "net_power_kw": 2.0}, id="home"),
+        pytest.param(HOME_KIND, HOME_DAY_START, 5.0, 2.0, {"battery.power_kw": 5.0, "net_power_kw": 2.0}, id="home"),
         pytest.param(
-            BATTERY, BATTERY_IDLE_START, 40.0, 25.0, {"battery.power_kw": 25.0, "net_power_kw": 25.0}, id="battery"
+            BATTERY_KIND, BATTERY_IDLE_START, 40.0, 25.0, {"battery.power_kw": 25.0, "net_power_kw": 25.0}, id="battery"
         ),
     ],
 )
@@ -437,7 +401,9 @@ async def test_charge_beyond_the_power_limit_is_partial(make_app, serve_app, sta
     assert_figures(body["agent_status"], figures)
 
 
-@pytest.mark.parametrize(("kind", "action"), [pytest.param(k, a, id=f"{k.name}-{a}") for k in KINDS for a in k.actions])
+@pytest.mark.parametrize(
+    ("kind", "action"), [pytest.param(k, a, id=f"{k.name}-{a}") for k in DEVICE_KINDS for a in k.actions]
+)
 async def test_curtail_before_any_step_is_rejected(client, action):
     response = await curtail(client, action, 0.5)
     assert response.status_code == 200
@@ -475,7 +441,7 @@ BAD_BODIES = [
     ("kind", "raw", "field"),
     [
         pytest.param(k, raw.replace("ACTION", k.command[0]).encode(), field, id=f"{k.name}-{name}")
-        for k in KINDS
+        for k in DEVICE_KINDS
         for raw, field, name in BAD_BODIES
     ],
 )
@@ -526,9 +492,9 @@ async def test_curtail_malformed_json_names_the_body(stepped):
 @pytest.mark.parametrize(
     ("kind", "action", "power_kw", "figures"),
     [
-        pytest.param(HOME, "curtail_solar", 1.0, {"solar.curtailed_kw": 1.0, "net_power_kw": 1.0}, id="home"),
+        pytest.param(HOME_KIND, "curtail_solar", 1.0, {"solar.curtailed_kw": 1.0, "net_power_kw": 1.0}, id="home"),
         pytest.param(
-            BATTERY, "discharge_battery", 10.0, {"battery.power_kw": 15.0, "net_power_kw": 15.0}, id="battery"
+            BATTERY_KIND, "discharge_battery", 10.0, {"battery.power_kw": 15.0, "net_power_kw": 15.0}, id="battery"
         ),
     ],
 )
@@ -551,8 +517,8 @@ async def test_repeated_command_is_a_duplicate_applied_once(stepped, action, pow
 @pytest.mark.parametrize(
     ("kind", "action", "power_kw", "other_action"),
     [
-        pytest.param(HOME, "curtail_solar", 1.0, "shed_load", id="home"),
-        pytest.param(BATTERY, "discharge_battery", 10.0, "charge_battery", id="battery"),
+        pytest.param(HOME_KIND, "curtail_solar", 1.0, "shed_load", id="home"),
+        pytest.param(BATTERY_KIND, "discharge_battery", 10.0, "charge_battery", id="battery"),
     ],
 )
 async def test_reused_command_id_with_another_body_is_409(stepped, kind, action, power_kw, other_action):
@@ -596,7 +562,7 @@ async def test_command_ids_survive_a_restart(make_app, serve_app, kind):
     ("kind", "start", "commands", "columns", "empty_columns"),
     [
         pytest.param(
-            HOME,
+            HOME_KIND,
             HOME_DAY_START,
             [[("curtail_solar", 1.0), ("shed_load", 0.1)], [], []],  # the commands after each step
             {"solar_curtailed_kw": [1.0, 0.0, 0.0], "load_shed_kw": [0.1, 0.0, 0.0], "net_power_kw": [0.9, 0.0, 0.0]},
@@ -604,7 +570,7 @@ async def test_command_ids_survive_a_restart(make_app, serve_app, kind):
             id="home",
         ),
         pytest.param(
-            BATTERY,
+            BATTERY_KIND,
             BATTERY_CHEAP_START,
             [[], [], [("charge_battery", 5.0)]],
             {"battery_power_kw": [25.0, 0.0, -20.0], "price_per_kwh": [0.10, 0.20, 0.40]},
@@ -751,8 +717,8 @@ async def test_register_forever_says_why_the_grid_agent_refuses_it(
 @pytest.mark.parametrize(
     ("kind", "steps", "soc_direction", "next_price_per_kwh"),
     [
-        pytest.param(HOME, 3, +1, None, id="home"),  # still sunny after the restart: it goes on charging
-        pytest.param(BATTERY, 2, -1, 0.40, id="battery"),  # the third row, dear: resumed, not restarted
+        pytest.param(HOME_KIND, 3, +1, None, id="home"),  # still sunny after the restart: it goes on charging
+        pytest.param(BATTERY_KIND, 2, -1, 0.40, id="battery"),  # the third row, dear: resumed, not restarted
     ],
 )
 async def test_new_app_resumes_at_the_saved_step_and_soc(
@@ -784,8 +750,8 @@ async def test_fresh_starts_over(make_app, serve_app, kind):
 @pytest.mark.parametrize(
     ("kind", "power_kw"),
     [
-        pytest.param(HOME, 4.0, id="home"),  # at night: -1 -> -5 kW
-        pytest.param(BATTERY, 50.0, id="battery"),  # on cheap energy: +25 -> -25 kW
+        pytest.param(HOME_KIND, 4.0, id="home"),  # at night: -1 -> -5 kW
+        pytest.param(BATTERY_KIND, 50.0, id="battery"),  # on cheap energy: +25 -> -25 kW
     ],
 )
 async def test_resume_keeps_a_soc_changed_by_a_command(make_app, serve_app, power_kw):
@@ -801,8 +767,8 @@ async def test_resume_keeps_a_soc_changed_by_a_command(make_app, serve_app, powe
 @pytest.mark.parametrize(
     ("kind", "steps", "figures"),
     [
-        pytest.param(HOME, 2, ("load.demand_kw", "battery.power_kw"), id="home"),
-        pytest.param(BATTERY, 1, ("battery.power_kw", "price_per_kwh"), id="battery"),
+        pytest.param(HOME_KIND, 2, ("load.demand_kw", "battery.power_kw"), id="home"),
+        pytest.param(BATTERY_KIND, 1, ("battery.power_kw", "price_per_kwh"), id="battery"),
     ],
 )
 async def test_resumed_status_reports_the_saved_operating_point(make_app, serve_app, kind, steps, figures):
@@ -830,12 +796,12 @@ def _home_rows(bad_row: str) -> list[str]:
 @pytest.mark.parametrize(
     ("kind", "rows", "line", "column"),
     [
-        pytest.param(HOME, _home_rows("2025-06-01T00:15:00,abc,1.0,15.0"), 3, "solar_kw", id="home-not-a-number"),
-        pytest.param(HOME, _home_rows("2025-06-01T00:15:00,0.0,-1.0,15.0"), 3, "load_kw", id="home-negative-load"),
-        pytest.param(HOME, _home_rows("2025-06-01T00:15:00,0.0,1.0,nan"), 3, "temp_air_c", id="home-nan"),
-        pytest.param(HOME, _home_rows("yesterday,0.0,1.0,15.0"), 3, "timestamp", id="home-bad-timestamp"),
+        pytest.param(HOME_KIND, _home_rows("2025-06-01T00:15:00,abc,1.0,15.0"), 3, "solar_kw", id="home-not-a-number"),
+        pytest.param(HOME_KIND, _home_rows("2025-06-01T00:15:00,0.0,-1.0,15.0"), 3, "load_kw", id="home-negative-load"),
+        pytest.param(HOME_KIND, _home_rows("2025-06-01T00:15:00,0.0,1.0,nan"), 3, "temp_air_c", id="home-nan"),
+        pytest.param(HOME_KIND, _home_rows("yesterday,0.0,1.0,15.0"), 3, "timestamp", id="home-bad-timestamp"),
         pytest.param(
-            BATTERY,
+            BATTERY_KIND,
             [
                 "timestamp,price_per_kwh,temp_air_c",
                 "2025-06-01T00:00:00,0.10,20",
