@@ -1,4 +1,4 @@
-"""Shared test factories: agent settings under tmp_path, small data CSVs, and an in-process feeder."""
+"""Shared test factories: agent settings under tmp_path, small data CSVs, the kinds of device agent, a feeder."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from agents import battery, grid, home
+from agents.device.agent import DeviceAgent
 from agents.common.settings import BatterySettings, GridSettings, HomeSettings
 from models.schemas import AgentReport
 
@@ -78,6 +79,52 @@ def make_battery_settings(tmp_path: Path, **overrides: Any) -> BatterySettings:
 def make_grid_settings(tmp_path: Path, **overrides: Any) -> GridSettings:
     """Grid settings with logs and state under tmp_path; overrides win."""
     return GridSettings(**{**_dirs(tmp_path), **overrides})
+
+
+@dataclass(frozen=True)
+class DeviceKind:
+    """A kind of device agent: how to build it, and the facts about it that tests of every kind use."""
+
+    name: str  # also its agent_type
+    agent_id: str
+    agent_class: type[DeviceAgent]
+    create_app: Callable[..., FastAPI]
+    make_settings: Callable[..., Any]
+    csv: str  # its small data file
+    first_start: str  # the data's first row, where it starts by default
+    active_start: str  # a row where its local policy charges the battery (home: sunny, 3 kW; battery: cheap, 25 kW)
+    command: tuple[str, float]  # a command it applies in full at active_start
+    actions: tuple[str, ...]  # the actions it can take
+    modules: tuple[str, ...]  # the modules it reports; the others are null
+
+
+HOME_KIND = DeviceKind(
+    name="home",
+    agent_id=HOME_ID,
+    agent_class=home.HomeAgent,
+    create_app=home.create_app,
+    make_settings=make_home_settings,
+    csv=HOME_CSV,
+    first_start=HOME_NIGHT_START,
+    active_start=HOME_DAY_START,
+    command=("shed_load", 0.1),
+    actions=("charge_battery", "curtail_solar", "discharge_battery", "shed_load"),
+    modules=("solar", "load", "battery"),
+)
+BATTERY_KIND = DeviceKind(
+    name="battery",
+    agent_id=BATTERY_ID,
+    agent_class=battery.BatteryAgent,
+    create_app=battery.create_app,
+    make_settings=make_battery_settings,
+    csv=BATTERY_CSV,
+    first_start=BATTERY_CHEAP_START,
+    active_start=BATTERY_CHEAP_START,
+    command=("discharge_battery", 1.0),
+    actions=("charge_battery", "discharge_battery"),
+    modules=("battery",),
+)
+DEVICE_KINDS = (HOME_KIND, BATTERY_KIND)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ resumes at the step and SoC it last reported, and its log ends up with every ste
 the row of the step that was in progress at the kill is written after the restart, from the
 restored state, and nothing is repeated. (The one window this leaves is a kill in the
 microseconds between writing a finished step's row and committing the next step; see
-``test_crash_between_log_row_and_commit_repeats_no_row``.)
+``test_crash_between_log_row_and_commit_repeats_no_row`` in test_device_agent.py.)
 """
 
 from __future__ import annotations
@@ -29,10 +29,9 @@ import httpx
 import pandas as pd
 import pytest
 
-from agents.home import HomeAgent
-from agents.common.settings import StartupError
-from tests.conftest import HOME_CSV, HOME_DAY_START, make_home_settings
 from tests.test_e2e import HOST, REGISTER_TIMEOUT_S, Agent, coordinate, free_port, registered, spawn, stop, wait_until  # noqa: F401 (spawn is a fixture)
+
+pytestmark = pytest.mark.e2e
 
 START = "2025-07-15T17:00"  # a summer evening: the storage system discharges at the peak price, so cycles have work
 HEARTBEAT = ("--heartbeat-s", "0.5")
@@ -93,7 +92,6 @@ def report(agent_id: str, url: str, **overrides: Any) -> dict[str, Any]:
 
 
 # -- (a) kill -9 the home agent --------------------------------------------------------------------
-@pytest.mark.e2e
 def test_home_killed_mid_run_resumes_at_the_same_step_and_soc(spawn, tmp_path):
     grid, home, battery, device_flags = start_feeder(spawn)
     for _ in range(3):
@@ -132,49 +130,7 @@ def test_home_killed_mid_run_resumes_at_the_same_step_and_soc(spawn, tmp_path):
     assert "Traceback" not in again.text()
 
 
-def test_crash_between_log_row_and_commit_repeats_no_row(tmp_path):
-    """A kill after a finished step's row is written but before the next step is committed."""
-    data = tmp_path / "home.csv"
-    data.write_text(HOME_CSV, encoding="utf-8")
-    settings = make_home_settings(tmp_path, data_file=data, start=HOME_DAY_START)
-    agent = HomeAgent(settings)
-    agent.simulate()
-    agent.simulate()
-
-    def killed(*args: Any, **kwargs: Any) -> None:
-        raise SystemExit("killed")  # the process dies here; nothing after this line runs
-
-    agent.store.save = killed
-    with pytest.raises(SystemExit):
-        agent.simulate()  # writes step 2's row, then dies before committing step 3
-    agent.log.close()
-    resumed = HomeAgent(settings.model_copy(update={"fresh": False}))
-    assert resumed.step == 2
-    resumed.simulate()
-    resumed.close()
-    assert pd.read_csv(tmp_path / "logs" / "home_1_log.csv")["step"].tolist() == [1, 2, 3]
-
-
-def test_state_from_the_previous_release_resumes_or_is_a_clear_error(tmp_path):
-    data = tmp_path / "home.csv"
-    data.write_text(HOME_CSV, encoding="utf-8")
-    (tmp_path / "state").mkdir()
-    with sqlite3.connect(tmp_path / "state" / "home_1.sqlite3") as db:  # the seed's layout, one agent per file
-        db.execute("CREATE TABLE state (id INTEGER PRIMARY KEY CHECK (id = 1), body TEXT NOT NULL)")
-        db.execute("CREATE TABLE commands (command_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
-        db.execute("INSERT INTO state VALUES (1, ?)", (json.dumps({"step": 2, "logged_step": 1, "start_index": 2}),))
-    settings = make_home_settings(tmp_path, data_file=data, start=HOME_DAY_START, fresh=False)
-    try:
-        agent = HomeAgent(settings)
-    except StartupError as exc:
-        assert "home_1.sqlite3" in str(exc)
-    else:
-        assert agent.step == 2
-        agent.close()
-
-
 # -- (b) kill -9 the grid agent --------------------------------------------------------------------
-@pytest.mark.e2e
 def test_devices_run_on_local_policy_without_the_grid_agent_and_re_register(spawn):
     grid_port = free_port()
     grid = spawn("grid_agent_server.py", port=grid_port)
@@ -281,7 +237,6 @@ def stuck_on_curtail(agent_id: str, status_body: dict[str, Any]) -> Iterator[int
         thread.join(timeout=5)
 
 
-@pytest.mark.e2e
 def test_hung_agents_cost_a_cycle_one_timeout_per_phase(spawn):
     timeout_s = 1.0
     grid_port = free_port()
@@ -378,7 +333,6 @@ def check_device_files(tmp_path: Path, agent_id: str) -> int:
     return last
 
 
-@pytest.mark.e2e
 def test_agents_shut_down_cleanly_on_sigterm_and_sigint_mid_run(spawn, tmp_path):
     grid, home, battery, device_flags = start_feeder(spawn)
     grid_flags: tuple[str, ...] = ()

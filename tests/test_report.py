@@ -215,6 +215,7 @@ def test_coordinator_writes_a_report(tmp_path, leftover_pids):
         assert wait_until(lambda pid=pid: pid_gone(pid), 5.0), f"the {name} (pid {pid}) outlived the coordinator"
 
 
+@pytest.mark.e2e
 def test_coordinator_refuses_a_report_folder_it_cannot_make(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("x", encoding="utf-8")
