@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -13,6 +14,7 @@ from agents.common.auth import require_token_dependency
 from agents.common.errors import error_responses, install_error_handlers
 from agents.common.metrics import mount_metrics
 from agents.common.settings import GridSettings, StartupError, openai_settings_from_env
+from agents.common.tls import client_ssl_context
 from agents.cycle.dashboard import dashboard_router
 from agents.cycle.grid_agent import GridAgent, resolve_planner
 from agents.cycle.peers import make_peers
@@ -50,11 +52,12 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     known = sorted({*PLANNERS, "ai"})
     if resolve_planner(settings.planner, openai_settings_from_env()[0]) not in known:
         raise StartupError(f"planner {settings.planner!r} is not available here (known: {', '.join(known)})")
+    ssl_context = client_ssl_context(settings)
     agent = GridAgent(settings)
     app = FastAPI(
         title="grid agent",
         description="Watches transformers and coordinates curtailment.",
-        lifespan=_lifespan(agent, settings, transport),
+        lifespan=_lifespan(agent, settings, transport, ssl_context),
     )
     app.state.agent = agent
     install_error_handlers(app, agent.agent_id)
@@ -67,12 +70,17 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     return app
 
 
-def _lifespan(agent: GridAgent, settings: GridSettings, transport: httpx.AsyncBaseTransport | None):
-    """The client to other agents opens with the app and closes with it, with the log."""
+def _lifespan(
+    agent: GridAgent,
+    settings: GridSettings,
+    transport: httpx.AsyncBaseTransport | None,
+    ssl_context: ssl.SSLContext | None,
+):
+    """The client to other agents (verifying them with ``ssl_context``) opens with the app and closes with it."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        agent.peers = make_peers(settings.step_timeout_s, settings.max_concurrency, transport)
+        agent.peers = make_peers(settings.step_timeout_s, settings.max_concurrency, transport, ssl_context)
         try:
             yield
         finally:
