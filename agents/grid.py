@@ -133,8 +133,9 @@ def _add_registration_routes(app: FastAPI, agent: GridAgent, authorized: Any) ->
         responses=error_responses(400, 401, 422),
     )
     async def report(agent_id: str, body: AgentReport) -> AgentRecord:
-        """Register an agent, or take its heartbeat."""
-        return agent.registry.register(agent_id, body)
+        """Register an agent (its URL checked when new or changed: 422 if unreachable), or take its heartbeat."""
+        (record,) = await agent.registry.admit([(agent_id, body)])
+        return record
 
     @app.post(
         "/registrations",
@@ -143,9 +144,8 @@ def _add_registration_routes(app: FastAPI, agent: GridAgent, authorized: Any) ->
         responses=error_responses(400, 401, 422),
     )
     async def registrations(body: Registrations) -> RegistrationsResult:
-        """Register, or take the heartbeat of, many agents of one process at once."""
-        for report in body.reports:
-            agent.registry.register(report.status.agent_id, report)
+        """Register, or take the heartbeat of, many agents of one process at once (each new URL probed once)."""
+        await agent.registry.admit((report.status.agent_id, report) for report in body.reports)
         return RegistrationsResult(registered=len(body.reports))
 
 

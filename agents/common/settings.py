@@ -157,6 +157,12 @@ class GridSettings(ServerSettings):
     max_concurrency: int = Field(64, ge=1, description="Calls to agents in flight at once")
     curtail_retries: int = Field(2, ge=0, le=5, description="Retries of a /curtail that could not connect (same command_id)")
     stale_after_s: float = Field(15.0, gt=0, description="An agent unheard of this long is unhealthy")
+    forget_after_s: float = Field(
+        300.0, gt=0, description="An agent unheard of this long is forgotten, its metrics too (it registers again)"
+    )
+    probe_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Timeout of the GET {url}/health that checks a new or changed callback URL"
+    )
 
 
 def agent_token_from_env() -> str | None:

@@ -155,8 +155,15 @@ def make_peers(
 
 
 async def probe_health(peers: PeerClient, url: str, timeout_s: float) -> None:
-    """Check that ``GET {url}/health`` answers ``{"status": "ok"}`` within ``timeout_s``; else PeerCallError."""
-    answer = await peers.get(f"{url}/health", timeout_s)
+    """Check that ``GET {url}/health`` answers ``{"status": "ok"}`` within ``timeout_s``; else PeerCallError.
+
+    The deadline holds whatever the transport (an in-process one enforces no timeouts of its own).
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            answer = await peers.get(f"{url}/health", timeout_s)
+    except TimeoutError as exc:
+        raise PeerCallError("timeout", f"no answer within {timeout_s:g} s") from exc
     try:
         ok = json.loads(answer).get("status") == "ok"
     except (ValueError, AttributeError):
