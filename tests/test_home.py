@@ -18,7 +18,16 @@ from agents.device.registration import register_forever
 from agents.grid import create_app as create_grid_app
 from agents.home import create_app
 from agents.common.settings import StartupError
-from tests.conftest import HOME_DAY_START, HOME_ID, HOME_NIGHT_START, bearer, make_grid_settings, make_home_settings, running
+from tests.conftest import (
+    HOME_DAY_START,
+    HOME_ID,
+    HOME_NIGHT_START,
+    HostRouter,
+    bearer,
+    make_grid_settings,
+    make_home_settings,
+    running,
+)
 
 TOKEN = "s3cret-home-token-for-tests"
 JSON = {"content-type": "application/json"}
@@ -509,7 +518,8 @@ async def test_register_forever_registers_with_the_grid_agent(tmp_path, home_csv
     settings = make_home_settings(tmp_path, data_file=home_csv, public_url="http://home.example:8101/", heartbeat_s=0.05)
     home_app = create_app(settings, register=False)
     await serve_app(home_app)
-    grid_app = create_grid_app(make_grid_settings(tmp_path))
+    router = HostRouter({"home.example": httpx.ASGITransport(app=home_app)})  # the grid agent probes the URL
+    grid_app = create_grid_app(make_grid_settings(tmp_path), transport=router)
     grid = await serve_app(grid_app)
     client, task = await _registration_task(home_app, grid_app, settings)
     try:
