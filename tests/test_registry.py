@@ -52,6 +52,16 @@ async def test_registration_refuses_an_unreachable_url_naming_it(make_feeder):
     assert probes(feeder) == [("nowhere", "/health")]
 
 
+async def test_a_refusal_is_logged_once_not_at_every_retry(make_feeder, caplog):
+    feeder = await make_feeder(register=False)
+    with caplog.at_level("DEBUG", logger="agents.cycle.registry"):
+        for _ in range(3):
+            refusal(await feeder.register(HOME_ID, url="http://nowhere"))
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "refused a registration" in r.message]
+    assert len(warnings) == 1
+    assert "http://nowhere" in warnings[0].message
+
+
 async def test_registration_refuses_a_url_whose_health_is_not_ok(make_feeder):
     feeder = await make_feeder(register=False)
     feeder.router.routes["teapot"] = httpx.MockTransport(lambda request: httpx.Response(418))

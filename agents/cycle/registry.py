@@ -54,6 +54,7 @@ class Registry:
         self._limits = {t.id: (t.rating_kw, t.reverse_limit_kw or t.rating_kw) for t in scenario.transformers}
         own = settings.host.lower()
         self._own_hosts = {own, socket.gethostname().lower()} if own in WILDCARD_HOSTS else {own}
+        self._refused: set[str] = set()  # URLs refused and not accepted since, so a retry is not logged again
 
     async def admit(self, reports: Iterable[tuple[str, AgentReport]]) -> list[AgentRecord]:
         """Register agents, or take their heartbeats, after checking each new or changed callback URL once.
@@ -79,8 +80,13 @@ class Registry:
                 if reason is not None:
                     refusals[url] = reason
         if refusals:
-            logger.warning("refused a registration: %s", "; ".join(f"{u}: {r}" for u, r in refusals.items()))
+            told = logger.debug if refusals.keys() <= self._refused else logger.warning  # once, not every retry
+            told("refused a registration: %s", "; ".join(f"{u}: {r}" for u, r in refusals.items()))
+            if len(self._refused) > 1000:  # bounded, whatever callers send
+                self._refused.clear()
+            self._refused.update(refusals)
             raise CallbackUrlError(refusals, self.settings.agent_id)
+        self._refused.difference_update(urls)
         return [self.register(agent_id, report) for agent_id, report in reports]
 
     def register(self, agent_id: str, report: AgentReport) -> AgentRecord:
