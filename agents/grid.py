@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -13,6 +14,7 @@ from agents.common.auth import require_token_dependency
 from agents.common.errors import error_responses, install_error_handlers
 from agents.common.metrics import mount_metrics
 from agents.common.settings import GridSettings, StartupError, openai_settings_from_env
+from agents.common.tls import client_ssl_context
 from agents.cycle.dashboard import dashboard_router
 from agents.cycle.grid_agent import GridAgent, resolve_planner
 from agents.cycle.peers import make_peers
@@ -61,12 +63,13 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     known = sorted({*PLANNERS, "ai"})
     if resolve_planner(settings.planner, openai_settings_from_env()[0]) not in known:
         raise StartupError(f"planner {settings.planner!r} is not available here (known: {', '.join(known)})")
+    ssl_context = client_ssl_context(settings)
     agent = GridAgent(settings)
     runs = Runs(agent, RunStore(settings.state_dir, agent.agent_id), settings.coordinate_wait_s)
     app = FastAPI(
         title="grid agent",
         description="Watches transformers and coordinates curtailment.",
-        lifespan=_lifespan(agent, runs, settings, transport),
+        lifespan=_lifespan(agent, runs, settings, transport, ssl_context),
     )
     app.state.agent = agent
     app.state.runs = runs
@@ -81,12 +84,19 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     return app
 
 
-def _lifespan(agent: GridAgent, runs: Runs, settings: GridSettings, transport: httpx.AsyncBaseTransport | None):
-    """The client to other agents opens with the app and closes with it, with the log; a run in flight ends first."""
+def _lifespan(
+    agent: GridAgent,
+    runs: Runs,
+    settings: GridSettings,
+    transport: httpx.AsyncBaseTransport | None,
+    ssl_context: ssl.SSLContext | None,
+):
+    """The client to other agents (verifying them with ``ssl_context``) opens with the app and closes with it,
+    with the log; a run in flight ends first."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        agent.peers = make_peers(settings.step_timeout_s, settings.max_concurrency, transport)
+        agent.peers = make_peers(settings.step_timeout_s, settings.max_concurrency, transport, ssl_context)
         try:
             yield
         finally:
@@ -140,8 +150,9 @@ def _add_registration_routes(app: FastAPI, agent: GridAgent, authorized: Any) ->
         responses=error_responses(400, 401, 422),
     )
     async def report(agent_id: AgentId, body: AgentReport) -> AgentRecord:
-        """Register an agent, or take its heartbeat."""
-        return agent.registry.register(agent_id, body)
+        """Register an agent (its URL checked when new or changed: 422 if unreachable), or take its heartbeat."""
+        (record,) = await agent.registry.admit([(agent_id, body)])
+        return record
 
     @app.post(
         "/registrations",
@@ -150,9 +161,8 @@ def _add_registration_routes(app: FastAPI, agent: GridAgent, authorized: Any) ->
         responses=error_responses(400, 401, 422),
     )
     async def registrations(body: Registrations) -> RegistrationsResult:
-        """Register, or take the heartbeat of, many agents of one process at once."""
-        for report in body.reports:
-            agent.registry.register(report.status.agent_id, report)
+        """Register, or take the heartbeat of, many agents of one process at once (each new URL probed once)."""
+        await agent.registry.admit((report.status.agent_id, report) for report in body.reports)
         return RegistrationsResult(registered=len(body.reports))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trustme
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
@@ -60,6 +61,44 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith(("EMS_", "OPENAI_")):
             monkeypatch.delenv(name, raising=False)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files made by trustme: a CA, a server certificate for 127.0.0.1 and localhost (good for client
+    authentication too), a client-only certificate, and a certificate from another CA."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_cert: Path
+    client_key: Path
+    stranger_cert: Path
+    stranger_key: Path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """One trustme CA and its certificates on disk for the whole session."""
+    folder = tmp_path_factory.mktemp("tls")
+    ca, stranger_ca = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(folder / "ca.pem")
+    for name, cert in (
+        ("server", ca.issue_cert("127.0.0.1", "localhost")),
+        ("client", ca.issue_cert("client.lab")),
+        ("stranger", stranger_ca.issue_cert("127.0.0.1", "localhost")),
+    ):
+        cert.cert_chain_pems[0].write_to_path(folder / f"{name}.pem")
+        cert.private_key_pem.write_to_path(folder / f"{name}-key.pem")
+    return TlsFiles(
+        ca=folder / "ca.pem",
+        cert=folder / "server.pem",
+        key=folder / "server-key.pem",
+        client_cert=folder / "client.pem",
+        client_key=folder / "client-key.pem",
+        stranger_cert=folder / "stranger.pem",
+        stranger_key=folder / "stranger-key.pem",
+    )
 
 
 def _dirs(tmp_path: Path) -> dict[str, Path]:

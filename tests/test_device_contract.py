@@ -26,6 +26,7 @@ from agents.device.registration import register_forever
 from agents.grid import create_app as create_grid_app
 from agents.common.settings import StartupError
 from tests.conftest import (
+    HostRouter,
     BATTERY_CHEAP_START,
     BATTERY_DEAR_START,
     BATTERY_IDLE_START,
@@ -681,7 +682,8 @@ async def test_register_forever_registers_with_the_grid_agent(tmp_path, make_set
     settings = make_settings(public_url=f"http://{kind.name}.example:8101/", heartbeat_s=0.05)
     app = kind.create_app(settings, register=False)
     await serve_app(app)
-    grid_app = create_grid_app(make_grid_settings(tmp_path))
+    router = HostRouter({f"{kind.name}.example": httpx.ASGITransport(app=app)})  # the grid agent probes the URL
+    grid_app = create_grid_app(make_grid_settings(tmp_path), transport=router)
     grid = await serve_app(grid_app)
     client, task = await _registration_task(app, grid_app, settings)
     try:

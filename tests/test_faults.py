@@ -172,7 +172,8 @@ def test_devices_run_on_local_policy_without_the_grid_agent_and_re_register(spaw
 # -- (c) hung agents -------------------------------------------------------------------------------
 @contextmanager
 def silent_server() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers; yields the port."""
+    """A loopback port that answers ``GET /health`` (the registration's probe) and nothing else: every other
+    request is accepted and never answered; yields the port."""
     stopping = threading.Event()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind((HOST, 0))
@@ -189,7 +190,18 @@ def silent_server() -> Iterator[int]:
                 continue
             except OSError:
                 return
-            held.append(connection)  # read nothing, answer nothing
+            connection.settimeout(2.0)
+            try:
+                first = connection.recv(4096)
+            except OSError:
+                first = b""
+            if first.startswith(b"GET /health"):
+                body = b'{"status":"ok","agent_id":"hung_1","agent_type":"battery"}'
+                head = f"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+                connection.sendall(head.encode() + b"connection: close\r\n\r\n" + body)
+                connection.close()
+                continue
+            held.append(connection)  # answer nothing
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
@@ -209,6 +221,14 @@ def stuck_on_curtail(agent_id: str, status_body: dict[str, Any]) -> Iterator[int
     stopping = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name); the registration's probe
+            body = json.dumps({"status": "ok", "agent_id": agent_id, "agent_type": "battery"}).encode()
+            self.send_response(200 if self.path == "/health" else 404)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
             self.rfile.read(int(self.headers.get("content-length") or 0))
             if self.path == "/simulate":

@@ -73,18 +73,44 @@ def start(app: Any) -> None:
         pass
 
 
+#: Where a positive registration says the agent is: a host whose /health answers (see ``reachable_host``).
+REACHABLE_URL = "http://fuzzed"
+
+
+def reachable_host() -> httpx.MockTransport:
+    """The host of REACHABLE_URL: /health answers ok, anything else 503 (the agent is then unreachable)."""
+    health = {"status": "ok", "agent_id": "fuzzed", "agent_type": "home"}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json=health) if request.url.path.endswith("/health") else httpx.Response(503)
+
+    return httpx.MockTransport(answer)
+
+
+def _reachable(report: Any) -> Any:
+    if not isinstance(report, dict):
+        return report
+    urls = {"url": REACHABLE_URL, **({"batch_url": REACHABLE_URL} if report.get("batch_url") is not None else {})}
+    return {**report, **urls}
+
+
 def within_cross_field_rules(case: schemathesis.Case) -> None:
     """Make a positive case obey the rules between fields that OpenAPI cannot state.
 
-    A registration's path names the agent its body reports (else 400, tested in test_grid.py), and
-    batches and runs of cycles are kept short here (up to 100 and 1,000,000 are valid; each cycle
-    steps the whole feeder, and a run holds the feeder until it ends).
+    A registration's path names the agent its body reports (else 400, tested in test_grid.py), its
+    URLs must answer the grid agent's probe (else 422, tested in test_registry.py), and batches and
+    runs of cycles are kept short here (up to 100 and 1,000,000 are valid; each cycle steps the whole
+    feeder, and a run holds the feeder until it ends).
     """
     body = case.body if isinstance(case.body, dict) else None
     if body is None:
         return
     if case.operation.label == "POST /agents/{agent_id}/status" and isinstance(body.get("status"), dict) and isinstance(body["status"].get("agent_id"), str):
         case.path_parameters = {**(case.path_parameters or {}), "agent_id": body["status"]["agent_id"]}
+    if case.operation.label == "POST /agents/{agent_id}/status":
+        case.body = body = _reachable(body)
+    if case.operation.label == "POST /registrations" and isinstance(body.get("reports"), list):
+        case.body = body = {**body, "reports": [_reachable(report) for report in body["reports"]]}
     if case.operation.label in ("POST /coordinate/batch", "POST /runs") and isinstance(body.get("cycles"), int | float):
         case.body = {**body, "cycles": min(body["cycles"], 3)}  # JSON Schema's integers include 3.0
 
@@ -165,6 +191,7 @@ def test_device_agent_answers_match_its_schema(tmp_path, lifespans, agent_id):
 def test_grid_agent_answers_match_its_schema_while_coordinating_real_agents(tmp_path, lifespans):
     devices = device_apps(tmp_path)
     router = HostRouter({agent_id: httpx.ASGITransport(app=app) for agent_id, app in devices.items()})
+    router.routes["fuzzed"] = reachable_host()
     grid_app = grid.create_app(make_grid_settings(tmp_path), transport=router)
     for app in (*devices.values(), grid_app):
         start(app)

@@ -305,7 +305,9 @@ async def test_every_agent_unreachable_still_completes(feeder):
 
 async def test_agent_answering_garbage_is_unreachable_not_a_crash(make_feeder):
     feeder = await make_feeder()
-    garbage = httpx.MockTransport(lambda request: httpx.Response(200, json={"hello": "world"}))
+    garbage = httpx.MockTransport(
+        lambda request: httpx.Response(200, json={"status": "ok"} if request.url.path == "/health" else {"hi": "there"})
+    )
     feeder.router.routes["liar"] = garbage
     status = await feeder.device_status(HOME_ID)
     liar = {**status, "agent_id": "home_9"}
@@ -418,6 +420,8 @@ async def test_grid_agent_calls_agents_at_their_registered_url(tmp_path):
     seen: list[str] = []
 
     def agent(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/site/health":  # the registration's probe
+            return httpx.Response(200, json={"status": "ok", "agent_id": "home_5", "agent_type": "home"})
         seen.append(str(request.url))
         return httpx.Response(503)
 

@@ -2,6 +2,7 @@
 
 AgentError                 base: code, message, the agent that raised it
  ├── BadRequestError       the caller sent something wrong (4xx)
+ │    ├── CallbackUrlError a registration's URL the grid agent cannot call back (422)
  │    ├── ConflictError    a command id reused with a different body, or a call meant for another agent (409)
  │    │    └── FeederBusyError  a run (or another request) holds the grid agent's feeder past the wait (409)
  │    ├── NotFoundError    an agent this process does not host, or a run it does not know (404)
@@ -25,6 +26,7 @@ class AgentError(Exception):
 
     status_code = 500
     code = "agent_error"
+    detail: list[dict] | None = None
 
     def __init__(self, message: str, agent_id: str = "") -> None:
         super().__init__(message)
@@ -37,6 +39,19 @@ class BadRequestError(AgentError):
 
     status_code = 400
     code = "bad_request"
+
+
+class CallbackUrlError(BadRequestError):
+    """A registration names a URL the grid agent cannot call: unreachable, its own, or plain HTTP under TLS."""
+
+    status_code = 422
+    code = "callback_refused"
+
+    def __init__(self, refusals: dict[str, str], agent_id: str = "") -> None:
+        shown = "; ".join(f"{url}: {reason}" for url, reason in refusals.items())
+        super().__init__(f"the grid agent cannot use the callback URL {shown}", agent_id)
+        self.refusals = refusals
+        self.detail = [{"field": "url", "url": url, "message": reason} for url, reason in refusals.items()]
 
 
 class ConflictError(BadRequestError):
@@ -84,7 +99,7 @@ _ERROR_DESCRIPTIONS = {
     401: "Missing or wrong bearer token (only when AGENT_TOKEN is set)",
     404: "No such agent in this process",
     409: "A command_id reused with another body, or a call meant for another agent",
-    422: "Invalid request; detail names each field",
+    422: "Invalid request; detail names each field (or the callback URL that cannot be reached, and why)",
 }
 
 
@@ -111,7 +126,7 @@ def install_error_handlers(app: FastAPI, agent_id: str) -> None:
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, UnauthorizedError) else None
-        body = ErrorBody(error=exc.code, message=exc.message, agent_id=exc.agent_id or agent_id)
+        body = ErrorBody(error=exc.code, message=exc.message, agent_id=exc.agent_id or agent_id, detail=exc.detail)
         return render(exc.status_code, body, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -158,6 +158,11 @@ class GridMetrics(AgentMetrics):
         for action in result.actions:
             self.command(action.action, action.status)
 
+    def forget_peers(self, peers: Iterable[str]) -> None:
+        """Drop the series labelled with these agent ids or batch URLs (agents the registry forgot)."""
+        for peer in peers:
+            self.peer_errors.remove_by_labels({"peer": peer})
+
     def _collect_agents(self) -> Iterator[Metric]:
         records = list(self._agents())
         yield GaugeMetricFamily("ems_agents_registered", "Agents registered with the grid agent", value=len(records))

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, ValidationError
+from pydantic import Field, FilePath, ValidationError, model_validator
 from pydantic_settings import BaseSettings, CliApp, SettingsConfigDict
 
 from models.schemas import AgentId
@@ -18,6 +18,8 @@ from models.schemas import AgentId
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 S = TypeVar("S", bound="ServerSettings")
+
+logger = logging.getLogger(__name__)
 
 
 class ServerSettings(BaseSettings):
@@ -30,6 +32,40 @@ class ServerSettings(BaseSettings):
     log_dir: Path = Field(Path("logs"), description="Folder for the CSV logs")
     state_dir: Path = Field(Path("state"), description="Folder for durable agent state")
     log_level: str = Field("info", description="Server log level (debug, info, warning, error)")
+    tls_certfile: FilePath | None = Field(
+        None, description="Serve HTTPS with this certificate (PEM; with --tls-keyfile)"
+    )
+    tls_keyfile: FilePath | None = Field(None, description="Private key of --tls-certfile (PEM)")
+    tls_ca_file: FilePath | None = Field(
+        None, description="CA (PEM) that clients verify servers with, and servers verify client certificates with"
+    )
+    tls_client_certfile: FilePath | None = Field(
+        None, description="Certificate (PEM) this process presents when it calls other agents (mutual TLS)"
+    )
+    tls_client_keyfile: FilePath | None = Field(None, description="Private key of --tls-client-certfile (PEM)")
+    tls_require_client_cert: bool = Field(
+        False, description="Refuse every client without a certificate signed by --tls-ca-file (mutual TLS)"
+    )
+
+    @model_validator(mode="after")
+    def _tls_files_in_pairs(self) -> ServerSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("--tls-certfile and --tls-keyfile go together")
+        if (self.tls_client_certfile is None) != (self.tls_client_keyfile is None):
+            raise ValueError("--tls-client-certfile and --tls-client-keyfile go together")
+        if self.tls_require_client_cert and (self.tls_certfile is None or self.tls_ca_file is None):
+            raise ValueError("--tls-require-client-cert needs --tls-certfile, --tls-keyfile and --tls-ca-file")
+        return self
+
+    @property
+    def tls_on(self) -> bool:
+        """Whether any TLS file is given: then nothing goes over plain HTTP beyond loopback (see agents.common.tls)."""
+        return any(f is not None for f in (self.tls_certfile, self.tls_ca_file, self.tls_client_certfile))
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when this process serves TLS, else ``http``."""
+        return "https" if self.tls_certfile is not None else "http"
 
     @classmethod
     def from_cli(cls: type[S], args: list[str] | None = None, prog: str | None = None) -> S:
@@ -38,6 +74,9 @@ class ServerSettings(BaseSettings):
             return CliApp.run(cls, cli_args=args if args is not None else sys.argv[1:])
         except ValidationError as exc:
             for error in exc.errors():
+                if not error["loc"]:  # a rule across flags: its message names them
+                    print(f"error: {error['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+                    continue
                 field = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-")
                 print(f"error: {field}: {error['msg']} (got {error.get('input')!r})", file=sys.stderr)
             raise SystemExit(2) from None
@@ -48,7 +87,9 @@ class DeviceSettings(ServerSettings):
 
     agent_id: AgentId = Field("home_1")
     grid_url: str = Field("http://127.0.0.1:8000", description="Base URL of the grid agent")
-    public_url: str | None = Field(None, description="URL the grid agent should call (default http://HOST:PORT)")
+    public_url: str | None = Field(
+        None, description="URL the grid agent should call (default http://HOST:PORT, https with --tls-certfile)"
+    )
     transformer_id: str = Field("T1", min_length=1, max_length=64)
     data_file: Path = Field(DATA_DIR / "historical_data.csv", description="Historical data CSV")
     start: str | None = Field(None, description="Simulated start time (ISO 8601); default the first row")
@@ -72,7 +113,7 @@ class DeviceSettings(ServerSettings):
         if self.public_url:
             return self.public_url.rstrip("/")
         host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.gethostname()
-        return f"http://{host}:{self.port}"
+        return f"{self.scheme}://{host}:{self.port}"
 
 
 class HomeSettings(DeviceSettings):
@@ -122,6 +163,12 @@ class GridSettings(ServerSettings):
         le=300,
         description="How long POST /coordinate, /coordinate/batch and /runs wait for the feeder, then 409",
     )
+    forget_after_s: float = Field(
+        300.0, gt=0, description="An agent unheard of this long is forgotten, its metrics too (it registers again)"
+    )
+    probe_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="Timeout of the GET {url}/health that checks a new or changed callback URL"
+    )
 
 
 def agent_token_from_env() -> str | None:
@@ -141,15 +188,22 @@ def configure_logging(level: str) -> None:
 
 
 def serve(create_app: Callable, settings: ServerSettings) -> None:
-    """Build the app and run it under uvicorn; a busy port is a one-line error, not a traceback."""
+    """Build the app and run it under uvicorn (HTTPS with --tls-certfile); a busy port or a bad
+    certificate is a one-line error, not a traceback."""
     import uvicorn
+
+    from agents.common.tls import plaintext_token_warning, server_ssl_options  # tls imports this module
 
     configure_logging(settings.log_level)
     try:
+        ssl_options = server_ssl_options(settings)
         app = create_app(settings)
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
+    warning = plaintext_token_warning(settings, agent_token_from_env())
+    if warning:
+        logger.warning("%s", warning)
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -159,7 +213,9 @@ def serve(create_app: Callable, settings: ServerSettings) -> None:
         raise SystemExit(1) from None
     finally:
         probe.close()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False, **ssl_options
+    )
 
 
 class StartupError(Exception):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from pydantic import Field
+from pydantic import Field, model_validator
 from rich.console import Console
 from rich.table import Table
 
@@ -25,6 +25,7 @@ from agents.coordinator.report import run_kpis, summary_rows, write_report
 from agents.common.auth import GENERATED_TOKEN_ENV
 from agents.common.scenario import Scenario, generate_feeder, load_scenario
 from agents.common.settings import ServerSettings, StartupError
+from agents.common.tls import client_ssl_context
 from models.schemas import RUN_CYCLES_MAX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +52,27 @@ class CoordinatorSettings(ServerSettings):
     startup_timeout_s: float = Field(30.0, gt=0, description="How long to wait for each agent to come up")
     report: Path | None = Field(None, description="Write summary.json, cycles.jsonl and PNG plots of the run into this folder")
 
+    @model_validator(mode="after")
+    def _own_client_certificate(self) -> CoordinatorSettings:
+        if self.tls_require_client_cert and self.tls_client_certfile is None:
+            raise ValueError(
+                "--tls-require-client-cert needs --tls-client-certfile and --tls-client-keyfile: the coordinator "
+                "calls its agents too"
+            )
+        return self
+
+    def tls_flags(self) -> list[str]:
+        """The TLS flags handed to every child, with absolute paths."""
+        files = {
+            "--tls-certfile": self.tls_certfile,
+            "--tls-keyfile": self.tls_keyfile,
+            "--tls-ca-file": self.tls_ca_file,
+            "--tls-client-certfile": self.tls_client_certfile,
+            "--tls-client-keyfile": self.tls_client_keyfile,
+        }
+        flags = [part for flag, path in files.items() if path is not None for part in (flag, str(path.resolve()))]
+        return flags + (["--tls-require-client-cert"] if self.tls_require_client_cert else [])
+
 
 class CoordinatorError(Exception):
     """The run cannot go on; the message says which agent and why."""
@@ -67,10 +89,11 @@ class Child:
     output: Path
     hosts: list[str] = field(default_factory=list)  # the agent ids it hosts, which must register
     process: subprocess.Popen | None = None
+    scheme: str = "http"  # https when the coordinator hands its children --tls-certfile
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def tail(self, lines: int = 3) -> str:
         try:
@@ -122,8 +145,9 @@ def plan_children(settings: CoordinatorSettings, scenario: Scenario | None = Non
     one grid process, ceil(homes / --homes-per-process) home processes each hosting its shard of
     the homes, and one process hosting the storage systems; ports count up from --base-port.
     """
-    grid_url = f"http://127.0.0.1:{settings.base_port}"
+    grid_url = f"{settings.scheme}://127.0.0.1:{settings.base_port}"
     common = ["--host", "127.0.0.1", "--log-dir", str(settings.log_dir), "--state-dir", str(settings.state_dir), "--log-level", settings.log_level]
+    common += settings.tls_flags()
     device = ["--grid-url", grid_url, *(["--start", settings.start] if settings.start else []), *([] if settings.resume else ["--fresh"])]
     grid_flags = ["--planner", settings.planner]
     if settings.transformer_rating_kw is not None:
@@ -145,7 +169,15 @@ def plan_children(settings: CoordinatorSettings, scenario: Scenario | None = Non
         if scenario.batteries:
             specs.append(("storage", "battery_agents", "battery_agent_server.py", ["--scenario", str(path), *device], [b.id for b in scenario.batteries]))
     return [
-        Child(name, agent_id, settings.base_port + k, [sys.executable, str(ROOT / script), "--port", str(settings.base_port + k), *common, *flags], settings.log_dir / f"{agent_id}_server.log", hosted)
+        Child(
+            name,
+            agent_id,
+            settings.base_port + k,
+            [sys.executable, str(ROOT / script), "--port", str(settings.base_port + k), *common, *flags],
+            settings.log_dir / f"{agent_id}_server.log",
+            hosted,
+            scheme=settings.scheme,
+        )
         for k, (name, agent_id, script, flags, hosted) in enumerate(specs)
     ]
 
@@ -166,7 +198,9 @@ class Coordinator:
         self.children = plan_children(settings, self.scenario, scenario_path)
         self.token_generated = not os.environ.get("AGENT_TOKEN")
         self.token = os.environ.get("AGENT_TOKEN") or secrets.token_urlsafe(24)
-        self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {self.token}"})
+        ssl_context = client_ssl_context(settings)  # its children are on loopback, so the token rule holds
+        verify = ssl_context if ssl_context is not None else True
+        self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {self.token}"}, verify=verify)
         self.stats = RunStats()
 
     # -- children ----------------------------------------------------------------------------
@@ -196,12 +230,14 @@ class Coordinator:
             if code is not None:
                 raise CoordinatorError(f"the {child.name} ({child.agent_id}) exited during start-up with code {code}: {child.tail() or 'no output'}")
             try:
-                answer = httpx.get(f"{child.url}/health", timeout=1.0)
+                answer = self.http.get(f"{child.url}/health", timeout=1.0)
                 if answer.status_code == 200 and answer.json().get("status") == "ok":
                     return
                 reason = f"HTTP {answer.status_code}"
             except (httpx.HTTPError, ValueError) as exc:
                 reason = type(exc).__name__
+                if "SSL" in str(exc) or "certificate" in str(exc):  # a TLS misfit will not go away by waiting
+                    reason = f"{reason}: {str(exc)[:200]}"
             time.sleep(0.1)
         raise CoordinatorError(f"the {child.name} ({child.agent_id}) did not answer /health within {self.settings.startup_timeout_s:g} s ({reason}); its output: {child.tail() or 'none'}")
 

@@ -13,7 +13,7 @@ from agents.common.auth import auth_headers
 from agents.common.errors import PeerUnavailableError
 from agents.common.metrics import GridMetrics
 from agents.common.settings import GridSettings
-from agents.cycle.peers import PeerCallError, PeerClient
+from agents.cycle.peers import PeerCallError, PeerClient, probe_health
 from models.schemas import AgentRecord, AgentStatus, BatchCurtailResult, BatchSimulateResult, CurtailResult
 
 
@@ -46,6 +46,12 @@ class AgentCalls:
                 self._metrics.peer_error(addressee, exc)
                 raise PeerUnavailableError(addressee, str(exc), self._agent_id) from exc
         raise AssertionError("unreachable: the loop returns or raises")
+
+    async def probe(self, url: str) -> None:
+        """``GET {url}/health`` through the same client as the cycle's calls, within --probe-timeout-s;
+        PeerCallError when it does not answer ok."""
+        assert self.peers is not None, "the grid agent's client opens with its lifespan"
+        await probe_health(self.peers, url, self._settings.probe_timeout_s)
 
     async def _simulate_one(self, record: AgentRecord) -> AgentStatus:
         answer = await self.post(f"{record.url}/simulate", None, record.agent_id, retry=False)

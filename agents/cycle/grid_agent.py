@@ -104,9 +104,9 @@ class GridAgent:
         self.ai = make_ai_planner(settings) if self.planner == "ai" else None
         self.plan = make_mpc_planner() if self.planner == "mpc" else PLANNERS["optimal" if self.ai else self.planner]()
         scenario = scenario or (load_scenario(settings.scenario) if settings.scenario else Scenario())
-        self.registry = Registry(settings, scenario)
         self.metrics = GridMetrics(self.agents)
         self.calls = AgentCalls(settings, self.metrics)
+        self.registry = Registry(settings, scenario, probe=self.calls.probe, on_forget=self.metrics.forget_peers)
         self.recorder = CycleRecorder(settings, self.metrics)
         self.cycle = 0
         self.run_id = uuid.uuid4().hex[:8]

@@ -1,34 +1,97 @@
-"""Who is on the feeder: the agents that registered, their health and their transformers' limits."""
+"""Who is on the feeder: the agents that registered, their health and their transformers' limits.
+
+An agent's callback URL is checked when it is new or changed, never at a heartbeat: it must not be
+the grid agent's own host and port, nor plain HTTP beyond loopback while TLS is on, and
+``GET {url}/health`` must answer ok within ``--probe-timeout-s``. An agent unheard of for
+``--stale-after-s`` is unhealthy; for ``--forget-after-s``, forgotten with its metrics series (it
+heartbeats anyway, so a host that comes back registers again).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
+from urllib.parse import urlsplit
 
-from agents.common.errors import BadRequestError
+from agents.common.errors import BadRequestError, CallbackUrlError
 from agents.common.scenario import Scenario
 from agents.common.settings import GridSettings
+from agents.common.tls import PLAIN_HTTP_REFUSED, is_loopback, plain_http_beyond_loopback
+from agents.cycle.peers import PeerCallError
 from models.schemas import AgentRecord, AgentReport
 
 logger = logging.getLogger(__name__)
 
+#: Hosts that bind every interface: a grid agent bound to one is reached at any of this machine's names.
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
 
 class Registry:
-    """Registered agents by id, and the limits of every transformer they sit on."""
+    """Registered agents by id, and the limits of every transformer they sit on.
 
-    def __init__(self, settings: GridSettings, scenario: Scenario) -> None:
+    ``probe(url)`` checks that ``GET {url}/health`` answers ok (raising PeerCallError if not);
+    ``on_forget(peers)`` drops the metrics series of forgotten agent ids and batch URLs;
+    ``clock`` is the wall clock of registrations and heartbeats (tests move it).
+    """
+
+    def __init__(
+        self,
+        settings: GridSettings,
+        scenario: Scenario,
+        probe: Callable[[str], Awaitable[None]] | None = None,
+        on_forget: Callable[[list[str]], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         self.settings = settings
         self.scenario = scenario
         self.records: dict[str, AgentRecord] = {}
+        self.probe = probe
+        self.on_forget = on_forget
+        self.clock = clock or now
         self._limits = {t.id: (t.rating_kw, t.reverse_limit_kw or t.rating_kw) for t in scenario.transformers}
+        own = settings.host.lower()
+        self._own_hosts = {own, socket.gethostname().lower()} if own in WILDCARD_HOSTS else {own}
+        self._refused: set[str] = set()  # URLs refused and not accepted since, so a retry is not logged again
+
+    async def admit(self, reports: Iterable[tuple[str, AgentReport]]) -> list[AgentRecord]:
+        """Register agents, or take their heartbeats, after checking each new or changed callback URL once.
+
+        An agent hosted by a process that serves batches is checked at the process's batch URL, so a
+        ``POST /registrations`` of a whole process costs one probe. Any refusal refuses the whole
+        request with a CallbackUrlError (422) naming each URL and why; nothing is registered then.
+        """
+        reports = list(reports)
+        for agent_id, report in reports:
+            self._check_id(agent_id, report)
+        urls = list(dict.fromkeys(url for agent_id, report in reports for url in self._urls_to_check(agent_id, report)))
+        refusals = {url: reason for url in urls if (reason := self._refusal(url)) is not None}
+        to_probe = [url for url in urls if url not in refusals]
+        if to_probe:
+            limit = asyncio.Semaphore(self.settings.max_concurrency)
+
+            async def probed(url: str) -> str | None:
+                async with limit:
+                    return await self._probe_reason(url)
+
+            for url, reason in zip(to_probe, await asyncio.gather(*(probed(url) for url in to_probe))):
+                if reason is not None:
+                    refusals[url] = reason
+        if refusals:
+            told = logger.debug if refusals.keys() <= self._refused else logger.warning  # once, not every retry
+            told("refused a registration: %s", "; ".join(f"{u}: {r}" for u, r in refusals.items()))
+            if len(self._refused) > 1000:  # bounded, whatever callers send
+                self._refused.clear()
+            self._refused.update(refusals)
+            raise CallbackUrlError(refusals, self.settings.agent_id)
+        self._refused.difference_update(urls)
+        return [self.register(agent_id, report) for agent_id, report in reports]
 
     def register(self, agent_id: str, report: AgentReport) -> AgentRecord:
-        """Record an agent's registration or heartbeat."""
-        if report.status.agent_id != agent_id:
-            raise BadRequestError(
-                f"status.agent_id {report.status.agent_id!r} does not match the path's {agent_id!r}",
-                self.settings.agent_id,
-            )
+        """Record an agent's registration or heartbeat (``admit`` checks its URL first)."""
+        self._check_id(agent_id, report)
         known = self.records.get(agent_id)
         if known is None or not known.healthy or known.url != report.url:
             logger.info(
@@ -44,7 +107,7 @@ class Registry:
             "batch_url": report.batch_url.rstrip("/") if report.batch_url else None,
             "transformer_id": report.status.transformer_id,
             "healthy": True,
-            "last_seen": now(),
+            "last_seen": self.clock(),
             "last_status": report.status,
         }
         if known is None:
@@ -55,8 +118,10 @@ class Registry:
         return known
 
     def agents(self) -> list[AgentRecord]:
-        """Every registered agent; one unheard of for ``stale_after_s`` counts as unhealthy."""
-        moment = now()
+        """Every registered agent; one unheard of for ``stale_after_s`` counts as unhealthy, for ``forget_after_s``
+        is forgotten."""
+        moment = self.clock()
+        self._forget_older_than(moment, self.settings.forget_after_s)
         for record in self.records.values():
             if record.healthy and (moment - record.last_seen).total_seconds() > self.settings.stale_after_s:
                 record.healthy = False
@@ -74,6 +139,66 @@ class Registry:
         ids = {t.id: None for t in self.scenario.transformers}
         ids.update({r.transformer_id: None for r in self.records.values()})
         return list(ids)
+
+
+    def _forget_older_than(self, moment: datetime, age_s: float) -> None:
+        gone = [r for r in self.records.values() if (moment - r.last_seen).total_seconds() > age_s]
+        if not gone:
+            return
+        for record in gone:
+            del self.records[record.agent_id]
+            logger.info("forgot agent %s at %s: unheard of for over %g s", record.agent_id, record.url, age_s)
+        if self.on_forget is not None:
+            still_hosting = {r.batch_url for r in self.records.values()}
+            batch_urls = {r.batch_url for r in gone if r.batch_url and r.batch_url not in still_hosting}
+            self.on_forget([*(r.agent_id for r in gone), *sorted(batch_urls)])
+
+    def _check_id(self, agent_id: str, report: AgentReport) -> None:
+        if report.status.agent_id != agent_id:
+            raise BadRequestError(
+                f"status.agent_id {report.status.agent_id!r} does not match the path's {agent_id!r}",
+                self.settings.agent_id,
+            )
+
+    def _urls_to_check(self, agent_id: str, report: AgentReport) -> list[str]:
+        """The base URLs to check for this report: none when the agent's URLs are unchanged (a heartbeat)."""
+        url = report.url.rstrip("/")
+        batch_url = report.batch_url.rstrip("/") if report.batch_url else None
+        known = self.records.get(agent_id)
+        if known is not None and known.url == url and known.batch_url == batch_url:
+            return []
+        if batch_url is None:
+            return [url]
+        return [batch_url] if url == batch_url or url.startswith(batch_url + "/") else [batch_url, url]
+
+    def _refusal(self, url: str) -> str | None:
+        """Why ``url`` cannot be a callback URL without calling it, or None."""
+        parts = urlsplit(url)
+        try:
+            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        except ValueError:
+            return "the port is not a number from 0 to 65535"
+        host = (parts.hostname or "").lower()
+        if not host:
+            return "it names no host"
+        if port == self.settings.port and (
+            host in self._own_hosts
+            or (is_loopback(host) and (is_loopback(self.settings.host) or self.settings.host in WILDCARD_HOSTS))
+        ):
+            return f"it is the grid agent's own address ({self.settings.host}:{self.settings.port})"
+        if self.settings.tls_on and plain_http_beyond_loopback(url):
+            return PLAIN_HTTP_REFUSED
+        return None
+
+    async def _probe_reason(self, url: str) -> str | None:
+        """None when ``GET {url}/health`` answers ok in time, else why not."""
+        if self.probe is None:
+            return None
+        try:
+            await self.probe(url)
+        except PeerCallError as exc:
+            return f"GET {url}/health failed ({exc.kind}: {exc})"
+        return None
 
 
 def now() -> datetime:

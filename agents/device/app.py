@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import httpx
 from fastapi import Depends, FastAPI, Header
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,7 +21,7 @@ from agents.common.metrics import mount_metrics
 from agents.common.settings import DeviceSettings, StartupError
 from agents.common.state import StateStore
 from agents.device.agent import DeviceAgent
-from agents.device.registration import register_forever
+from agents.device.registration import register_forever, registration_client, registration_ssl_context
 from models.schemas import (
     AgentInfo,
     AgentStatus,
@@ -115,12 +115,13 @@ def build_device_app(
     endpoints step and command many hosted agents in one request.
     """
     hosted = Hosted.of([agents] if isinstance(agents, DeviceAgent) else list(agents), settings, store)
+    ssl_context = registration_ssl_context(settings)
     single, kind = hosted.single, hosted.agent_type.value
     title = f"{kind} agent {hosted.host_id}" if single else f"{len(hosted.by_id)} {kind} agents ({hosted.host_id})"
     app = FastAPI(
         title=title,
         description=hosted.agents[0].description,
-        lifespan=_lifespan(hosted, settings, register, owned_store=store),
+        lifespan=_lifespan(hosted, settings, register, owned_store=store, ssl_context=ssl_context),
     )
     app.state.agent = single
     app.state.agents = hosted.by_id
@@ -137,13 +138,19 @@ def build_device_app(
     return app
 
 
-def _lifespan(hosted: Hosted, settings: DeviceSettings, register: bool, owned_store: StateStore | None):
+def _lifespan(
+    hosted: Hosted,
+    settings: DeviceSettings,
+    register: bool,
+    owned_store: StateStore | None,
+    ssl_context: ssl.SSLContext | None = None,
+):
     """Registration with the grid agent while the app runs; every agent's log and state closed after."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = None
-        client = httpx.AsyncClient(base_url=settings.grid_url, timeout=settings.request_timeout_s)
+        client = registration_client(settings, ssl_context)
         if register:
             task = asyncio.create_task(register_forever(hosted.agents, client, settings, settings.own_url))
         try:

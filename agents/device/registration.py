@@ -5,15 +5,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 
 import httpx
 
 from agents.common.auth import auth_headers
-from agents.common.settings import DeviceSettings
+from agents.common.settings import DeviceSettings, StartupError
+from agents.common.tls import PLAIN_HTTP_REFUSED, client_ssl_context, plain_http_beyond_loopback
 from agents.device.agent import DeviceAgent
 from models.schemas import AgentReport
 
 logger = logging.getLogger(__name__)
+
+REFUSED = "%s: the grid agent at %s refused registration (%s); retrying"
+
+
+def registration_ssl_context(settings: DeviceSettings) -> ssl.SSLContext | None:
+    """The TLS context of the client to the grid agent (None without TLS files); StartupError when the files
+    cannot be read, or when TLS is on and --grid-url is plain HTTP beyond loopback."""
+    if settings.tls_on and plain_http_beyond_loopback(settings.grid_url):
+        raise StartupError(f"--grid-url {settings.grid_url}: {PLAIN_HTTP_REFUSED}")
+    return client_ssl_context(settings)
+
+
+def registration_client(settings: DeviceSettings, ssl_context: ssl.SSLContext | None) -> httpx.AsyncClient:
+    """The client to the grid agent, verifying it (and presenting this agent's certificate) with ``ssl_context``."""
+    verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+    return httpx.AsyncClient(base_url=settings.grid_url, timeout=settings.request_timeout_s, verify=verify)
 
 
 async def register_forever(
@@ -29,7 +47,7 @@ async def register_forever(
     base_url = base_url or settings.own_url
     delay_s = 0.25
     registered = False
-    last_refusal = None
+    last_refusal, refusal_told = None, False
     headers = auth_headers()
     who = agents[0].agent_id if len(agents) == 1 else f"{len(agents)} agents at {base_url}"
     while True:
@@ -46,9 +64,15 @@ async def register_forever(
         except httpx.HTTPStatusError as exc:
             for agent in agents:
                 agent.metrics.peer_error(settings.grid_url, exc)
-            refusal = f"HTTP {exc.response.status_code}: {exc.response.text[:200]}"
-            if refusal != last_refusal:  # say why once, not every retry
-                logger.warning("%s: the grid agent at %s refused registration (%s); retrying", who, settings.grid_url, refusal)
+            refusal = f"HTTP {exc.response.status_code}: {exc.response.text[:300]}"
+            # Say why once, not every retry; quietly the first time, as the grid agent's probe of a process
+            # that has just started may come before it listens, and the retry then succeeds.
+            if refusal == last_refusal and not refusal_told:
+                logger.warning(REFUSED, who, settings.grid_url, refusal)
+                refusal_told = True
+            elif refusal != last_refusal:
+                logger.info(REFUSED, who, settings.grid_url, refusal)
+                refusal_told = False
             last_refusal, registered = refusal, False
             await asyncio.sleep(delay_s * random.uniform(0.8, 1.2))
             delay_s = min(delay_s * 2, settings.heartbeat_s)
@@ -67,5 +91,5 @@ async def register_forever(
             agent.heard_from_grid()
         if not registered:
             logger.info("%s: registered with the grid agent at %s", who, settings.grid_url)
-        registered, delay_s, last_refusal = True, 0.25, None
+        registered, delay_s, last_refusal, refusal_told = True, 0.25, None, False
         await asyncio.sleep(settings.heartbeat_s)
