@@ -10,28 +10,8 @@ from agents.device.app import create_device_app
 from agents.common.settings import BatterySettings
 from agents.common.state import StateStore
 from models.devices import BatteryModule, BatterySpec
+from models.policies import net_power_kw, price_setpoint_kw, temperature_derating_fraction
 from models.schemas import AgentStatus, AgentType, CurtailAction
-
-
-def temperature_derating_fraction(temp_air_c: float) -> float:
-    """Share of rated power a lithium-ion system allows at an air temperature (linear below 0 and above 40 degC).
-
-    Full power from 0 to 40 degC; down to half at -10 degC and at 50 degC, and no lower.
-    """
-    if temp_air_c < 0:
-        return max(1.0 + temp_air_c / 20.0, 0.5)
-    if temp_air_c > 40:
-        return max(1.0 - (temp_air_c - 40.0) / 20.0, 0.5)
-    return 1.0
-
-
-def price_setpoint_kw(price_per_kwh: float, charge_below: float, discharge_above: float, power_kw: float) -> float:
-    """Local policy of the storage system: charge on cheap energy, discharge on dear (> 0 charges)."""
-    if price_per_kwh <= charge_below:
-        return power_kw
-    if price_per_kwh >= discharge_above:
-        return -power_kw
-    return 0.0
 
 
 class BatteryAgent(DeviceAgent):
@@ -61,7 +41,7 @@ class BatteryAgent(DeviceAgent):
     def status(self) -> AgentStatus:
         return AgentStatus(
             **self._common_status(),
-            net_power_kw=self.battery.power_kw,
+            net_power_kw=net_power_kw(0.0, 0.0, self.battery.power_kw),
             price_per_kwh=self.row.get("price_per_kwh"),
             flexibility=self._flexibility(),
         )

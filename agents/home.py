@@ -10,16 +10,12 @@ from agents.device.app import create_device_app
 from agents.common.settings import HomeSettings
 from agents.common.state import StateStore
 from models.devices import BatteryModule, BatterySpec, LoadModule, SolarModule
+from models.policies import net_power_kw, self_consumption_setpoint_kw
 from models.schemas import AgentStatus, AgentType, CurtailAction, Flexibility, LoadStatus, SolarStatus
 
 #: The data file's solar_kw is for this PV size and its load_kw for this annual consumption.
 DATA_PV_KWP = 6.0
 DATA_ANNUAL_LOAD_KWH = 4500.0
-
-
-def self_consumption_setpoint_kw(solar_output_kw: float, load_served_kw: float) -> float:
-    """Local policy of a home battery: store the PV surplus, cover the deficit (> 0 charges)."""
-    return solar_output_kw - load_served_kw
 
 
 class HomeAgent(DeviceAgent):
@@ -78,7 +74,7 @@ class HomeAgent(DeviceAgent):
     @property
     def net_power_kw(self) -> float:
         battery_kw = self.battery.power_kw if self.battery is not None else 0.0
-        return self.load.served_kw - self.solar.output_kw + battery_kw
+        return net_power_kw(self.load.served_kw, self.solar.output_kw, battery_kw)
 
     def status(self) -> AgentStatus:
         flexibility = self._flexibility()

@@ -33,16 +33,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from agents.battery import BatteryAgent, price_setpoint_kw, temperature_derating_fraction
+from agents.battery import BatteryAgent
 from agents.common.data import BATTERY_COLUMNS, HOME_COLUMNS, load_timeseries
 from agents.planners.snapshot import build_snapshot, feeder_loadings
-from agents.home import DATA_ANNUAL_LOAD_KWH, DATA_PV_KWP, HomeAgent, self_consumption_setpoint_kw
+from agents.home import DATA_ANNUAL_LOAD_KWH, DATA_PV_KWP, HomeAgent
 from agents.planners import PLANNERS, Plan, Planner, Snapshot
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
 from agents.common.settings import BatterySettings, HomeSettings
 from models.devices import BatterySpec, step_battery
 from models.grid import LIMIT_TOLERANCE_KW, violation_kw
+from models.policies import net_power_kw, price_setpoint_kw, self_consumption_setpoint_kw, temperature_derating_fraction
 from models.schemas import CurtailCommand
 from models.units import energy_kwh
 
@@ -313,7 +314,7 @@ def bound(feeder: Feeder, steps: int) -> Result:
         )
         storage_setpoint[t], soc = s.power_kw, s.soc_fraction
     # with no coordination the transformer sees exactly this: the agents' own schedules
-    alone = (demand - solar + home_setpoint).sum(axis=0) + storage_setpoint
+    alone = net_power_kw(demand, solar, home_setpoint).sum(axis=0) + net_power_kw(0.0, 0.0, storage_setpoint)
     outside = np.maximum(alone - feeder.rating_kw, -feeder.reverse_limit_kw - alone).clip(min=0.0)
     n = feeder.homes
     pool = HorizonBattery(

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from pytest import approx
 
-from agents.battery import create_app, price_setpoint_kw, temperature_derating_fraction
+from agents.battery import create_app
 from agents.device.agent import STEP_LOG_COLUMNS
 from agents.common.settings import StartupError
 from tests.conftest import (
@@ -71,17 +71,6 @@ def assert_error_shape(body: dict, error: str) -> None:
     assert set(body) >= {"error", "message", "agent_id"}
     assert body["error"] == error
     assert body["agent_id"] == BATTERY_ID
-
-
-# -- the local policy as pure functions ----------------------------------------------------------
-@pytest.mark.parametrize(("temp_air_c", "expected"), [(-30.0, 0.5), (-10.0, 0.5), (-5.0, 0.75), (0.0, 1.0), (25.0, 1.0), (40.0, 1.0), (45.0, 0.75), (60.0, 0.5)])
-def test_temperature_derating_fraction_bands(temp_air_c, expected):
-    assert temperature_derating_fraction(temp_air_c) == approx(expected)
-
-
-@pytest.mark.parametrize(("price", "expected"), [(0.05, 25.0), (0.12, 25.0), (0.20, 0.0), (0.30, -25.0), (0.45, -25.0)])
-def test_price_setpoint_kw_thresholds_are_inclusive(price, expected):
-    assert price_setpoint_kw(price, 0.12, 0.30, 25.0) == expected
 
 
 # -- read endpoints ------------------------------------------------------------------------------
