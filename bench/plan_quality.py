@@ -33,17 +33,17 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from agents.battery import BatteryAgent
+from agents.device.battery import BatteryAgent, derated_storage_spec, storage_spec
 from agents.common.data import BATTERY_COLUMNS, HOME_COLUMNS, load_timeseries
 from agents.planners.snapshot import build_snapshot, feeder_loadings
-from agents.home import DATA_ANNUAL_LOAD_KWH, DATA_PV_KWP, HomeAgent
+from agents.device.home import DATA_ANNUAL_LOAD_KWH, DATA_PV_KWP, HomeAgent, home_battery_spec
 from agents.planners import PLANNERS, Plan, Planner, Snapshot
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
 from agents.common.settings import BatterySettings, HomeSettings
-from models.devices import BatterySpec, step_battery
+from models.devices import step_battery
 from models.grid import LIMIT_TOLERANCE_KW, violation_kw
-from models.policies import net_power_kw, price_setpoint_kw, self_consumption_setpoint_kw, temperature_derating_fraction
+from models.policies import net_power_kw, price_setpoint_kw, self_consumption_setpoint_kw
 from models.schemas import CurtailCommand
 from models.units import energy_kwh
 
@@ -282,17 +282,9 @@ def bound(feeder: Feeder, steps: int) -> Result:
         * home_data.columns["load_kw"][rows]
     )
     home_settings, storage = HomeSettings(), BatterySettings()
-    home_spec = BatterySpec(
-        capacity_kwh=home_settings.battery_kwh, max_charge_kw=home_settings.battery_kw, max_discharge_kw=home_settings.battery_kw
-    )
-    rated = BatterySpec(
-        capacity_kwh=storage.capacity_kwh,
-        max_charge_kw=storage.power_kw,
-        max_discharge_kw=storage.power_kw,
-        charge_efficiency_fraction=0.96,
-        discharge_efficiency_fraction=0.96,
-    )
-    derate = np.array([temperature_derating_fraction(c) for c in battery_data.columns["temp_air_c"][rows]])
+    home_spec, rated = home_battery_spec(home_settings), storage_spec(storage)
+    storage_specs = [derated_storage_spec(rated, c) for c in battery_data.columns["temp_air_c"][rows]]
+    storage_limit_kw = np.array([spec.max_charge_kw for spec in storage_specs])
     price = battery_data.columns["price_per_kwh"][rows]
     # the agents' own setpoints along the year (what following them means), with the physics' clipping
     home_setpoint = np.empty_like(solar)
@@ -303,9 +295,8 @@ def bound(feeder: Feeder, steps: int) -> Result:
             home_setpoint[i, t], soc = s.power_kw, s.soc_fraction
     storage_setpoint = np.empty(steps)
     soc = storage.initial_soc_fraction
-    for t in range(steps):
-        limit = storage.power_kw * derate[t]
-        spec = BatterySpec(**{**rated.__dict__, "max_charge_kw": limit, "max_discharge_kw": limit})
+    for t, spec in enumerate(storage_specs):
+        limit = spec.max_charge_kw
         s = step_battery(
             soc,
             price_setpoint_kw(price[t], storage.charge_below_price_per_kwh, storage.discharge_above_price_per_kwh, limit),
@@ -335,8 +326,8 @@ def bound(feeder: Feeder, steps: int) -> Result:
         charge_efficiency_fraction=rated.charge_efficiency_fraction,
         discharge_efficiency_fraction=rated.discharge_efficiency_fraction,
         setpoint_kw=storage_setpoint,
-        max_charge_kw=storage.power_kw * derate,
-        max_discharge_kw=storage.power_kw * derate,
+        max_charge_kw=storage_limit_kw,
+        max_discharge_kw=storage_limit_kw,
         energy_kwh=storage.initial_soc_fraction * rated.capacity_kwh,
     )
     flexible = demand.sum(axis=0) * home_settings.flexible_fraction

@@ -29,7 +29,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from agents.home import HomeAgent
+from agents.device.home import HomeAgent
 from agents.common.settings import StartupError
 from tests.conftest import HOME_CSV, HOME_DAY_START, make_home_settings
 from tests.test_e2e import HOST, REGISTER_TIMEOUT_S, Agent, coordinate, free_port, registered, spawn, stop, wait_until  # noqa: F401 (spawn is a fixture)

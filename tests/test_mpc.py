@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agents.planners.snapshot import build_snapshot
-from agents.home import HomeAgent
+from agents.device.home import HomeAgent
 from agents.planners import PLANNERS, AgentFlex, Plan, Snapshot, TransformerSnapshot, plan_optimal
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
