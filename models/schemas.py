@@ -99,7 +99,11 @@ class LoadStatus(BaseModel):
 
 
 class BatteryStatus(BaseModel):
-    """Battery this step: ``power_kw`` > 0 charges; ``soc_fraction`` at the end of the step."""
+    """Battery this step: ``power_kw`` > 0 charges; ``soc_fraction`` at the end of the step.
+
+    The last four fields came later: an agent that does not send them is read as described in
+    ``agents.planners.snapshot`` (efficiencies assumed, start of step worked back from the end).
+    """
 
     soc_fraction: Number
     power_kw: Number
@@ -108,6 +112,20 @@ class BatteryStatus(BaseModel):
     max_discharge_kw: Number
     soc_min_fraction: Number
     soc_max_fraction: Number
+    soc_start_fraction: Number | None = Field(
+        None, description="State of charge (0-1) when this step began, before any setpoint of this step acted"
+    )
+    charge_efficiency_fraction: Number | None = Field(
+        None, description="Share (0-1] of the energy drawn while charging that is stored"
+    )
+    discharge_efficiency_fraction: Number | None = Field(
+        None, description="Energy delivered per unit taken from the cells while discharging (0-1]"
+    )
+    local_setpoint_kw: Number | None = Field(
+        None,
+        description="kW (> 0 charges) the agent's own policy chose this step, within the physics' limits, "
+        "before any command from the grid agent",
+    )
 
 
 class Flexibility(BaseModel):

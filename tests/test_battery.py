@@ -112,6 +112,18 @@ async def test_status_has_the_contract_fields(serve_app, make_app):
     assert body["solar"] is None and body["load"] is None
 
 
+async def test_status_reports_what_a_planner_needs_of_the_battery(serve_app, make_app):
+    """The storage's own efficiencies (96 %), its start-of-step SoC and the price policy's setpoint."""
+    c = await stepped(serve_app, make_app, BATTERY_CHEAP_START)
+    battery = (await c.get("/status")).json()["battery"]
+    assert (battery["charge_efficiency_fraction"], battery["discharge_efficiency_fraction"]) == (0.96, 0.96)
+    assert battery["soc_start_fraction"] == approx(0.5)
+    assert battery["local_setpoint_kw"] == approx(25.0)  # cheap: charge at full power
+    assert battery["soc_fraction"] == approx(0.5 + 25.0 * 0.25 * 0.96 / 50.0)
+    commanded = (await curtail(c, "discharge_battery", 10.0)).json()["agent_status"]["battery"]
+    assert (commanded["power_kw"], commanded["local_setpoint_kw"]) == (approx(15.0), approx(25.0))
+
+
 # -- /simulate and the local policy --------------------------------------------------------------
 async def test_simulate_advances_step_and_timestamp_by_15_min(client):
     stamps = []

@@ -233,6 +233,19 @@ async def test_discharge_beyond_the_charging_setpoint_reverses_the_battery(day_c
     assert body["agent_status"]["net_power_kw"] == approx(-4.0)
 
 
+async def test_status_reports_what_a_planner_needs_of_the_battery(day_client):
+    """Start-of-step SoC, efficiencies and the local setpoint, which a command leaves as it was."""
+    battery = (await day_client.get("/status")).json()["battery"]
+    assert battery["soc_start_fraction"] == approx(0.5)
+    assert (battery["charge_efficiency_fraction"], battery["discharge_efficiency_fraction"]) == (0.95, 0.95)
+    assert battery["local_setpoint_kw"] == approx(3.0)  # 4 kW PV - 1 kW load
+    commanded = (await curtail(day_client, "discharge_battery", 4.0)).json()["agent_status"]["battery"]
+    assert commanded["power_kw"] == approx(-1.0)
+    assert commanded["local_setpoint_kw"] == approx(3.0)
+    assert commanded["soc_start_fraction"] == approx(0.5)
+    assert commanded["soc_fraction"] == approx(0.5 - 1.0 * 0.25 / 0.95 / 13.5)
+
+
 async def test_commands_accumulate_within_a_step(day_client):
     await curtail(day_client, "curtail_solar", 1.0, command_id="a")
     await curtail(day_client, "curtail_solar", 1.0, command_id="b")
