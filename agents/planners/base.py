@@ -9,7 +9,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from models.grid import violation_kw
-from models.schemas import AgentStatus, CurtailAction, NonNegativeKw
+from models.schemas import AgentType, CurtailAction, NonNegativeKw
 
 #: Commands smaller than this are not worth a network call.
 MIN_COMMAND_KW = 1e-4
@@ -30,15 +30,67 @@ class TransformerSnapshot:
 
 
 @dataclass(frozen=True)
+class BatteryView:
+    """An agent's battery as the planners see it this step: energies in kWh, powers in kW (> 0 charges).
+
+    Built by ``agents.planners.snapshot.build_snapshot`` from the agent's report. ``reported`` is
+    False for an agent that does not send its start-of-step SoC, efficiencies and local setpoint
+    (one older than those fields): its figures are then the builder's stated assumptions.
+    """
+
+    energy_start_kwh: float  # stored when the step began, before any setpoint of this step acted
+    energy_min_kwh: float
+    energy_max_kwh: float
+    charge_efficiency_fraction: float
+    discharge_efficiency_fraction: float
+    max_charge_kw: float  # power limits this step (a storage system's derated ones), >= 0
+    max_discharge_kw: float
+    local_setpoint_kw: float  # what the agent's own policy chose this step, before any command
+    reported: bool = True
+
+
+@dataclass(frozen=True)
 class AgentFlex:
-    """One agent: where it is, its net power, its battery's setpoint and the most each action could still apply (kW)."""
+    """One agent as the planners see it: where it is, its powers (kW) and the most each action could still apply.
+
+    Powers are as the agent's step left them (its local policy and any command still holding):
+    ``net_power_kw`` > 0 imports; ``battery_power_kw`` > 0 charges; ``solar_available_kw`` is the
+    PV on offer before curtailment, ``demand_kw`` the load before shedding, ``flexible_kw`` the
+    part of it that may be shed. An agent without a module reports 0 for it, and ``battery`` is
+    None for an agent without a battery report.
+    """
 
     agent_id: str
     transformer_id: str
     net_power_kw: float
     headroom_kw: dict[CurtailAction, float]
-    battery_power_kw: float = 0.0  # > 0 charging, as the agent's local policy set it
-    status: AgentStatus | None = None  # the whole report, for planners that look ahead
+    battery_power_kw: float = 0.0
+    agent_type: AgentType | None = None  # None: not known (a snapshot built by hand)
+    solar_available_kw: float = 0.0
+    demand_kw: float = 0.0
+    flexible_kw: float = 0.0
+    battery: BatteryView | None = None
+
+    @property
+    def net_power_without_battery_kw(self) -> float:
+        """The agent's net power were its battery idle (kW, > 0 imports)."""
+        return self.net_power_kw - self.battery_power_kw
+
+    @property
+    def battery_charge_limit_kw(self) -> float:
+        """The most charging power this step allows (kW, >= 0): the setpoint plus its charge headroom."""
+        return max(self.battery_power_kw + self.headroom_kw.get(CurtailAction.charge_battery, 0.0), 0.0)
+
+    @property
+    def battery_discharge_limit_kw(self) -> float:
+        """The most discharging power this step allows (kW, >= 0): the discharge headroom beyond the setpoint."""
+        return max(self.headroom_kw.get(CurtailAction.discharge_battery, 0.0) - self.battery_power_kw, 0.0)
+
+    @property
+    def can_move_battery(self) -> bool:
+        """True when the agent reports a battery or headroom to move one."""
+        battery_actions = (CurtailAction.charge_battery, CurtailAction.discharge_battery)
+        return self.battery is not None or any(self.headroom_kw.get(action, 0.0) > 0 for action in battery_actions)
 
 
 @dataclass(frozen=True)
