@@ -40,11 +40,12 @@ from agents.device.home import DATA_ANNUAL_LOAD_KWH, DATA_PV_KWP, HomeAgent, hom
 from agents.planners import PLANNERS, Plan, Planner, Snapshot
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
+from agents.planners.optimal import ACTION_COST
 from agents.common.settings import BatterySettings, HomeSettings
 from models.devices import step_battery
 from models.grid import LIMIT_TOLERANCE_KW, violation_kw
 from models.policies import net_power_kw, price_setpoint_kw, self_consumption_setpoint_kw
-from models.schemas import CurtailCommand
+from models.schemas import CurtailAction, CurtailCommand
 from models.units import energy_kwh
 
 TRANSFORMER_ID = "T1"
@@ -128,6 +129,13 @@ class Result:
 
 
 # -- the ai planner ------------------------------------------------------------------------------
+#: The actions that lower (-1) and raise (+1) net power, as named in the prompt, cheapest first.
+MERIT_ORDER = {
+    direction: tuple(a.value for a in sorted(CurtailAction.moving(direction), key=ACTION_COST.__getitem__))
+    for direction in (-1, +1)
+}
+
+
 class ScriptedChat:
     """A stand-in for an OpenAI chat client: answers the ai planner's prompt with a scripted merit-order plan.
 
@@ -144,10 +152,10 @@ class ScriptedChat:
         commands = []
         for t in prompt["transformers"]:
             excess = t["loading_kw"] - t["rating_kw"]
-            order = ("discharge_battery", "shed_load")
+            order = MERIT_ORDER[-1]
             if excess <= 0:
                 excess = -t["reverse_limit_kw"] - t["loading_kw"]
-                order = ("charge_battery", "curtail_solar")
+                order = MERIT_ORDER[+1]
             mine = [a for a in prompt["agents"] if a["transformer"] == t["id"]]
             for action in order:
                 for a in mine:

@@ -60,15 +60,30 @@ class AgentType(str, Enum):
 class CurtailAction(str, Enum):
     """What a command asks an agent to do; each shifts its net power by the command's power_kw."""
 
-    curtail_solar = "curtail_solar"  # raises net power
-    shed_load = "shed_load"  # lowers net power
-    charge_battery = "charge_battery"  # raises net power
-    discharge_battery = "discharge_battery"  # lowers net power
+    # which way each one shifts it is ``direction``, and nowhere else: planners, agents and benches ask it
+    curtail_solar = "curtail_solar"
+    shed_load = "shed_load"
+    charge_battery = "charge_battery"
+    discharge_battery = "discharge_battery"
 
     @property
     def direction(self) -> int:
         """+1 when the action raises the agent's net power, -1 when it lowers it."""
         return 1 if self in (CurtailAction.curtail_solar, CurtailAction.charge_battery) else -1
+
+    @classmethod
+    def moving(cls, direction: int) -> tuple[CurtailAction, ...]:
+        """The actions that move net power ``direction`` (+1 raises, -1 lowers)."""
+        return tuple(action for action in cls if action.direction == direction)
+
+    @classmethod
+    def battery_shift(cls, delta_kw: float) -> CurtailAction:
+        """The battery action that moves a setpoint by ``delta_kw`` (> 0 towards charging).
+
+        A battery's power counts one for one in its site's net power (``models.policies.net_power_kw``),
+        so it is the battery action whose direction has the sign of ``delta_kw``.
+        """
+        return cls.charge_battery if cls.charge_battery.direction * delta_kw > 0 else cls.discharge_battery
 
 
 class CommandStatus(str, Enum):

@@ -52,6 +52,19 @@ def weighted_cost(snapshot: Snapshot, commands: list[Command]) -> float:
     return sum(ACTION_COST[c.action] * c.power_kw for c in commands) + SLACK_COST * left
 
 
+# --- the sign of each action, from CurtailAction.direction ------------------------------------
+
+
+def test_curtail_action_moving_lists_the_actions_each_way():
+    assert set(CurtailAction.moving(-1)) == {DISCHARGE, SHED}
+    assert set(CurtailAction.moving(+1)) == {CHARGE, CURTAIL}
+
+
+@pytest.mark.parametrize(("delta_kw", "action"), [(2.5, CHARGE), (-0.1, DISCHARGE), (0.0, DISCHARGE)])
+def test_curtail_action_battery_shift_follows_the_sign(delta_kw, action):
+    assert CurtailAction.battery_shift(delta_kw) is action
+
+
 # --- apply_plan --------------------------------------------------------------------------------
 
 

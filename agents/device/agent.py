@@ -216,7 +216,8 @@ class DeviceAgent:
             return 0.0, "this agent has no battery"
         if self.step == 0:
             return 0.0, "no step simulated yet"
-        shift = self.battery.shift(power_kw if action is CurtailAction.charge_battery else -power_kw)
+        # a battery's power counts one for one in net power, so the setpoint moves the way the action moves net power
+        shift = self.battery.shift(action.direction * power_kw)
         applied = abs(shift)
         limit = "full or at its charge limit" if action is CurtailAction.charge_battery else "empty or at its discharge limit"
         return applied, None if applied >= power_kw - POWER_TOLERANCE_KW else f"battery {limit}"

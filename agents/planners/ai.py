@@ -21,7 +21,7 @@ import openai
 from pydantic import BaseModel, Field, ValidationError
 
 from agents.planners.base import MIN_COMMAND_KW, Command, Plan, Snapshot, apply_plan
-from agents.planners.optimal import plan_optimal
+from agents.planners.optimal import ACTION_COST, plan_optimal
 from models.grid import violation_kw
 from models.schemas import CurtailAction
 
@@ -41,20 +41,27 @@ class ModelPlan(BaseModel):
     commands: list[ModelCommand] = Field(default_factory=list, description="Commands to send; empty if none are needed")
 
 
+def _quoted(actions: tuple[CurtailAction, ...]) -> str:
+    """Actions for the prompt, cheapest first: '"discharge_battery" and "shed_load"'."""
+    return " and ".join(f'"{a.value}"' for a in sorted(actions, key=ACTION_COST.__getitem__))
+
+
 SYSTEM_PROMPT = """You are the operator of a low-voltage distribution feeder. You decide which agents \
 change their power this 15-minute step so that every transformer stays within its limits.
 
 Physics and signs:
 - A transformer's loading_kw is the sum of its agents' net power. Positive = import from the grid, negative = export.
 - It must satisfy -reverse_limit_kw <= loading_kw <= rating_kw. Above rating_kw is an overload; below -reverse_limit_kw is reverse power flow.
-- Actions shift one agent's net power by power_kw (>= 0): "discharge_battery" and "shed_load" LOWER it (use them against overload); \
-"charge_battery" and "curtail_solar" RAISE it (use them against reverse power flow).
+- Actions shift one agent's net power by power_kw (>= 0): {lowering} LOWER it (use them against overload); \
+{raising} RAISE it (use them against reverse power flow).
 - Each agent lists the most each action can apply now (headroom_kw). Never exceed it. Only use agent ids and actions that are listed.
 - Prefer batteries, then solar curtailment, then load shedding (shedding inconveniences people). Use as little as needed.
 - Do not push any transformer outside its limits, and touch no agent on a transformer that is within its limits.
 
 Answer with one JSON object and nothing else, matching this JSON schema:
-""" + json.dumps(ModelPlan.model_json_schema())
+""".format(lowering=_quoted(CurtailAction.moving(-1)), raising=_quoted(CurtailAction.moving(+1))) + json.dumps(
+    ModelPlan.model_json_schema()
+)
 
 
 @dataclass

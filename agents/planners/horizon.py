@@ -244,8 +244,8 @@ def solve_horizon(problem: HorizonProblem) -> HorizonSolution:
         s = build.columns(
             SHED_COST * weight[steps], np.zeros(len(steps)), np.maximum(np.asarray(f.shed_max_kw, dtype=float), 0.0)
         )
-        loading_terms(f.transformer, steps, u, 1.0)
-        loading_terms(f.transformer, steps, s, -1.0)
+        loading_terms(f.transformer, steps, u, float(CurtailAction.curtail_solar.direction))
+        loading_terms(f.transformer, steps, s, float(CurtailAction.shed_load.direction))
         flex_cols.append((steps, u, s))
     slack_cols = []
     for k in range(n_k):

@@ -240,8 +240,7 @@ class MpcPlanner:
         for i, battery in enumerate(batteries):
             agent = battery.agent
             shift = float(solution.battery_power_kw[i, 0]) - agent.battery_power_kw
-            action = CurtailAction.charge_battery if shift > 0 else CurtailAction.discharge_battery
-            _command(plan, agent, action, abs(shift))
+            _command(plan, agent, CurtailAction.battery_shift(shift), abs(shift))
         for k, t in enumerate(snapshot.transformers):
             mine = [a for a in snapshot.agents if a.transformer_id == t.transformer_id]
             for action, pooled in (

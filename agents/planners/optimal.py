@@ -89,11 +89,12 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
 
 
 def _segments(agent: AgentFlex, action: CurtailAction, headroom_kw: float) -> list[tuple[float, float]]:
-    """(headroom kW, cost per kW) pieces of one action, cheapest first."""
-    if action is CurtailAction.discharge_battery:
-        held_back = min(max(agent.battery_power_kw, 0.0), headroom_kw)
-    elif action is CurtailAction.charge_battery:
-        held_back = min(max(-agent.battery_power_kw, 0.0), headroom_kw)
-    else:
+    """(headroom kW, cost per kW) pieces of one action, cheapest first.
+
+    A battery action against the way the battery's setpoint moves net power holds that setpoint
+    back first (towards idle), then drives the battery beyond it.
+    """
+    if action not in (CurtailAction.charge_battery, CurtailAction.discharge_battery):
         return [(headroom_kw, ACTION_COST[action])]
+    held_back = min(max(-action.direction * agent.battery_power_kw, 0.0), headroom_kw)
     return [(held_back, HOLD_BACK_COST), (headroom_kw - held_back, ACTION_COST[action])]

@@ -5,8 +5,6 @@ from __future__ import annotations
 from agents.planners.base import MIN_COMMAND_KW, Command, Plan, Snapshot
 from models.schemas import CurtailAction
 
-DOWN_ACTIONS = (CurtailAction.discharge_battery, CurtailAction.shed_load)
-UP_ACTIONS = (CurtailAction.charge_battery, CurtailAction.curtail_solar)
 
 
 def plan_rule(snapshot: Snapshot) -> Plan:
@@ -18,9 +16,9 @@ def plan_rule(snapshot: Snapshot) -> Plan:
     plan = Plan()
     for transformer in snapshot.transformers:
         if transformer.loading_kw > transformer.rating_kw:
-            excess, actions = transformer.loading_kw - transformer.rating_kw, DOWN_ACTIONS
+            excess, actions = transformer.loading_kw - transformer.rating_kw, CurtailAction.moving(-1)
         elif transformer.loading_kw < -transformer.reverse_limit_kw:
-            excess, actions = -transformer.reverse_limit_kw - transformer.loading_kw, UP_ACTIONS
+            excess, actions = -transformer.reverse_limit_kw - transformer.loading_kw, CurtailAction.moving(+1)
         else:
             continue
         resources = [
