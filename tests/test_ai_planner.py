@@ -13,6 +13,7 @@ import respx
 from agents.cycle.grid_agent import resolve_planner
 from agents.planners import AgentFlex, Snapshot, TransformerSnapshot, plan_optimal
 from agents.planners.ai import AiPlanner
+from agents.planners.base import violations_after
 from models.schemas import CurtailAction
 
 BASE_URL = "http://fake-openai.test/v1"
@@ -61,7 +62,7 @@ async def test_ai_plan_valid_is_used(planner: AiPlanner) -> None:
         ("battery_agent_1", CurtailAction.discharge_battery, 3.0),
         ("home_1", CurtailAction.shed_load, 1.0),
     }
-    assert plan.unfixed_kw == {"T1": 0.0}
+    assert violations_after(overloaded_snapshot(), plan.commands) == {"T1": 0.0}
     stats = planner.stats.as_dict()
     assert (stats["calls"], stats["plans_used"], stats["fallbacks"]) == (1, 1, 0)
     assert (stats["prompt_tokens"], stats["completion_tokens"]) == (120, 30)
@@ -185,5 +186,5 @@ async def test_ai_plan_a_hair_short_is_topped_up_by_the_optimal_planner(planner:
     commands = {(c.agent_id, c.action): c.power_kw for c in plan.commands}
     assert commands[("battery_agent_1", CurtailAction.discharge_battery)] == pytest.approx(3.0)
     assert commands[("home_1", CurtailAction.shed_load)] == pytest.approx(1.0)
-    assert plan.unfixed_kw == {"T1": pytest.approx(0.0, abs=1e-9)}
+    assert violations_after(snapshot, plan.commands) == {"T1": pytest.approx(0.0, abs=1e-9)}
     assert planner.stats.as_dict()["top_ups"] == 1

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field, replace
 import openai
 from pydantic import BaseModel, Field, ValidationError
 
-from agents.planners.base import MIN_COMMAND_KW, Command, Plan, Snapshot, apply_plan
+from agents.planners.base import MIN_COMMAND_KW, Command, Plan, Snapshot, apply_plan, violations_after
 from agents.planners.optimal import ACTION_COST, plan_optimal
-from models.grid import violation_kw
 from models.schemas import CurtailAction
 
 logger = logging.getLogger(__name__)
@@ -142,14 +141,12 @@ def check_plan(snapshot: Snapshot, proposed: ModelPlan, agents_by_alias: dict[st
             raise PlanRejected(f"{c.agent_id} {c.action.value} {c.power_kw:.3f} kW exceeds its headroom of {headroom:.3f} kW")
         if c.power_kw > MIN_COMMAND_KW:
             commands.append(Command(agent_id=agent_id, action=c.action, power_kw=min(c.power_kw, headroom)))
-    after = apply_plan(snapshot, commands)
-    best = apply_plan(snapshot, reference.commands)
+    after = violations_after(snapshot, commands)
+    best = violations_after(snapshot, reference.commands)
     for t in snapshot.transformers:
-        before_kw = t.violation_kw
-        after_kw = violation_kw(after[t.transformer_id], t.rating_kw, t.reverse_limit_kw)
+        before_kw, after_kw, best_kw = t.violation_kw, after[t.transformer_id], best[t.transformer_id]
         if after_kw > before_kw + GUARD_TOLERANCE_KW:
             raise PlanRejected(f"the plan makes {t.transformer_id} worse ({before_kw:.2f} -> {after_kw:.2f} kW outside its limits)")
-        best_kw = violation_kw(best[t.transformer_id], t.rating_kw, t.reverse_limit_kw)
         if after_kw > best_kw + GUARD_TOLERANCE_KW:
             raise PlanRejected(f"the plan leaves {t.transformer_id} {after_kw:.2f} kW outside its limits; the optimal plan leaves {best_kw:.2f} kW")
     return commands
@@ -163,13 +160,14 @@ def top_up(snapshot: Snapshot, commands: list[Command]) -> tuple[list[Command], 
     residual is planned on what the model's commands left of each agent's headroom.
     """
     after = apply_plan(snapshot, commands)
-    if all(violation_kw(after[t.transformer_id], t.rating_kw, t.reverse_limit_kw) <= 0 for t in snapshot.transformers):
+    transformers = tuple(replace(t, loading_kw=after[t.transformer_id]) for t in snapshot.transformers)
+    if all(t.violation_kw <= 0 for t in transformers):
         return commands, False
     used: dict[tuple[str, CurtailAction], float] = {}
     for c in commands:
         used[c.agent_id, c.action] = used.get((c.agent_id, c.action), 0.0) + c.power_kw
     residual = Snapshot(
-        transformers=tuple(replace(t, loading_kw=after[t.transformer_id]) for t in snapshot.transformers),
+        transformers=transformers,
         agents=tuple(
             replace(a, headroom_kw={action: max(kw - used.get((a.agent_id, action), 0.0), 0.0) for action, kw in a.headroom_kw.items()})
             for a in snapshot.agents
@@ -248,8 +246,7 @@ class AiPlanner:
         self.stats.plans_used += 1
         commands, topped_up = top_up(snapshot, commands)
         self.stats.top_ups += topped_up
-        unfixed = apply_plan(snapshot, commands)
-        return Plan(commands=commands, unfixed_kw={t.transformer_id: violation_kw(unfixed[t.transformer_id], t.rating_kw, t.reverse_limit_kw) for t in snapshot.transformers}), None
+        return Plan(commands=commands), None
 
     def _record_latency(self, started: float) -> None:
         self.stats.latency_ms.append((time.perf_counter() - started) * 1000)

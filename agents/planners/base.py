@@ -116,10 +116,13 @@ class Command(BaseModel):
 
 @dataclass
 class Plan:
-    """A planner's answer: its commands and the kW of violation it expects to remain."""
+    """A planner's answer: its commands.
+
+    What a plan would leave outside the limits, were every command applied in full, is
+    ``violations_after(snapshot, plan.commands)``; what it did leave, the cycle measures after acting.
+    """
 
     commands: list[Command] = field(default_factory=list)
-    unfixed_kw: dict[str, float] = field(default_factory=dict)
 
 
 def apply_plan(snapshot: Snapshot, commands: list[Command]) -> dict[str, float]:
@@ -129,6 +132,15 @@ def apply_plan(snapshot: Snapshot, commands: list[Command]) -> dict[str, float]:
     for command in commands:
         loading[where[command.agent_id]] += command.action.direction * command.power_kw
     return loading
+
+
+def violations_after(snapshot: Snapshot, commands: list[Command]) -> dict[str, float]:
+    """kW each transformer would still be outside its limits after the commands, each applied in full."""
+    after = apply_plan(snapshot, commands)
+    return {
+        t.transformer_id: violation_kw(after[t.transformer_id], t.rating_kw, t.reverse_limit_kw)
+        for t in snapshot.transformers
+    }
 
 
 class Planner(Protocol):

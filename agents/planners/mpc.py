@@ -222,9 +222,8 @@ class MpcPlanner:
     # -- the plan ----------------------------------------------------------------------------
     def __call__(self, snapshot: Snapshot) -> Plan:
         """Plan the first step of the best schedule over the horizon."""
-        plan = Plan(unfixed_kw={t.transformer_id: 0.0 for t in snapshot.transformers})
+        plan = Plan()
         if not snapshot.agents:
-            plan.unfixed_kw = {t.transformer_id: t.violation_kw for t in snapshot.transformers}
             return plan
         index = self._step_index(snapshot)
         rows = self._remember(snapshot, index)
@@ -251,7 +250,6 @@ class MpcPlanner:
                 share = min(float(pooled) / headroom, 1.0) if headroom > 0 else 0.0
                 for agent in mine:
                     _command(plan, agent, action, share * agent.headroom_kw.get(action, 0.0))
-            plan.unfixed_kw[t.transformer_id] = float(solution.overload_kw[k, 0] + solution.reverse_kw[k, 0])
         return plan
 
     def _problem(self, snapshot: Snapshot, forecast: np.ndarray) -> tuple[HorizonProblem, list[_Battery]]:

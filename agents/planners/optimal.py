@@ -75,7 +75,6 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     try:
         x = solve_lp(cost, np.zeros(n), upper, np.full(2 * n_t, -np.inf), upper_bound, matrix)
     except LpNotSolved:  # cannot happen with slack; keep the cycle going with no commands
-        plan.unfixed_kw = {t.transformer_id: t.violation_kw for t in troubled}
         return plan
     totals: dict[tuple[str, CurtailAction], float] = {}
     for j, (agent_id, _, action, _, _) in enumerate(variables):
@@ -83,8 +82,6 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     for (agent_id, action), power_kw in totals.items():
         if power_kw > MIN_COMMAND_KW:
             plan.commands.append(Command(agent_id=agent_id, action=action, power_kw=power_kw))
-    for t, transformer in enumerate(troubled):
-        plan.unfixed_kw[transformer.transformer_id] = float(x[n_actions + 2 * t] + x[n_actions + 2 * t + 1])
     return plan
 
 

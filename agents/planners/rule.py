@@ -32,5 +32,4 @@ def plan_rule(snapshot: Snapshot) -> Plan:
         for agent_id, action, headroom in resources:
             if headroom * share > MIN_COMMAND_KW:
                 plan.commands.append(Command(agent_id=agent_id, action=action, power_kw=headroom * share))
-        plan.unfixed_kw[transformer.transformer_id] = max(excess - total, 0.0)
     return plan
