@@ -44,8 +44,7 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
             yield
         finally:
             await agent.peers.aclose()
-            if agent.ai is not None and agent.ai.client is not None:
-                await agent.ai.client.close()
+            await agent.planning.aclose()
             agent.close()
 
     app = FastAPI(title="grid agent", description="Watches transformers and coordinates curtailment.", lifespan=lifespan)

@@ -37,7 +37,7 @@ from agents.device.battery import BatteryAgent, derated_storage_spec, storage_sp
 from agents.common.data import BATTERY_COLUMNS, HOME_COLUMNS, load_timeseries
 from agents.planners.snapshot import build_snapshot, feeder_loadings
 from agents.device.home import DATA_ANNUAL_LOAD_KWH, DATA_PV_KWP, HomeAgent, home_battery_spec
-from agents.planners import PLANNERS, Plan, Planner, Snapshot
+from agents.planners import PLANNERS, Plan, PlanFunction, Snapshot
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
 from agents.planners.optimal import ACTION_COST
@@ -173,7 +173,7 @@ class ScriptedChat:
         return None
 
 
-def make_ai_planner() -> tuple[Planner, Callable[[], str]] | None:
+def make_ai_planner() -> tuple[PlanFunction, Callable[[], str]] | None:
     """HOOK: the ai planner with a scripted stand-in model; None while agents.planners.ai does not exist.
 
     To measure a real model, build ``AiPlanner`` with an ``openai.AsyncOpenAI`` client here instead
@@ -189,7 +189,7 @@ def make_ai_planner() -> tuple[Planner, Callable[[], str]] | None:
     loop = asyncio.new_event_loop()
 
     def plan(snapshot: Snapshot) -> Plan:
-        return loop.run_until_complete(ai.plan(snapshot))[0]
+        return loop.run_until_complete(ai.plan(snapshot))
 
     def describe() -> str:
         s = ai.stats
@@ -202,10 +202,10 @@ def make_ai_planner() -> tuple[Planner, Callable[[], str]] | None:
     return plan, describe
 
 
-def make_planner(name: str, mpc_options: dict[str, Any]) -> tuple[Planner, Callable[[], str]] | None:
+def make_planner(name: str, mpc_options: dict[str, Any]) -> tuple[PlanFunction, Callable[[], str]] | None:
     """The planner a row names, and a function describing how it went."""
     if name == "none":
-        return (lambda snapshot: Plan()), (lambda: "no coordination: the agents' own policies")
+        return (lambda snapshot: Plan("none")), (lambda: "no coordination: the agents' own policies")
     if name == "mpc":
         mpc = MpcPlanner(**mpc_options)
         settings = ", ".join(f"{k}={v}" for k, v in mpc_options.items())

@@ -86,6 +86,26 @@ class CurtailAction(str, Enum):
         return cls.charge_battery if cls.charge_battery.direction * delta_kw > 0 else cls.discharge_battery
 
 
+class FallbackKind(str, Enum):
+    """Why the ai planner's own plan was not used (the optimal plan was): a fixed set, for labels and reports."""
+
+    missing_key = "missing_key"  # no OpenAI key: the model is never asked
+    timeout = "timeout"  # no answer within the planner's deadline
+    rate_limited = "rate_limited"  # HTTP 429
+    server_error = "server_error"  # any other HTTP error status from the model's server
+    connection = "connection"  # the model's server could not be reached
+    call_failed = "call_failed"  # any other failure of the OpenAI client
+    no_answer = "no_answer"  # an answer without a message
+    refusal = "refusal"  # the model refused, or its answer was filtered
+    truncated = "truncated"  # the answer was cut off at its length limit
+    bad_json = "bad_json"  # not JSON, or not the plan's schema
+    unknown_agent = "unknown_agent"  # a command for an agent the prompt did not list
+    duplicate_command = "duplicate_command"  # two commands for one agent and action
+    infeasible = "infeasible"  # a command beyond what its agent can apply (headroom) or with no finite power
+    worsens = "worsens"  # the plan pushes a transformer further outside its limits
+    short_of_optimal = "short_of_optimal"  # it leaves more outside the limits than the optimal plan
+
+
 class CommandStatus(str, Enum):
     """How an agent answered a command."""
 
@@ -373,6 +393,7 @@ class CoordinationResult(BaseModel):
     step_s: float | None = Field(None, description="Length of the simulated step the agents took")
     planner: str
     fallback_reason: str | None = None
+    fallback_kind: FallbackKind | None = Field(None, description="The kind of fallback_reason, from a fixed set")
     transformers: list[TransformerReport]
     actions: list[ActionReport]
     unreachable: list[str]

@@ -9,7 +9,7 @@ from typing import Protocol
 from pydantic import BaseModel, Field
 
 from models.grid import violation_kw
-from models.schemas import AgentType, CurtailAction, NonNegativeKw
+from models.schemas import AgentType, CurtailAction, FallbackKind, NonNegativeKw
 
 #: Commands smaller than this are not worth a network call.
 MIN_COMMAND_KW = 1e-4
@@ -114,15 +114,25 @@ class Command(BaseModel):
     power_kw: NonNegativeKw = Field(description="kW, >= 0; the action fixes the direction")
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """Why a planner's own plan was not used: a kind from a fixed set, and the reason in words for people."""
+
+    kind: FallbackKind
+    reason: str
+
+
 @dataclass
 class Plan:
-    """A planner's answer: its commands.
+    """A planner's answer: who decided, the commands, and (when another planner's plan stands in) why.
 
     What a plan would leave outside the limits, were every command applied in full, is
     ``violations_after(snapshot, plan.commands)``; what it did leave, the cycle measures after acting.
     """
 
+    planner: str  # who decided: "optimal", "rule", "mpc", "ai"...
     commands: list[Command] = field(default_factory=list)
+    fallback: Fallback | None = None
 
 
 def apply_plan(snapshot: Snapshot, commands: list[Command]) -> dict[str, float]:
@@ -143,7 +153,33 @@ def violations_after(snapshot: Snapshot, commands: list[Command]) -> dict[str, f
     }
 
 
-class Planner(Protocol):
-    """Anything that turns a snapshot into a plan; may keep state across cycles (history, forecasts)."""
+class PlanFunction(Protocol):
+    """A planner that decides at once, with no I/O (``plan_optimal``, ``plan_rule``, an ``MpcPlanner``).
+
+    It may keep state across cycles (history, forecasts).
+    """
 
     def __call__(self, snapshot: Snapshot) -> Plan: ...
+
+
+class Planner(Protocol):
+    """What the grid agent's cycle awaits each step: the ai planner, or any PlanFunction through ``SyncPlanner``."""
+
+    async def plan(self, snapshot: Snapshot) -> Plan: ...
+
+    async def aclose(self) -> None:
+        """Release what the planner holds (the ai planner's HTTP client)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SyncPlanner:
+    """A PlanFunction as a Planner: it answers at once, and holds nothing to release."""
+
+    decide: PlanFunction
+
+    async def plan(self, snapshot: Snapshot) -> Plan:
+        return self.decide(snapshot)
+
+    async def aclose(self) -> None:
+        return None

@@ -222,7 +222,7 @@ class MpcPlanner:
     # -- the plan ----------------------------------------------------------------------------
     def __call__(self, snapshot: Snapshot) -> Plan:
         """Plan the first step of the best schedule over the horizon."""
-        plan = Plan()
+        plan = Plan("mpc")
         if not snapshot.agents:
             return plan
         index = self._step_index(snapshot)

@@ -37,7 +37,7 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     (cost HOLD_BACK_COST) and going beyond it (full cost), so a charging battery is first told
     to charge less before another is told to discharge into it.
     """
-    plan = Plan()
+    plan = Plan("optimal")
     troubled = [t for t in snapshot.transformers if t.violation_kw > 0]
     if not troubled:
         return plan

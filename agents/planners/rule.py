@@ -13,7 +13,7 @@ def plan_rule(snapshot: Snapshot) -> Plan:
     No ordering by cost: solar is curtailed and load shed alongside battery dispatch, which is
     what a simple operator rule does and what the optimal planner improves on.
     """
-    plan = Plan()
+    plan = Plan("rule")
     for transformer in snapshot.transformers:
         if transformer.loading_kw > transformer.rating_kw:
             excess, actions = transformer.loading_kw - transformer.rating_kw, CurtailAction.moving(-1)
