@@ -143,6 +143,12 @@ NO_CHOICES = {"id": "x", "object": "chat.completion", "created": 0, "model": "m"
             "cut off",
         ),
         (httpx.Response(200, json=NO_CHOICES), FallbackKind.no_answer, "no answer"),
+        (httpx.Response(200, text="<html>gateway</html>"), FallbackKind.no_answer, "no answer"),
+        (
+            httpx.Response(200, content=b'{"choices": [', headers={"content-type": "application/json"}),
+            FallbackKind.call_failed,
+            "model call failed (JSONDecodeError)",
+        ),
     ],
 )
 @respx.mock

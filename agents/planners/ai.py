@@ -242,13 +242,14 @@ class AiPlanner:
         except openai.APIConnectionError as exc:
             reason = f"model unreachable ({type(exc).__name__})"
             return self._fallback(reference, FallbackKind.connection, reason, started)
-        except openai.OpenAIError as exc:
+        except (openai.OpenAIError, ValueError) as exc:  # ValueError: a JSON body the client cannot decode
             reason = f"model call failed ({type(exc).__name__})"
             return self._fallback(reference, FallbackKind.call_failed, reason, started)
         self._record_latency(started)
-        if response.usage is not None:
-            self.stats.prompt_tokens += response.usage.prompt_tokens or 0
-            self.stats.completion_tokens += response.usage.completion_tokens or 0
+        usage = getattr(response, "usage", None)  # a server answering 200 with a non-JSON page gives a str
+        if usage is not None:
+            self.stats.prompt_tokens += usage.prompt_tokens or 0
+            self.stats.completion_tokens += usage.completion_tokens or 0
         try:
             choice = response.choices[0]
             if getattr(choice.message, "refusal", None) or choice.finish_reason == "content_filter":
