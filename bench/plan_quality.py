@@ -1,12 +1,15 @@
 """Plan quality over a year: every planner against the perfect-foresight bound (python bench/plan_quality.py --help).
 
 A feeder of home agents and the storage agent on one transformer is built in process (no HTTP)
-from the agent classes and replayed through the year with the grid agent's loop: step every
-agent, ``agents.grid.build_snapshot``, plan, apply each command through ``DeviceAgent.curtail``
-and record what was applied. Each planner gets a fresh feeder and its own process. The bound is
+from the agents' state machines (``agents.device``, without their FastAPI apps) and replayed
+through the year with the grid agent's loop: step every agent,
+``agents.planners.snapshot.build_snapshot``, plan, apply each command through
+``DeviceAgent.curtail`` and record what was applied. Each planner gets a fresh feeder and its own process. The bound is
 one linear program over the same steps with every future value known: the program the mpc
 planner solves each cycle (``agents.planners.horizon``, same physics, same costs), over the
-whole year at once. Not a test: pytest never collects bench/.
+whole year at once, with the agents' own policies (``models.policies``) and batteries
+(``agents.device.home.home_battery_spec``, ``agents.device.battery.storage_spec``). Not a test:
+pytest never collects bench/.
 """
 
 from __future__ import annotations
@@ -33,15 +36,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from agents.device.battery import BatteryAgent, derated_storage_spec, storage_spec
 from agents.common.data import BATTERY_COLUMNS, HOME_COLUMNS, load_timeseries
-from agents.planners.snapshot import build_snapshot, feeder_loadings
+from agents.common.settings import BatterySettings, HomeSettings
+from agents.device.battery import BatteryAgent, derated_storage_spec, storage_spec
 from agents.device.home import DATA_ANNUAL_LOAD_KWH, DATA_PV_KWP, HomeAgent, home_battery_spec
 from agents.planners import PLANNERS, Plan, PlanFunction, Snapshot
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
 from agents.planners.optimal import ACTION_COST
-from agents.common.settings import BatterySettings, HomeSettings
+from agents.planners.snapshot import build_snapshot, feeder_loadings
 from models.devices import step_battery
 from models.grid import LIMIT_TOLERANCE_KW, violation_kw
 from models.policies import net_power_kw, price_setpoint_kw, self_consumption_setpoint_kw
@@ -178,7 +181,8 @@ def make_ai_planner() -> tuple[PlanFunction, Callable[[], str]] | None:
 
     To measure a real model, build ``AiPlanner`` with an ``openai.AsyncOpenAI`` client here instead
     of ``ScriptedChat()`` (a year is 35,040 calls: mind the cost and the time).
-    Returns the planner as a plain ``snapshot -> Plan`` callable and a function describing its fallbacks.
+    Returns the planner as a plain ``snapshot -> Plan`` callable (a PlanFunction) and a function
+    describing its fallbacks, counted by kind (``models.schemas.FallbackKind``).
     """
     if importlib.util.find_spec("agents.planners.ai") is None:
         return None
