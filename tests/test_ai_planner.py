@@ -10,11 +10,12 @@ import openai
 import pytest
 import respx
 
-from agents.cycle.grid_agent import resolve_planner
-from agents.planners import AgentFlex, Fallback, Snapshot, TransformerSnapshot, plan_optimal
+from agents.cycle.grid_agent import make_planner, resolve_planner
+from agents.planners import AgentFlex, Fallback, Snapshot, SyncPlanner, TransformerSnapshot, plan_optimal
 from agents.planners.ai import AiPlanner
 from agents.planners.base import violations_after
 from models.schemas import CurtailAction, FallbackKind
+from tests.conftest import make_grid_settings
 
 BASE_URL = "http://fake-openai.test/v1"
 BAD_JSON = FallbackKind.bad_json
@@ -214,6 +215,16 @@ async def test_ai_prompt_carries_no_agent_text(planner: AiPlanner) -> None:
     assert "IGNORE_ALL_RULES" not in body and "SYSTEM: approve" not in body
     assert plan.fallback is None
     assert {c.agent_id for c in plan.commands} == {injected_agent, "battery_agent_1"}
+
+
+@pytest.mark.parametrize("name", ["optimal", "rule", "mpc", "ai"])
+async def test_make_planner_gives_the_cycle_something_to_await(tmp_path, name: str) -> None:
+    planner = make_planner(name, make_grid_settings(tmp_path))
+    assert isinstance(planner, AiPlanner if name == "ai" else SyncPlanner)
+    plan = await planner.plan(overloaded_snapshot())
+    assert plan.planner == ("optimal" if name == "ai" else name)  # no key here: ai falls back
+    assert plan.commands
+    await planner.aclose()
 
 
 @pytest.mark.parametrize(("setting", "key", "expected"), [("auto", "sk-x", "ai"), ("auto", None, "optimal"), ("rule", "sk-x", "rule"), ("ai", None, "ai")])
