@@ -102,8 +102,7 @@ def _lifespan(
         finally:
             await runs.close()
             await agent.peers.aclose()
-            if agent.ai is not None and agent.ai.client is not None:
-                await agent.ai.client.close()
+            await agent.planning.aclose()
             agent.close()
 
     return lifespan

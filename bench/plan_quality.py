@@ -1,12 +1,15 @@
 """Plan quality over a year: every planner against the perfect-foresight bound (python bench/plan_quality.py --help).
 
 A feeder of home agents and the storage agent on one transformer is built in process (no HTTP)
-from the agent classes and replayed through the year with the grid agent's loop: step every
-agent, ``agents.grid.build_snapshot``, plan, apply each command through ``DeviceAgent.curtail``
-and record what was applied. Each planner gets a fresh feeder and its own process. The bound is
+from the agents' state machines (``agents.device``, without their FastAPI apps) and replayed
+through the year with the grid agent's loop: step every agent,
+``agents.planners.snapshot.build_snapshot``, plan, apply each command through
+``DeviceAgent.curtail`` and record what was applied. Each planner gets a fresh feeder and its own process. The bound is
 one linear program over the same steps with every future value known: the program the mpc
 planner solves each cycle (``agents.planners.horizon``, same physics, same costs), over the
-whole year at once. Not a test: pytest never collects bench/.
+whole year at once, with the agents' own policies (``models.policies``) and batteries
+(``agents.device.home.home_battery_spec``, ``agents.device.battery.storage_spec``). Not a test:
+pytest never collects bench/.
 """
 
 from __future__ import annotations
@@ -33,17 +36,19 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from agents.battery import BatteryAgent, price_setpoint_kw, temperature_derating_fraction
 from agents.common.data import BATTERY_COLUMNS, HOME_COLUMNS, load_timeseries
-from agents.planners.snapshot import build_snapshot, feeder_loadings
-from agents.home import DATA_ANNUAL_LOAD_KWH, DATA_PV_KWP, HomeAgent, self_consumption_setpoint_kw
-from agents.planners import PLANNERS, Plan, Planner, Snapshot
+from agents.common.settings import BatterySettings, HomeSettings
+from agents.device.battery import BatteryAgent, derated_storage_spec, storage_spec
+from agents.device.home import DATA_ANNUAL_LOAD_KWH, DATA_PV_KWP, HomeAgent, home_battery_spec
+from agents.planners import PLANNERS, Plan, PlanFunction, Snapshot
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
-from agents.common.settings import BatterySettings, HomeSettings
-from models.devices import BatterySpec, step_battery
+from agents.planners.optimal import ACTION_COST
+from agents.planners.snapshot import build_snapshot, feeder_loadings
+from models.devices import step_battery
 from models.grid import LIMIT_TOLERANCE_KW, violation_kw
-from models.schemas import CurtailCommand
+from models.policies import net_power_kw, price_setpoint_kw, self_consumption_setpoint_kw
+from models.schemas import CurtailAction, CurtailCommand
 from models.units import energy_kwh
 
 TRANSFORMER_ID = "T1"
@@ -127,6 +132,13 @@ class Result:
 
 
 # -- the ai planner ------------------------------------------------------------------------------
+#: The actions that lower (-1) and raise (+1) net power, as named in the prompt, cheapest first.
+MERIT_ORDER = {
+    direction: tuple(a.value for a in sorted(CurtailAction.moving(direction), key=ACTION_COST.__getitem__))
+    for direction in (-1, +1)
+}
+
+
 class ScriptedChat:
     """A stand-in for an OpenAI chat client: answers the ai planner's prompt with a scripted merit-order plan.
 
@@ -143,10 +155,10 @@ class ScriptedChat:
         commands = []
         for t in prompt["transformers"]:
             excess = t["loading_kw"] - t["rating_kw"]
-            order = ("discharge_battery", "shed_load")
+            order = MERIT_ORDER[-1]
             if excess <= 0:
                 excess = -t["reverse_limit_kw"] - t["loading_kw"]
-                order = ("charge_battery", "curtail_solar")
+                order = MERIT_ORDER[+1]
             mine = [a for a in prompt["agents"] if a["transformer"] == t["id"]]
             for action in order:
                 for a in mine:
@@ -164,12 +176,13 @@ class ScriptedChat:
         return None
 
 
-def make_ai_planner() -> tuple[Planner, Callable[[], str]] | None:
+def make_ai_planner() -> tuple[PlanFunction, Callable[[], str]] | None:
     """HOOK: the ai planner with a scripted stand-in model; None while agents.planners.ai does not exist.
 
     To measure a real model, build ``AiPlanner`` with an ``openai.AsyncOpenAI`` client here instead
     of ``ScriptedChat()`` (a year is 35,040 calls: mind the cost and the time).
-    Returns the planner as a plain ``snapshot -> Plan`` callable and a function describing its fallbacks.
+    Returns the planner as a plain ``snapshot -> Plan`` callable (a PlanFunction) and a function
+    describing its fallbacks, counted by kind (``models.schemas.FallbackKind``).
     """
     if importlib.util.find_spec("agents.planners.ai") is None:
         return None
@@ -180,7 +193,7 @@ def make_ai_planner() -> tuple[Planner, Callable[[], str]] | None:
     loop = asyncio.new_event_loop()
 
     def plan(snapshot: Snapshot) -> Plan:
-        return loop.run_until_complete(ai.plan(snapshot))[0]
+        return loop.run_until_complete(ai.plan(snapshot))
 
     def describe() -> str:
         s = ai.stats
@@ -193,10 +206,10 @@ def make_ai_planner() -> tuple[Planner, Callable[[], str]] | None:
     return plan, describe
 
 
-def make_planner(name: str, mpc_options: dict[str, Any]) -> tuple[Planner, Callable[[], str]] | None:
+def make_planner(name: str, mpc_options: dict[str, Any]) -> tuple[PlanFunction, Callable[[], str]] | None:
     """The planner a row names, and a function describing how it went."""
     if name == "none":
-        return (lambda snapshot: Plan()), (lambda: "no coordination: the agents' own policies")
+        return (lambda snapshot: Plan("none")), (lambda: "no coordination: the agents' own policies")
     if name == "mpc":
         mpc = MpcPlanner(**mpc_options)
         settings = ", ".join(f"{k}={v}" for k, v in mpc_options.items())
@@ -281,17 +294,9 @@ def bound(feeder: Feeder, steps: int) -> Result:
         * home_data.columns["load_kw"][rows]
     )
     home_settings, storage = HomeSettings(), BatterySettings()
-    home_spec = BatterySpec(
-        capacity_kwh=home_settings.battery_kwh, max_charge_kw=home_settings.battery_kw, max_discharge_kw=home_settings.battery_kw
-    )
-    rated = BatterySpec(
-        capacity_kwh=storage.capacity_kwh,
-        max_charge_kw=storage.power_kw,
-        max_discharge_kw=storage.power_kw,
-        charge_efficiency_fraction=0.96,
-        discharge_efficiency_fraction=0.96,
-    )
-    derate = np.array([temperature_derating_fraction(c) for c in battery_data.columns["temp_air_c"][rows]])
+    home_spec, rated = home_battery_spec(home_settings), storage_spec(storage)
+    storage_specs = [derated_storage_spec(rated, c) for c in battery_data.columns["temp_air_c"][rows]]
+    storage_limit_kw = np.array([spec.max_charge_kw for spec in storage_specs])
     price = battery_data.columns["price_per_kwh"][rows]
     # the agents' own setpoints along the year (what following them means), with the physics' clipping
     home_setpoint = np.empty_like(solar)
@@ -302,9 +307,8 @@ def bound(feeder: Feeder, steps: int) -> Result:
             home_setpoint[i, t], soc = s.power_kw, s.soc_fraction
     storage_setpoint = np.empty(steps)
     soc = storage.initial_soc_fraction
-    for t in range(steps):
-        limit = storage.power_kw * derate[t]
-        spec = BatterySpec(**{**rated.__dict__, "max_charge_kw": limit, "max_discharge_kw": limit})
+    for t, spec in enumerate(storage_specs):
+        limit = spec.max_charge_kw
         s = step_battery(
             soc,
             price_setpoint_kw(price[t], storage.charge_below_price_per_kwh, storage.discharge_above_price_per_kwh, limit),
@@ -313,7 +317,7 @@ def bound(feeder: Feeder, steps: int) -> Result:
         )
         storage_setpoint[t], soc = s.power_kw, s.soc_fraction
     # with no coordination the transformer sees exactly this: the agents' own schedules
-    alone = (demand - solar + home_setpoint).sum(axis=0) + storage_setpoint
+    alone = net_power_kw(demand, solar, home_setpoint).sum(axis=0) + net_power_kw(0.0, 0.0, storage_setpoint)
     outside = np.maximum(alone - feeder.rating_kw, -feeder.reverse_limit_kw - alone).clip(min=0.0)
     n = feeder.homes
     pool = HorizonBattery(
@@ -334,8 +338,8 @@ def bound(feeder: Feeder, steps: int) -> Result:
         charge_efficiency_fraction=rated.charge_efficiency_fraction,
         discharge_efficiency_fraction=rated.discharge_efficiency_fraction,
         setpoint_kw=storage_setpoint,
-        max_charge_kw=storage.power_kw * derate,
-        max_discharge_kw=storage.power_kw * derate,
+        max_charge_kw=storage_limit_kw,
+        max_discharge_kw=storage_limit_kw,
         energy_kwh=storage.initial_soc_fraction * rated.capacity_kwh,
     )
     flexible = demand.sum(axis=0) * home_settings.flexible_fraction

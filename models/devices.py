@@ -74,6 +74,44 @@ class BatteryStep:
     grid_kwh: float  # energy drawn at the terminals (> 0 charging, < 0 discharging)
 
 
+def clip_battery_power_kw(
+    power_kw: float,
+    charge_room_kwh: float,
+    discharge_room_kwh: float,
+    step_s: float,
+    max_charge_kw: float,
+    max_discharge_kw: float,
+    charge_efficiency_fraction: float,
+    discharge_efficiency_fraction: float,
+) -> float:
+    """The part of a requested power (kW, > 0 charges) that the power limits and the stored energy allow for one step.
+
+    charge_room_kwh: energy the cells can still take before their upper limit; discharge_room_kwh:
+    energy they hold above their lower limit (both >= 0). Charging P kW for dt h stores
+    P dt eta_c, so P <= room / (eta_c dt); discharging takes P dt / eta_d, so P <= room eta_d / dt.
+    """
+    hours = seconds_to_hours(step_s)
+    if power_kw > 0:
+        return min(power_kw, max_charge_kw, charge_room_kwh / (charge_efficiency_fraction * hours))
+    if power_kw < 0:
+        return -min(-power_kw, max_discharge_kw, discharge_room_kwh * discharge_efficiency_fraction / hours)
+    return 0.0
+
+
+def stored_kwh(
+    power_kw: float, step_s: float, charge_efficiency_fraction: float, discharge_efficiency_fraction: float
+) -> float:
+    """Energy added to (> 0) or taken from (< 0) the cells by a power (kW, > 0 charges) held for one step.
+
+    Charging stores ``P dt eta_c``; discharging takes ``|P| dt / eta_d``.
+    """
+    if power_kw > 0:
+        return energy_kwh(power_kw, step_s) * charge_efficiency_fraction
+    if power_kw < 0:
+        return -energy_kwh(-power_kw, step_s) / discharge_efficiency_fraction
+    return 0.0
+
+
 def step_battery(soc_fraction: float, power_kw: float, step_s: float, spec: BatterySpec) -> BatteryStep:
     """Apply a requested power for one step; return the power actually applied and the new SoC.
 
@@ -87,20 +125,62 @@ def step_battery(soc_fraction: float, power_kw: float, step_s: float, spec: Batt
     if not (math.isfinite(step_s) and step_s > 0):
         raise ValueError(f"step_s must be positive and finite, got {step_s!r}")
     soc = min(max(soc_fraction, spec.soc_min_fraction), spec.soc_max_fraction)
-    hours = seconds_to_hours(step_s)
-    if power_kw > 0:
-        room_kwh = (spec.soc_max_fraction - soc) * spec.capacity_kwh
-        applied = min(power_kw, spec.max_charge_kw, room_kwh / (spec.charge_efficiency_fraction * hours))
-        stored = energy_kwh(applied, step_s) * spec.charge_efficiency_fraction
-    elif power_kw < 0:
-        available_kwh = (soc - spec.soc_min_fraction) * spec.capacity_kwh
-        magnitude = min(-power_kw, spec.max_discharge_kw, available_kwh * spec.discharge_efficiency_fraction / hours)
-        applied = -magnitude
-        stored = -energy_kwh(magnitude, step_s) / spec.discharge_efficiency_fraction
-    else:
-        applied, stored = 0.0, 0.0
+    eta_c, eta_d = spec.charge_efficiency_fraction, spec.discharge_efficiency_fraction
+    applied = clip_battery_power_kw(
+        power_kw,
+        charge_room_kwh=(spec.soc_max_fraction - soc) * spec.capacity_kwh,
+        discharge_room_kwh=(soc - spec.soc_min_fraction) * spec.capacity_kwh,
+        step_s=step_s,
+        max_charge_kw=spec.max_charge_kw,
+        max_discharge_kw=spec.max_discharge_kw,
+        charge_efficiency_fraction=eta_c,
+        discharge_efficiency_fraction=eta_d,
+    )
+    stored = stored_kwh(applied, step_s, eta_c, eta_d)
     new_soc = min(max(soc + stored / spec.capacity_kwh, spec.soc_min_fraction), spec.soc_max_fraction)
     return BatteryStep(power_kw=applied, soc_fraction=new_soc, stored_kwh=stored, grid_kwh=energy_kwh(applied, step_s))
+
+
+@dataclass(frozen=True)
+class EnergyStep:
+    """Outcome of one step of ``step_battery_energy``: the power applied and the energy stored at the step's end."""
+
+    power_kw: float
+    energy_kwh: float
+
+
+def step_battery_energy(
+    energy_kwh: float,
+    power_kw: float,
+    step_s: float,
+    *,
+    energy_min_kwh: float,
+    energy_max_kwh: float,
+    max_charge_kw: float,
+    max_discharge_kw: float,
+    charge_efficiency_fraction: float,
+    discharge_efficiency_fraction: float,
+) -> EnergyStep:
+    """``step_battery`` in stored energy (kWh) instead of SoC, with this step's limits given one by one.
+
+    For planners, which follow batteries (or pools of alike ones, with summed limits) in kWh and
+    whose power limits change from step to step. The same clipping and the same losses
+    (``clip_battery_power_kw``, ``stored_kwh``); an energy outside [energy_min_kwh,
+    energy_max_kwh] is first clamped into it.
+    """
+    energy = min(max(energy_kwh, energy_min_kwh), energy_max_kwh)
+    applied = clip_battery_power_kw(
+        power_kw,
+        charge_room_kwh=energy_max_kwh - energy,
+        discharge_room_kwh=energy - energy_min_kwh,
+        step_s=step_s,
+        max_charge_kw=max_charge_kw,
+        max_discharge_kw=max_discharge_kw,
+        charge_efficiency_fraction=charge_efficiency_fraction,
+        discharge_efficiency_fraction=discharge_efficiency_fraction,
+    )
+    stored = stored_kwh(applied, step_s, charge_efficiency_fraction, discharge_efficiency_fraction)
+    return EnergyStep(power_kw=applied, energy_kwh=min(max(energy + stored, energy_min_kwh), energy_max_kwh))
 
 
 @dataclass

@@ -62,15 +62,50 @@ class AgentType(str, Enum):
 class CurtailAction(str, Enum):
     """What a command asks an agent to do; each shifts its net power by the command's power_kw."""
 
-    curtail_solar = "curtail_solar"  # raises net power
-    shed_load = "shed_load"  # lowers net power
-    charge_battery = "charge_battery"  # raises net power
-    discharge_battery = "discharge_battery"  # lowers net power
+    # which way each one shifts it is ``direction``, and nowhere else: planners, agents and benches ask it
+    curtail_solar = "curtail_solar"
+    shed_load = "shed_load"
+    charge_battery = "charge_battery"
+    discharge_battery = "discharge_battery"
 
     @property
     def direction(self) -> int:
         """+1 when the action raises the agent's net power, -1 when it lowers it."""
         return 1 if self in (CurtailAction.curtail_solar, CurtailAction.charge_battery) else -1
+
+    @classmethod
+    def moving(cls, direction: int) -> tuple[CurtailAction, ...]:
+        """The actions that move net power ``direction`` (+1 raises, -1 lowers)."""
+        return tuple(action for action in cls if action.direction == direction)
+
+    @classmethod
+    def battery_shift(cls, delta_kw: float) -> CurtailAction:
+        """The battery action that moves a setpoint by ``delta_kw`` (> 0 towards charging).
+
+        A battery's power counts one for one in its site's net power (``models.policies.net_power_kw``),
+        so it is the battery action whose direction has the sign of ``delta_kw``.
+        """
+        return cls.charge_battery if cls.charge_battery.direction * delta_kw > 0 else cls.discharge_battery
+
+
+class FallbackKind(str, Enum):
+    """Why the ai planner's own plan was not used (the optimal plan was): a fixed set, for labels and reports."""
+
+    missing_key = "missing_key"  # no OpenAI key: the model is never asked
+    timeout = "timeout"  # no answer within the planner's deadline
+    rate_limited = "rate_limited"  # HTTP 429
+    server_error = "server_error"  # any other HTTP error status from the model's server
+    connection = "connection"  # the model's server could not be reached
+    call_failed = "call_failed"  # any other failure of the OpenAI client
+    no_answer = "no_answer"  # an answer without a message
+    refusal = "refusal"  # the model refused, or its answer was filtered
+    truncated = "truncated"  # the answer was cut off at its length limit
+    bad_json = "bad_json"  # not JSON, or not the plan's schema
+    unknown_agent = "unknown_agent"  # a command for an agent the prompt did not list
+    duplicate_command = "duplicate_command"  # two commands for one agent and action
+    infeasible = "infeasible"  # a command beyond what its agent can apply (headroom) or with no finite power
+    worsens = "worsens"  # the plan pushes a transformer further outside its limits
+    short_of_optimal = "short_of_optimal"  # it leaves more outside the limits than the optimal plan
 
 
 class CommandStatus(str, Enum):
@@ -101,7 +136,11 @@ class LoadStatus(BaseModel):
 
 
 class BatteryStatus(BaseModel):
-    """Battery this step: ``power_kw`` > 0 charges; ``soc_fraction`` at the end of the step."""
+    """Battery this step: ``power_kw`` > 0 charges; ``soc_fraction`` at the end of the step.
+
+    The last four fields came later: an agent that does not send them is read as described in
+    ``agents.planners.snapshot`` (efficiencies assumed, start of step worked back from the end).
+    """
 
     soc_fraction: Number
     power_kw: Number
@@ -110,6 +149,20 @@ class BatteryStatus(BaseModel):
     max_discharge_kw: Number
     soc_min_fraction: Number
     soc_max_fraction: Number
+    soc_start_fraction: Number | None = Field(
+        None, description="State of charge (0-1) when this step began, before any setpoint of this step acted"
+    )
+    charge_efficiency_fraction: Number | None = Field(
+        None, description="Share (0-1] of the energy drawn while charging that is stored"
+    )
+    discharge_efficiency_fraction: Number | None = Field(
+        None, description="Energy delivered per unit taken from the cells while discharging (0-1]"
+    )
+    local_setpoint_kw: Number | None = Field(
+        None,
+        description="kW (> 0 charges) the agent's own policy chose this step, within the physics' limits, "
+        "before any command from the grid agent",
+    )
 
 
 class Flexibility(BaseModel):
@@ -342,6 +395,7 @@ class CoordinationResult(BaseModel):
     step_s: float | None = Field(None, description="Length of the simulated step the agents took")
     planner: str
     fallback_reason: str | None = None
+    fallback_kind: FallbackKind | None = Field(None, description="The kind of fallback_reason, from a fixed set")
     transformers: list[TransformerReport]
     actions: list[ActionReport]
     unreachable: list[str]

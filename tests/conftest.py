@@ -17,6 +17,8 @@ from fastapi import FastAPI
 
 from agents import battery, grid, home
 from agents.device.agent import DeviceAgent
+from agents.device.battery import BatteryAgent
+from agents.device.home import HomeAgent
 from agents.common.settings import BatterySettings, GridSettings, HomeSettings
 from models.schemas import AgentReport
 
@@ -140,7 +142,7 @@ class DeviceKind:
 HOME_KIND = DeviceKind(
     name="home",
     agent_id=HOME_ID,
-    agent_class=home.HomeAgent,
+    agent_class=HomeAgent,
     create_app=home.create_app,
     make_settings=make_home_settings,
     csv=HOME_CSV,
@@ -153,7 +155,7 @@ HOME_KIND = DeviceKind(
 BATTERY_KIND = DeviceKind(
     name="battery",
     agent_id=BATTERY_ID,
-    agent_class=battery.BatteryAgent,
+    agent_class=BatteryAgent,
     create_app=battery.create_app,
     make_settings=make_battery_settings,
     csv=BATTERY_CSV,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pytest import approx
 
-from agents.battery import create_app, price_setpoint_kw, temperature_derating_fraction
+from agents.battery import create_app
 from agents.common.settings import StartupError
 from tests.conftest import (
     BATTERY_CHEAP_START,
@@ -44,15 +44,16 @@ async def curtail(client: httpx.AsyncClient, action: str, power_kw: float, comma
     return await client.post("/curtail", json=body, **kwargs)
 
 
-# -- the local policy as pure functions ----------------------------------------------------------
-@pytest.mark.parametrize(("temp_air_c", "expected"), [(-30.0, 0.5), (-10.0, 0.5), (-5.0, 0.75), (0.0, 1.0), (25.0, 1.0), (40.0, 1.0), (45.0, 0.75), (60.0, 0.5)])
-def test_temperature_derating_fraction_bands(temp_air_c, expected):
-    assert temperature_derating_fraction(temp_air_c) == approx(expected)
-
-
-@pytest.mark.parametrize(("price", "expected"), [(0.05, 25.0), (0.12, 25.0), (0.20, 0.0), (0.30, -25.0), (0.45, -25.0)])
-def test_price_setpoint_kw_thresholds_are_inclusive(price, expected):
-    assert price_setpoint_kw(price, 0.12, 0.30, 25.0) == expected
+async def test_status_reports_what_a_planner_needs_of_the_battery(serve_app, make_app):
+    """The storage's own efficiencies (96 %), its start-of-step SoC and the price policy's setpoint."""
+    c = await stepped(serve_app, make_app, BATTERY_CHEAP_START)
+    battery = (await c.get("/status")).json()["battery"]
+    assert (battery["charge_efficiency_fraction"], battery["discharge_efficiency_fraction"]) == (0.96, 0.96)
+    assert battery["soc_start_fraction"] == approx(0.5)
+    assert battery["local_setpoint_kw"] == approx(25.0)  # cheap: charge at full power
+    assert battery["soc_fraction"] == approx(0.5 + 25.0 * 0.25 * 0.96 / 50.0)
+    commanded = (await curtail(c, "discharge_battery", 10.0)).json()["agent_status"]["battery"]
+    assert (commanded["power_kw"], commanded["local_setpoint_kw"]) == (approx(15.0), approx(25.0))
 
 
 # -- /simulate and the local policy --------------------------------------------------------------

@@ -19,7 +19,7 @@ from pytest import approx
 
 from agents.device.agent import DeviceAgent
 from agents.common.errors import ConflictError
-from agents.home import HomeAgent
+from agents.device.home import HomeAgent
 from agents.common.settings import StartupError
 from models.schemas import AgentStatus, CommandStatus, CurtailCommand
 from tests.conftest import (

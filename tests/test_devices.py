@@ -17,6 +17,7 @@ from models.devices import (
     LoadModule,
     SolarModule,
     step_battery,
+    step_battery_energy,
 )
 from models.units import SECONDS_PER_HOUR, energy_kwh, seconds_to_hours
 
@@ -281,6 +282,39 @@ def test_step_battery_energy_balance(spec, soc, requests, step_s):
     assert stored_kwh == pytest.approx(expected_kwh, abs=tolerance)
     assert sum(r.stored_kwh for r in results) == pytest.approx(expected_kwh, abs=tolerance)
     assert sum(r.grid_kwh for r in results) == pytest.approx(sum(charge_kwh) - sum(discharge_kwh), abs=tolerance)
+
+
+# --- step_battery_energy: the same physics in kWh --------------------------------------------
+
+
+def test_step_battery_energy_hand_computed_charge_hits_the_top():
+    """9.5 of 10 kWh, 95 % charging: 0.5 kWh of room takes 0.5 / (0.95 x 0.25 h) = 2.105 kW of a 5 kW request."""
+    result = step_battery_energy(
+        9.5, 5.0, QUARTER_HOUR_S, energy_min_kwh=1.0, energy_max_kwh=10.0, max_charge_kw=5.0, max_discharge_kw=5.0,
+        charge_efficiency_fraction=0.95, discharge_efficiency_fraction=0.9,
+    )
+    assert result.power_kw == pytest.approx(0.5 / (0.95 * HOURS), abs=1e-12)
+    assert result.energy_kwh == pytest.approx(10.0, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(battery_specs(), st.floats(-0.5, 1.5), setpoints_kw, step_lengths_s)
+def test_step_battery_energy_matches_step_battery(spec, soc, request_kw, step_s):
+    by_soc = step_battery(soc, request_kw, step_s, spec)
+    by_energy = step_battery_energy(
+        soc * spec.capacity_kwh,
+        request_kw,
+        step_s,
+        energy_min_kwh=spec.soc_min_fraction * spec.capacity_kwh,
+        energy_max_kwh=spec.soc_max_fraction * spec.capacity_kwh,
+        max_charge_kw=spec.max_charge_kw,
+        max_discharge_kw=spec.max_discharge_kw,
+        charge_efficiency_fraction=spec.charge_efficiency_fraction,
+        discharge_efficiency_fraction=spec.discharge_efficiency_fraction,
+    )
+    tolerance = 1e-9 * max(spec.capacity_kwh, abs(request_kw), 1.0) / min(seconds_to_hours(step_s), 1.0)
+    assert by_energy.power_kw == pytest.approx(by_soc.power_kw, abs=tolerance)
+    assert by_energy.energy_kwh == pytest.approx(by_soc.soc_fraction * spec.capacity_kwh, abs=1e-9 * spec.capacity_kwh)
 
 
 # --- BatteryModule -----------------------------------------------------------------------------

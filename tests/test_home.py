@@ -143,3 +143,16 @@ def test_data_file_missing_a_column_is_named(tmp_path):
     path.write_text("timestamp,solar_kw,temp_air_c\n2025-06-01T00:00:00,0,1\n2025-06-01T00:15:00,0,1\n", encoding="utf-8")
     with pytest.raises(StartupError, match="load_kw"):
         create_app(make_home_settings(tmp_path, data_file=path), register=False)
+
+
+async def test_status_reports_what_a_planner_needs_of_the_battery(day_client):
+    """Start-of-step SoC, efficiencies and the local setpoint, which a command leaves as it was."""
+    battery = (await day_client.get("/status")).json()["battery"]
+    assert battery["soc_start_fraction"] == approx(0.5)
+    assert (battery["charge_efficiency_fraction"], battery["discharge_efficiency_fraction"]) == (0.95, 0.95)
+    assert battery["local_setpoint_kw"] == approx(3.0)  # 4 kW PV - 1 kW load
+    commanded = (await curtail(day_client, "discharge_battery", 4.0)).json()["agent_status"]["battery"]
+    assert commanded["power_kw"] == approx(-1.0)
+    assert commanded["local_setpoint_kw"] == approx(3.0)
+    assert commanded["soc_start_fraction"] == approx(0.5)
+    assert commanded["soc_fraction"] == approx(0.5 - 1.0 * 0.25 / 0.95 / 13.5)

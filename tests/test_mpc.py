@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from agents.planners.snapshot import build_snapshot
-from agents.home import HomeAgent
+from agents.device.home import HomeAgent
 from agents.planners import PLANNERS, AgentFlex, Plan, Snapshot, TransformerSnapshot, plan_optimal
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
@@ -313,6 +313,54 @@ def test_mpc_leaves_agents_alone_when_nothing_is_at_stake():
     for snapshot in random_snapshots(seed=3, steps=20, rating_kw=1000.0):
         assert planner(snapshot).commands == []
     assert planner.solves == 0
+
+
+def storage_status(soc_start: float, power_kw: float, efficiency: float, stamp: datetime) -> AgentStatus:
+    """A 50 kWh, 25 kW storage system that reports its start-of-step SoC and efficiencies."""
+    stored_kwh = power_kw * 0.25 * efficiency if power_kw > 0 else power_kw * 0.25 / efficiency
+    return AgentStatus(
+        agent_id="storage",
+        agent_type=AgentType.battery,
+        transformer_id="T1",
+        step=1,
+        timestamp=stamp,
+        step_s=900.0,
+        net_power_kw=power_kw,
+        battery=BatteryStatus(
+            soc_fraction=soc_start + stored_kwh / 50.0,
+            power_kw=power_kw,
+            capacity_kwh=50.0,
+            max_charge_kw=25.0,
+            max_discharge_kw=25.0,
+            soc_min_fraction=0.1,
+            soc_max_fraction=0.95,
+            soc_start_fraction=soc_start,
+            charge_efficiency_fraction=efficiency,
+            discharge_efficiency_fraction=efficiency,
+            local_setpoint_kw=power_kw,
+        ),
+        flexibility=Flexibility(charge_battery_kw=25.0 - power_kw, discharge_battery_kw=25.0 + power_kw),
+    )
+
+
+def test_mpc_models_each_battery_with_its_reported_efficiencies_and_start_energy():
+    stamp = datetime(2025, 6, 1, 12)
+    statuses = [
+        home_status("home_0", 1, 5.0, 1.0, 4.0, 0.5, stamp),  # reports no efficiencies: the snapshot's assumption
+        storage_status(soc_start=0.3, power_kw=25.0, efficiency=0.96, stamp=stamp),
+    ]
+    snapshot = build_snapshot(statuses, ["T1"], lambda _tid: (RATING_KW, REVERSE_LIMIT_KW))
+    planner = MpcPlanner(horizon_steps=8)
+    index = planner._step_index(snapshot)
+    problem, batteries = planner._problem(snapshot, planner.forecast(planner._remember(snapshot, index), index))
+    home, storage = problem.batteries[:2]  # each alone for the first step; pools follow
+    assert [b.agent.agent_id for b in batteries] == ["home_0", "storage"]
+    assert (storage.charge_efficiency_fraction, storage.discharge_efficiency_fraction) == (0.96, 0.96)
+    assert storage.energy_kwh == pytest.approx(0.3 * 50.0, abs=1e-12)
+    assert (home.charge_efficiency_fraction, home.discharge_efficiency_fraction) == (0.95, 0.95)
+    assert home.energy_kwh == pytest.approx(0.5 * 13.5 - 4.0 * 0.25 * 0.95, abs=1e-12)
+    pools = {b.takes_over: b for b in problem.batteries[2:]}
+    assert pools[(1,)].charge_efficiency_fraction == 0.96 and pools[(1,)].first_step == 1
 
 
 def agent(agent_id: str, battery_power_kw: float = 0.0, **headroom_kw: float) -> AgentFlex:

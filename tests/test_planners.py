@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents.planners import PLANNERS, AgentFlex, Command, Snapshot, TransformerSnapshot, apply_plan, plan_optimal, plan_rule
+from agents.planners.base import violations_after
 from agents.planners.optimal import ACTION_COST, HOLD_BACK_COST, SLACK_COST, _segments
 from models.grid import violation_kw
 from models.schemas import CurtailAction
@@ -50,6 +51,19 @@ def weighted_cost(snapshot: Snapshot, commands: list[Command]) -> float:
     after = apply_plan(snapshot, commands)
     left = sum(violation_kw(after[t.transformer_id], t.rating_kw, t.reverse_limit_kw) for t in snapshot.transformers)
     return sum(ACTION_COST[c.action] * c.power_kw for c in commands) + SLACK_COST * left
+
+
+# --- the sign of each action, from CurtailAction.direction ------------------------------------
+
+
+def test_curtail_action_moving_lists_the_actions_each_way():
+    assert set(CurtailAction.moving(-1)) == {DISCHARGE, SHED}
+    assert set(CurtailAction.moving(+1)) == {CHARGE, CURTAIL}
+
+
+@pytest.mark.parametrize(("delta_kw", "action"), [(2.5, CHARGE), (-0.1, DISCHARGE), (0.0, DISCHARGE)])
+def test_curtail_action_battery_shift_follows_the_sign(delta_kw, action):
+    assert CurtailAction.battery_shift(delta_kw) is action
 
 
 # --- apply_plan --------------------------------------------------------------------------------
@@ -103,7 +117,7 @@ def test_planners_no_violation_no_commands(planner, loading_kw):
     )
     plan = planner(snapshot)
     assert plan.commands == []
-    assert all(kw == 0.0 for kw in plan.unfixed_kw.values())
+    assert all(kw == 0.0 for kw in violations_after(snapshot, plan.commands).values())
 
 
 @pytest.mark.parametrize(("name", "function"), [("optimal", plan_optimal), ("rule", plan_rule)])
@@ -130,7 +144,7 @@ def test_plan_optimal_overload_battery_only_exact_excess():
     plan = plan_optimal(snapshot)
     assert commanded(plan.commands) == {("b1", DISCHARGE): pytest.approx(3.0, abs=KW_TOL)}
     assert apply_plan(snapshot, plan.commands)["T1"] == pytest.approx(10.0, abs=KW_TOL)
-    assert plan.unfixed_kw == {"T1": pytest.approx(0.0, abs=KW_TOL)}
+    assert violations_after(snapshot, plan.commands) == {"T1": pytest.approx(0.0, abs=KW_TOL)}
 
 
 def test_plan_optimal_overload_battery_short_then_shed_never_curtail():
@@ -148,7 +162,7 @@ def test_plan_optimal_overload_battery_short_then_shed_never_curtail():
     }
     assert all(c.action is not CURTAIL for c in plan.commands)
     assert apply_plan(snapshot, plan.commands)["T1"] == pytest.approx(10.0, abs=KW_TOL)
-    assert plan.unfixed_kw["T1"] == pytest.approx(0.0, abs=KW_TOL)
+    assert violations_after(snapshot, plan.commands)["T1"] == pytest.approx(0.0, abs=KW_TOL)
 
 
 def test_plan_optimal_overload_nothing_enough_reports_unfixed():
@@ -161,7 +175,7 @@ def test_plan_optimal_overload_nothing_enough_reports_unfixed():
         ("b1", DISCHARGE): pytest.approx(5.0, abs=KW_TOL),
         ("h1", SHED): pytest.approx(4.0, abs=KW_TOL),
     }
-    assert plan.unfixed_kw == {"T1": pytest.approx(3.0, abs=KW_TOL)}
+    assert violations_after(snapshot, plan.commands) == {"T1": pytest.approx(3.0, abs=KW_TOL)}
 
 
 def test_plan_optimal_reverse_flow_charge_before_curtail():
@@ -178,7 +192,7 @@ def test_plan_optimal_reverse_flow_charge_before_curtail():
         ("h1", CURTAIL): pytest.approx(2.0, abs=KW_TOL),
     }
     assert apply_plan(snapshot, plan.commands)["T1"] == pytest.approx(-10.0, abs=KW_TOL)
-    assert plan.unfixed_kw["T1"] == pytest.approx(0.0, abs=KW_TOL)
+    assert violations_after(snapshot, plan.commands)["T1"] == pytest.approx(0.0, abs=KW_TOL)
 
 
 def test_plan_optimal_reverse_flow_battery_enough_no_curtail():
@@ -203,7 +217,7 @@ def test_plan_optimal_reverse_flow_nothing_enough_reports_unfixed_exactly():
         ("b1", CHARGE): pytest.approx(3.0, abs=KW_TOL),
         ("h1", CURTAIL): pytest.approx(4.0, abs=KW_TOL),
     }
-    assert plan.unfixed_kw == {"T1": pytest.approx(3.0, abs=KW_TOL)}
+    assert violations_after(snapshot, plan.commands) == {"T1": pytest.approx(3.0, abs=KW_TOL)}
     assert apply_plan(snapshot, plan.commands)["T1"] == pytest.approx(-13.0, abs=KW_TOL)
 
 
@@ -284,7 +298,6 @@ def test_plan_optimal_two_transformers_leaves_normal_one_alone():
     assert {c.agent_id for c in plan.commands} == {"b1"}
     after = apply_plan(snapshot, plan.commands)
     assert after == {"T1": pytest.approx(10.0, abs=KW_TOL), "T2": 5.0}
-    assert set(plan.unfixed_kw) == {"T1"}
 
 
 def test_plan_optimal_two_troubled_transformers_fixed_independently():
@@ -329,7 +342,7 @@ def test_plan_rule_overload_spreads_in_proportion_to_headroom():
     plan = plan_rule(snapshot)
     assert commanded(plan.commands) == {("b1", DISCHARGE): pytest.approx(3.0), ("h1", SHED): pytest.approx(1.0)}
     assert apply_plan(snapshot, plan.commands)["T1"] == pytest.approx(10.0)
-    assert plan.unfixed_kw == {"T1": 0.0}
+    assert violations_after(snapshot, plan.commands) == {"T1": 0.0}
 
 
 def test_plan_rule_reverse_flow_spreads_in_proportion_to_headroom():
@@ -353,7 +366,7 @@ def test_plan_rule_caps_at_full_headroom_and_reports_unfixed():
     )
     plan = plan_rule(snapshot)
     assert commanded(plan.commands) == {("b1", DISCHARGE): pytest.approx(5.0), ("h1", SHED): pytest.approx(3.0)}
-    assert plan.unfixed_kw == {"T1": pytest.approx(2.0)}
+    assert violations_after(snapshot, plan.commands) == {"T1": pytest.approx(2.0)}
     assert apply_plan(snapshot, plan.commands)["T1"] == pytest.approx(12.0)
 
 
@@ -361,7 +374,7 @@ def test_plan_rule_no_helpful_resource_reports_whole_excess():
     snapshot = Snapshot(transformers=(transformer(-16.0),), agents=(agent("h1", shed_load=3.0),))
     plan = plan_rule(snapshot)
     assert plan.commands == []
-    assert plan.unfixed_kw == {"T1": pytest.approx(6.0)}
+    assert violations_after(snapshot, plan.commands) == {"T1": pytest.approx(6.0)}
 
 
 def test_plan_rule_two_transformers_leaves_normal_one_alone():
@@ -429,8 +442,6 @@ def test_plan_optimal_never_worsens_a_transformer(snapshot):
     for t in snapshot.transformers:
         after_kw = violation_kw(after[t.transformer_id], t.rating_kw, t.reverse_limit_kw)
         assert after_kw <= t.violation_kw + KW_TOL
-        if t.violation_kw > 0:
-            assert plan.unfixed_kw[t.transformer_id] == pytest.approx(after_kw, abs=KW_TOL)
 
 
 @settings(max_examples=150, deadline=None)
@@ -461,5 +472,3 @@ def test_plan_rule_never_worsens_a_transformer(snapshot):
     for t in snapshot.transformers:
         after_kw = violation_kw(after[t.transformer_id], t.rating_kw, t.reverse_limit_kw)
         assert after_kw <= t.violation_kw + KW_TOL
-        if t.violation_kw > 0:
-            assert plan.unfixed_kw[t.transformer_id] == pytest.approx(after_kw, abs=KW_TOL)

@@ -20,10 +20,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agents.battery import BatteryAgent
+from agents.device.battery import BatteryAgent
 from agents.device.agent import DeviceAgent
 from agents.common.errors import ConflictError
-from agents.home import HomeAgent
+from agents.device.home import HomeAgent
 from models.schemas import AgentStatus, CommandStatus, CurtailAction, CurtailCommand
 from models.units import seconds_to_hours
 from tests.conftest import BATTERY_CSV, HOME_CSV, make_battery_settings, make_home_settings

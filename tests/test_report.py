@@ -45,6 +45,7 @@ CYCLES = [
     },
     {
         "cycle": 2, "timestamp": "2025-07-15T12:15:00", "step_s": 900.0, "planner": "optimal", "fallback_reason": "OPENAI_API_KEY is not set",
+        "fallback_kind": "missing_key",
         "transformers": [transformer(-20.0, -16.0)],
         "actions": [action("charge_battery", 4.0)],
         "unreachable": ["battery_agent_1"], "agents_stepped": 1, "duration_ms": 6.0, "phase_ms": {"step": 1.0, "plan": 4.0, "act": 1.0},
@@ -89,7 +90,7 @@ def test_run_kpis_integrate_each_step():
     assert k["commands_by_status"] == {"applied": 3, "partial": 1}
     assert k["planner_calls"] == {"optimal": 2}
     assert k["planner_fallbacks"] == 1
-    assert k["fallback_reasons"] == {"no_api_key": 1}
+    assert k["fallback_reasons"] == {"missing_key": 1}
     assert k["unreachable_agent_cycles"] == 1
     assert k["median_cycle_ms"] == approx(5.0)
 
@@ -119,7 +120,7 @@ def test_summary_rows_compare_with_and_without_coordination():
     assert rows["energy imported (kWh)"] == ("3.75", "5.00")
     assert rows["solar curtailed (kWh)"][0] == "0.50"
     assert rows["planner fallbacks"][0] == "1"
-    assert rows["  no_api_key"][0] == "1"
+    assert rows["  missing_key"][0] == "1"
 
 
 # -- the report on disk --------------------------------------------------------------------------

@@ -38,30 +38,6 @@ if TYPE_CHECKING:
 #: Buckets of the cycle duration (s): a cycle on loopback takes milliseconds; a slow peer or model, seconds.
 CYCLE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-#: Kinds of planner fallback, so that a label never carries free text: (kind, words that mark it).
-FALLBACK_KINDS = (
-    ("no_api_key", ("OPENAI_API_KEY", "not set")),
-    ("timeout", ("timed out",)),
-    ("rate_limited", ("rate-limited", "429")),
-    ("server_error", ("server error",)),
-    ("unreachable", ("unreachable",)),
-    ("refused", ("refused",)),
-    ("cut_off", ("cut off",)),
-    ("no_answer", ("no answer",)),
-    ("invalid_json", ("invalid plan JSON",)),
-    ("plan_rejected", ("plan rejected",)),
-    ("call_failed", ("call failed",)),
-)
-
-
-def fallback_kind(reason: str) -> str:
-    """A short, fixed label for a planner's fallback reason (``other`` when none fits)."""
-    for kind, marks in FALLBACK_KINDS:
-        if any(mark in reason for mark in marks):
-            return kind
-    return "other"
-
-
 def peer_error_kind(exc: BaseException) -> str:
     """A short, fixed label for a failed call to another agent."""
     kind = getattr(exc, "kind", None)  # agents.cycle.peers.PeerCallError names its own kind
@@ -125,7 +101,12 @@ class GridMetrics(AgentMetrics):
         self.cycle_duration = Histogram("ems_cycle_duration_seconds", "Duration of one coordination cycle (step, plan, act, record)", buckets=CYCLE_BUCKETS_S, registry=r)
         self.phase_duration = Histogram("ems_cycle_phase_duration_seconds", "Duration of each phase of a cycle", ["phase"], buckets=CYCLE_BUCKETS_S, registry=r)
         self.cycles = Counter("ems_cycles", "Coordination cycles, by the planner that decided", ["planner"], registry=r)
-        self.fallbacks = Counter("ems_planner_fallbacks", "Cycles in which the ai planner's plan was not used, by kind of reason", ["kind"], registry=r)
+        self.fallbacks = Counter(
+            "ems_planner_fallbacks",
+            "Cycles in which the ai planner's plan was not used, by kind (models.schemas.FallbackKind)",
+            ["kind"],
+            registry=r,
+        )
         self.loading = Gauge("ems_transformer_loading_kw", "Loading after coordination in the last cycle (kW, > 0 = import)", ["transformer_id"], registry=r)
         self.loading_before = Gauge("ems_transformer_loading_before_kw", "Loading before coordination in the last cycle (kW, > 0 = import)", ["transformer_id"], registry=r)
         self.rating = Gauge("ems_transformer_rating_kw", "Transformer rating (kW)", ["transformer_id"], registry=r)
@@ -143,8 +124,8 @@ class GridMetrics(AgentMetrics):
         for phase, ms in result.phase_ms.items():
             self.phase_duration.labels(phase=phase).observe(ms / 1000.0)
         self.cycles.labels(planner=result.planner).inc()
-        if result.fallback_reason:
-            self.fallbacks.labels(kind=fallback_kind(result.fallback_reason)).inc()
+        if result.fallback_kind is not None:
+            self.fallbacks.labels(kind=result.fallback_kind.value).inc()
         for t in result.transformers:
             tid = t.transformer_id
             self.loading.labels(transformer_id=tid).set(t.loading_after_kw)

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from agents.common.metrics import fallback_kind
 from models.units import energy_kwh
 
 #: Step assumed for a cycle in which no agent answered (and so none said how long its step was).
@@ -69,7 +68,8 @@ def run_kpis(cycles: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for a in cycle["actions"]:
             applied[a["action"]] += energy_kwh(a["applied_kw"], step_s)
             statuses[a["status"]] += 1
-    reasons = Counter(fallback_kind(c["fallback_reason"]) for c in cycles if c.get("fallback_reason"))
+    # by the kind each cycle carries; cycles recorded before fallback_kind existed count as "unknown"
+    reasons = Counter(c.get("fallback_kind") or "unknown" for c in cycles if c.get("fallback_reason"))
     durations = [c["duration_ms"] for c in cycles]
     kpis.update(
         {

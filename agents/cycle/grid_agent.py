@@ -23,7 +23,7 @@ from agents.cycle.history import CycleHistory
 from agents.cycle.peers import PeerClient
 from agents.cycle.recorder import CycleRecorder
 from agents.cycle.registry import Registry, now
-from agents.planners import PLANNERS, Command, Plan, Snapshot
+from agents.planners import PLANNERS, Command, Plan, Planner, Snapshot, SyncPlanner
 from agents.planners.ai import AiPlanner
 from agents.planners.mpc import MpcPlanner
 from agents.planners.snapshot import build_snapshot, feeder_loadings
@@ -68,13 +68,11 @@ def make_ai_planner(settings: GridSettings) -> AiPlanner:
     return AiPlanner(client, model=model, timeout_s=settings.ai_timeout_s)
 
 
-@dataclass(frozen=True)
-class Decision:
-    """A cycle's plan and who made it: ``fallback_reason`` says why the ai planner's own plan was not used."""
-
-    plan: Plan
-    planner: str
-    fallback_reason: str | None = None
+def make_planner(name: str, settings: GridSettings) -> Planner:
+    """The planner a (resolved) name stands for, as the cycle awaits it."""
+    if name == "ai":
+        return make_ai_planner(settings)
+    return SyncPlanner(make_mpc_planner() if name == "mpc" else PLANNERS[name]())
 
 
 @dataclass(frozen=True)
@@ -101,8 +99,7 @@ class GridAgent:
         self.settings = settings
         self.agent_id = settings.agent_id
         self.planner = resolve_planner(settings.planner, openai_settings_from_env()[0])
-        self.ai = make_ai_planner(settings) if self.planner == "ai" else None
-        self.plan = make_mpc_planner() if self.planner == "mpc" else PLANNERS["optimal" if self.ai else self.planner]()
+        self.planning: Planner = make_planner(self.planner, settings)
         scenario = scenario or (load_scenario(settings.scenario) if settings.scenario else Scenario())
         self.metrics = GridMetrics(self.agents)
         self.calls = AgentCalls(settings, self.metrics)
@@ -143,7 +140,7 @@ class GridAgent:
             transformers=last.transformers if last else [],
             last_cycle=last,
             median_cycle_ms=statistics.median(self.recorder.cycle_ms) if self.recorder.cycle_ms else None,
-            ai=self.ai.stats.as_dict() if self.ai else None,
+            ai=self.planning.stats.as_dict() if isinstance(self.planning, AiPlanner) else None,
         )
 
     # -- who holds the feeder ------------------------------------------------------------------
@@ -189,11 +186,11 @@ class GridAgent:
         statuses = await self._step(self.registry.agents(), unreachable)
         stepped = time.perf_counter()
         snapshot = self._assess(statuses)
-        decision = await self._plan(snapshot)
+        plan = await self._plan(snapshot)
         planned = time.perf_counter()
-        actions = await self._act(decision.plan.commands, statuses, unreachable)
+        actions = await self._act(plan.commands, statuses, unreachable)
         clock = PhaseClock(started, stepped, planned, time.perf_counter())
-        return self._record(snapshot, decision, statuses, actions, unreachable, clock)
+        return self._record(snapshot, plan, statuses, actions, unreachable, clock)
 
     async def _step(self, records: list[AgentRecord], unreachable: list[str]) -> dict[str, AgentStatus]:
         """1. Step every agent in parallel; those that fail are listed in ``unreachable`` and marked unhealthy."""
@@ -214,12 +211,9 @@ class GridAgent:
         """2. The feeder as the planners see it: every transformer's loading and every agent's flexibility."""
         return build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits)
 
-    async def _plan(self, snapshot: Snapshot) -> Decision:
-        """3. The planner's commands; the ai planner falls back to the optimal plan and says why."""
-        if self.ai is None:
-            return Decision(self.plan(snapshot), self.planner)
-        plan, fallback_reason = await self.ai.plan(snapshot)
-        return Decision(plan, "ai" if fallback_reason is None else "optimal", fallback_reason)
+    async def _plan(self, snapshot: Snapshot) -> Plan:
+        """3. The planner's plan, saying who decided (the ai planner falls back to the optimal plan, and says why)."""
+        return await self.planning.plan(snapshot)
 
     async def _act(
         self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str]
@@ -257,7 +251,7 @@ class GridAgent:
     def _record(
         self,
         snapshot: Snapshot,
-        decision: Decision,
+        plan: Plan,
         statuses: dict[str, AgentStatus],
         actions: list[ActionReport],
         unreachable: list[str],
@@ -289,8 +283,9 @@ class GridAgent:
             cycle=self.cycle,
             timestamp=snapshot.timestamp,
             step_s=snapshot.step_s if statuses else None,
-            planner=decision.planner,
-            fallback_reason=decision.fallback_reason,
+            planner=plan.planner,
+            fallback_reason=plan.fallback.reason if plan.fallback else None,
+            fallback_kind=plan.fallback.kind if plan.fallback else None,
             transformers=reports,
             actions=actions,
             unreachable=sorted(set(unreachable)),

@@ -75,6 +75,7 @@ class DeviceAgent:
         self._status: AgentStatus | None = None
         self.active: dict[str, ActiveCommand] = {}
         self.control_reason: str | None = None
+        self.local_setpoint_kw = 0.0  # the battery setpoint the local policy chose this step, before commands
         self.last_grid_contact: float | None = None  # time.monotonic() of the last word from the grid agent
         self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._unsaved: dict[str, dict[str, Any]] = {}
@@ -109,7 +110,7 @@ class DeviceAgent:
             self.battery.begin_step()
         if self.step > 0:
             self.row = self._read_row(self.start_index + self.step - 1)
-            self._begin_step(self.row)
+            self._follow_local_policy(self.row)
             self._restore_operating_point(saved)
         logger.info("%s: resumed at step %d from %s", self.agent_id, self.step, self.store.path)
 
@@ -169,7 +170,7 @@ class DeviceAgent:
         self.active.clear()
         self.commands_this_step = 0
         if self.step > 0:
-            self._begin_step(self.row)  # the battery re-plans from the SoC the step began with
+            self._follow_local_policy(self.row)  # the battery re-plans from the SoC the step began with
         self.control_reason = reason
         self._save()
         logger.warning("%s step %d: %s; dropped %d command(s), back on local policy", self.agent_id, self.step, reason, dropped)
@@ -182,7 +183,7 @@ class DeviceAgent:
         self.commands_this_step = 0
         if self.battery is not None:
             self.battery.begin_step()
-        self._begin_step(self.row)
+        self._follow_local_policy(self.row)
         now = self.timestamp
         for command_id, command in list(self.active.items()):
             if command.valid_until <= now:
@@ -198,6 +199,11 @@ class DeviceAgent:
         """The data this agent sees at row ``index`` (wrapping at the end of the data)."""
         return self.data.row(index)
 
+    def _follow_local_policy(self, row: dict[str, float]) -> None:
+        """Run the local policy for the step and remember the battery setpoint it chose, before any command."""
+        self._begin_step(row)
+        self.local_setpoint_kw = self.battery.power_kw if self.battery is not None else 0.0
+
     def _begin_step(self, row: dict[str, float]) -> None:
         raise NotImplementedError
 
@@ -210,7 +216,8 @@ class DeviceAgent:
             return 0.0, "this agent has no battery"
         if self.step == 0:
             return 0.0, "no step simulated yet"
-        shift = self.battery.shift(power_kw if action is CurtailAction.charge_battery else -power_kw)
+        # a battery's power counts one for one in net power, so the setpoint moves the way the action moves net power
+        shift = self.battery.shift(action.direction * power_kw)
         applied = abs(shift)
         limit = "full or at its charge limit" if action is CurtailAction.charge_battery else "empty or at its discharge limit"
         return applied, None if applied >= power_kw - POWER_TOLERANCE_KW else f"battery {limit}"
@@ -292,6 +299,10 @@ class DeviceAgent:
             max_discharge_kw=b.spec.max_discharge_kw,
             soc_min_fraction=b.spec.soc_min_fraction,
             soc_max_fraction=b.spec.soc_max_fraction,
+            soc_start_fraction=b.soc_start_fraction,
+            charge_efficiency_fraction=b.spec.charge_efficiency_fraction,
+            discharge_efficiency_fraction=b.spec.discharge_efficiency_fraction,
+            local_setpoint_kw=self.local_setpoint_kw,
         )
 
     def _flexibility(self) -> Flexibility:

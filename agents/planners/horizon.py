@@ -123,16 +123,45 @@ class HorizonInfeasible(RuntimeError):
 
 
 @dataclass
-class _Builder:
-    """Columns and sparse rows of the program as they are added."""
+class _Entries:
+    """Sparse matrix entries as they are added: row indices, column indices and values, in parallel lists."""
 
+    rows: list[np.ndarray] = field(default_factory=list)
+    cols: list[np.ndarray] = field(default_factory=list)
+    vals: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, rows: np.ndarray, cols: np.ndarray, vals: np.ndarray | float) -> None:
+        """Add entries ``vals`` at (rows, cols); a scalar value goes to every entry."""
+        rows = np.asarray(rows).ravel()
+        self.rows.append(rows)
+        self.cols.append(np.asarray(cols).ravel())
+        values = np.full(rows.size, vals, dtype=float) if np.isscalar(vals) else np.asarray(vals, dtype=float).ravel()
+        self.vals.append(values)
+
+    @property
+    def count(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+
+@dataclass
+class _Builder:
+    """Columns and sparse rows of the program as they are added.
+
+    Two rows per transformer and step bound its loading (``2 (k T + t)`` the overload side, the
+    next the reverse side: ``upper``); then one energy row per battery and step (``energy``,
+    with right-hand sides ``energy_rhs``).
+    """
+
+    n_t: int  # steps
     cost: list[np.ndarray] = field(default_factory=list)
     lower: list[np.ndarray] = field(default_factory=list)
     upper: list[np.ndarray] = field(default_factory=list)
     keep: list[np.ndarray] = field(default_factory=list)
     n: int = 0
-    ub: tuple[list, list, list] = field(default_factory=lambda: ([], [], []))
-    eq: tuple[list, list, list] = field(default_factory=lambda: ([], [], []))
+    loading_rows: _Entries = field(default_factory=_Entries)
+    energy_rows: _Entries = field(default_factory=_Entries)
+    energy_rhs: list[np.ndarray] = field(default_factory=list)
+    n_energy: int = 0
 
     def columns(self, cost: np.ndarray, lower: np.ndarray, upper: np.ndarray, always: bool = False) -> np.ndarray:
         """Add len(cost) variables; those fixed at 0 are dropped before solving unless ``always``."""
@@ -144,117 +173,226 @@ class _Builder:
         self.keep.append(np.full(len(cost), True) if always else np.asarray(upper, dtype=float) > 0)
         return index
 
-    @staticmethod
-    def add(target: tuple[list, list, list], rows: np.ndarray, cols: np.ndarray, vals: np.ndarray | float) -> None:
-        """Add entries ``vals`` at (rows, cols); a scalar value goes to every entry."""
-        rows = np.asarray(rows).ravel()
-        target[0].append(rows)
-        target[1].append(np.asarray(cols).ravel())
-        target[2].append(np.full(rows.size, vals, dtype=float) if np.isscalar(vals) else np.asarray(vals, dtype=float).ravel())
+    def overload_row(self, k: np.ndarray | int, steps: np.ndarray) -> np.ndarray:
+        """The row bounding transformer k's loading from above at each step (the reverse side is the next row)."""
+        return 2 * (k * self.n_t + steps)
+
+    def loading_terms(self, k: np.ndarray | int, steps: np.ndarray, cols: np.ndarray, coef: np.ndarray | float) -> None:
+        """Columns that add ``coef`` kW each to transformer k's loading at ``steps`` (both of its rows)."""
+        rows = self.overload_row(k, steps)
+        self.loading_rows.add(rows, cols, coef)
+        self.loading_rows.add(rows + 1, cols, -np.asarray(coef))
+
+    def energy_row_block(self, shape: tuple[int, int]) -> np.ndarray:
+        """New energy rows, one per entry of ``shape`` (batteries, steps)."""
+        rows = self.n_energy + np.arange(shape[0] * shape[1]).reshape(shape)
+        self.n_energy += rows.size
+        return rows
+
+
+@dataclass(frozen=True)
+class _Span:
+    """One battery's columns over its span of steps (indices into the program's columns)."""
+
+    steps: np.ndarray
+    setpoint_kw: np.ndarray  # the local setpoint, within the power limits
+    sign: np.ndarray  # +1 where the setpoint charges (or idles), -1 where it discharges
+    hold: np.ndarray
+    more: np.ndarray
+    rev: np.ndarray
+    energy: np.ndarray  # energy stored at the end of each step
+
+    def power_kw(self, x: np.ndarray) -> np.ndarray:
+        """The battery's power at each step of the span in solution ``x``."""
+        return self.setpoint_kw + self.sign * (x[self.more] - x[self.hold] - x[self.rev])
+
+
+@dataclass(frozen=True)
+class _GroupColumns:
+    """The columns of batteries that share a span: (batteries, steps) arrays, a row per battery."""
+
+    steps: np.ndarray
+    setpoint_kw: np.ndarray
+    sign: np.ndarray
+    hold: np.ndarray
+    more: np.ndarray
+    rev: np.ndarray
+    energy: np.ndarray
+
+    def span(self, j: int) -> _Span:
+        """Battery j's own columns."""
+        return _Span(
+            self.steps, self.setpoint_kw[j], self.sign[j], self.hold[j], self.more[j], self.rev[j], self.energy[j]
+        )
+
+
+@dataclass(frozen=True)
+class _FlexColumns:
+    """One flexibility's curtailment and shedding columns over its steps."""
+
+    steps: np.ndarray
+    curtail: np.ndarray
+    shed: np.ndarray
+
+
+@dataclass(frozen=True)
+class _SlackColumns:
+    """One transformer's slack columns: kW left above its rating and beyond its reverse limit, per step."""
+
+    overload: np.ndarray
+    reverse: np.ndarray
 
 
 def solve_horizon(problem: HorizonProblem) -> HorizonSolution:
     """Build the sparse program described in the module docstring and solve it with HiGHS."""
     loading = np.atleast_2d(np.asarray(problem.loading_kw, dtype=float))
     n_k, n_t = loading.shape
-    hours = seconds_to_hours(problem.step_s)
     weight = np.ones(n_t) if problem.step_weight is None else np.asarray(problem.step_weight, dtype=float)
-    build = _Builder()
-    base = loading.copy()
-    eq_rhs = []
-    n_eq = 0
+    build = _Builder(n_t=n_t)
+    base = loading.copy()  # the loading with every battery at its setpoint, completed as batteries are added
+    spans = _add_batteries(build, problem, base, weight)
+    flex = [_add_flex(build, f, weight) for f in problem.flex]
+    slack = [_add_slack(build, k, weight) for k in range(n_k)]
+    x, cost = _solve(build, problem, base)
+    return _solution(problem, x, cost, spans, flex, slack)
 
-    def loading_terms(k: int, steps: np.ndarray, cols: np.ndarray, coef: np.ndarray | float) -> None:
-        # row 2 (k T + t) bounds the overload side of step t, the next row the reverse side
-        build.add(build.ub, 2 * (k * n_t + steps), cols, coef)
-        build.add(build.ub, 2 * (k * n_t + steps) + 1, cols, -np.asarray(coef))
 
-    # batteries with the same span are built together, a row per battery; earlier spans first, so
-    # that a pool finds the energy columns of the batteries it takes over
+def _add_batteries(build: _Builder, problem: HorizonProblem, base: np.ndarray, weight: np.ndarray) -> dict[int, _Span]:
+    """Every battery's columns and rows, by index in ``problem.batteries``; adds their setpoints to ``base``.
+
+    Batteries with the same span are built together, a row per battery; earlier spans first, so
+    that a pool finds the energy columns of the batteries it takes over.
+    """
     groups: dict[tuple[int, int], list[int]] = {}
     for i, b in enumerate(problem.batteries):
         groups.setdefault((b.first_step, len(b.setpoint_kw)), []).append(i)
-    spans: dict[int, tuple] = {}
+    spans: dict[int, _Span] = {}
     for (first, m), members in sorted(groups.items()):
         group = [problem.batteries[i] for i in members]
-        g = len(group)
-        steps = first + np.arange(m)
-        max_ch = np.maximum(np.array([b.max_charge_kw for b in group], dtype=float), 0.0)
-        max_dis = np.maximum(np.array([b.max_discharge_kw for b in group], dtype=float), 0.0)
-        setpoint = np.minimum(np.maximum(np.array([b.setpoint_kw for b in group], dtype=float), -max_dis), max_ch)
-        charging = setpoint >= 0
-        sign = np.where(charging, 1.0, -1.0)
-        magnitude = np.abs(setpoint)
-        zeros = np.zeros(g * m)
-        step_cost = np.tile(weight[steps], g)
-        hold = build.columns(HOLD_BACK_COST * step_cost, zeros, magnitude.ravel()).reshape(g, m)
-        more = build.columns(BATTERY_COST * step_cost, zeros, (np.where(charging, max_ch, max_dis) - magnitude).ravel()).reshape(
-            g, m
-        )
-        eta_c = np.array([[b.charge_efficiency_fraction] for b in group])
-        eta_d = np.array([[b.discharge_efficiency_fraction] for b in group])
-        # reversing a battery that its policy drives costs more than the energy it could burn is
-        # worth: holding back less and reversing more would charge and discharge at once, which
-        # the program allows but no battery does (see reversal_cost_per_kw)
-        reverse_cost = np.where((magnitude > 0) & problem.reversal_premium, reversal_cost_per_kw(eta_c, eta_d), BATTERY_COST)
-        rev = build.columns((reverse_cost * weight[steps]).ravel(), zeros, np.where(charging, max_dis, max_ch).ravel()).reshape(
-            g, m
-        )
-        e_low = np.repeat([[b.energy_min_kwh] for b in group], m, axis=1)
-        e_high = np.repeat([[b.energy_max_kwh] for b in group], m, axis=1)
-        for j, b in enumerate(group):
-            if b.terminal_energy_kwh is not None:
-                e_low[j, -1] = min(max(b.terminal_energy_kwh, b.energy_min_kwh), b.energy_max_kwh)
-        e_cost = np.zeros((g, m))
-        if steps[-1] == n_t - 1:
-            e_cost[:, -1] = -problem.terminal_value_per_kwh
-        energy = build.columns(e_cost.ravel(), e_low.ravel(), e_high.ravel(), always=True).reshape(g, m)
-        k = np.array([b.transformer for b in group])[:, None]
-        ub_rows = 2 * (k * n_t + steps[None, :])
-        np.add.at(base, (np.broadcast_to(k, (g, m)), np.broadcast_to(steps, (g, m))), setpoint)
-        for cols, coef in ((hold, -sign), (more, sign), (rev, -sign)):
-            build.add(build.ub, ub_rows, cols, coef)
-            build.add(build.ub, ub_rows + 1, cols, -coef)
-        # E_{t+1} - E_t + (kWh stored per kW of each part) x = kWh stored at the setpoint
-        per_same = np.where(charging, eta_c, 1.0 / eta_d) * hours
-        per_other = np.where(charging, 1.0 / eta_d, eta_c) * hours
-        rows = n_eq + np.arange(g * m).reshape(g, m)
-        n_eq += g * m
-        build.add(build.eq, rows, energy, 1.0)
-        build.add(build.eq, rows[:, 1:], energy[:, :-1], -1.0)
-        build.add(build.eq, rows, hold, sign * per_same)
-        build.add(build.eq, rows, more, -sign * per_same)
-        build.add(build.eq, rows, rev, sign * per_other)
-        rhs = sign * per_same * magnitude
-        for j, b in enumerate(group):
-            if b.takes_over:
-                for other in b.takes_over:
-                    build.add(build.eq, rows[j, :1], spans[other][6][-1:], -1.0)
-            else:
-                rhs[j, 0] += b.energy_kwh
-        eq_rhs.append(rhs.ravel())
-        for j, i in enumerate(members):
-            spans[i] = (steps, setpoint[j], sign[j], hold[j], more[j], rev[j], energy[j])
-    flex_cols = []
-    for f in problem.flex:
-        steps = f.first_step + np.arange(len(f.curtail_max_kw))
-        u = build.columns(
-            CURTAIL_COST * weight[steps], np.zeros(len(steps)), np.maximum(np.asarray(f.curtail_max_kw, dtype=float), 0.0)
-        )
-        s = build.columns(
-            SHED_COST * weight[steps], np.zeros(len(steps)), np.maximum(np.asarray(f.shed_max_kw, dtype=float), 0.0)
-        )
-        loading_terms(f.transformer, steps, u, 1.0)
-        loading_terms(f.transformer, steps, s, -1.0)
-        flex_cols.append((steps, u, s))
-    slack_cols = []
-    for k in range(n_k):
-        steps = np.arange(n_t)
-        o = build.columns(SLACK_COST * weight, np.zeros(n_t), np.full(n_t, np.inf), always=True)
-        r = build.columns(SLACK_COST * weight, np.zeros(n_t), np.full(n_t, np.inf), always=True)
-        build.add(build.ub, 2 * (k * n_t + steps), o, -1.0)
-        build.add(build.ub, 2 * (k * n_t + steps) + 1, r, -1.0)
-        slack_cols.append((o, r))
+        new = _add_battery_group(build, problem, group, first + np.arange(m), base, weight, spans)
+        spans.update(zip(members, new))
+    return spans
+
+
+def _add_battery_group(
+    build: _Builder,
+    problem: HorizonProblem,
+    group: list[HorizonBattery],
+    steps: np.ndarray,
+    base: np.ndarray,
+    weight: np.ndarray,
+    spans: dict[int, _Span],
+) -> list[_Span]:
+    """The columns and rows of batteries sharing one span of ``steps``, a row of each array per battery."""
+    g, m = len(group), len(steps)
+    max_ch = np.maximum(np.array([b.max_charge_kw for b in group], dtype=float), 0.0)
+    max_dis = np.maximum(np.array([b.max_discharge_kw for b in group], dtype=float), 0.0)
+    setpoint = np.minimum(np.maximum(np.array([b.setpoint_kw for b in group], dtype=float), -max_dis), max_ch)
+    charging = setpoint >= 0
+    sign = np.where(charging, 1.0, -1.0)
+    magnitude = np.abs(setpoint)
+    zeros = np.zeros(g * m)
+    step_cost = np.tile(weight[steps], g)
+    hold = build.columns(HOLD_BACK_COST * step_cost, zeros, magnitude.ravel()).reshape(g, m)
+    more_room = np.where(charging, max_ch, max_dis) - magnitude
+    more = build.columns(BATTERY_COST * step_cost, zeros, more_room.ravel()).reshape(g, m)
+    eta_c = np.array([[b.charge_efficiency_fraction] for b in group])
+    eta_d = np.array([[b.discharge_efficiency_fraction] for b in group])
+    # reversing a battery that its policy drives costs more than the energy it could burn is
+    # worth: holding back less and reversing more would charge and discharge at once, which
+    # the program allows but no battery does (see reversal_cost_per_kw)
+    driven = (magnitude > 0) & problem.reversal_premium
+    reverse_cost = np.where(driven, reversal_cost_per_kw(eta_c, eta_d), BATTERY_COST)
+    rev_room = np.where(charging, max_dis, max_ch)
+    rev = build.columns((reverse_cost * weight[steps]).ravel(), zeros, rev_room.ravel()).reshape(g, m)
+    energy = build.columns(*_energy_bounds(problem, group, steps), always=True).reshape(g, m)
+    k = np.array([b.transformer for b in group])[:, None]
+    np.add.at(base, (np.broadcast_to(k, (g, m)), np.broadcast_to(steps, (g, m))), setpoint)
+    for cols, coef in ((hold, -sign), (more, sign), (rev, -sign)):
+        build.loading_terms(k, steps[None, :], cols, coef)
+    columns = _GroupColumns(steps, setpoint, sign, hold, more, rev, energy)
+    _add_energy_balance(build, problem, group, columns, spans)
+    return [columns.span(j) for j in range(g)]
+
+
+def _add_energy_balance(
+    build: _Builder,
+    problem: HorizonProblem,
+    group: list[HorizonBattery],
+    columns: _GroupColumns,
+    spans: dict[int, _Span],
+) -> None:
+    """Each step's energy row: E_{t+1} - E_t + (kWh stored per kW of each part) x = kWh stored at the setpoint.
+
+    A battery's first step starts from its ``energy_kwh``, a pool's from the energy the batteries
+    it takes over hold at the end of their spans (already in ``spans``).
+    """
+    hours = seconds_to_hours(problem.step_s)
+    sign, hold, more, rev, energy = columns.sign, columns.hold, columns.more, columns.rev, columns.energy
+    charging = sign > 0
+    eta_c = np.array([[b.charge_efficiency_fraction] for b in group])
+    eta_d = np.array([[b.discharge_efficiency_fraction] for b in group])
+    per_same = np.where(charging, eta_c, 1.0 / eta_d) * hours
+    per_other = np.where(charging, 1.0 / eta_d, eta_c) * hours
+    rows = build.energy_row_block(energy.shape)
+    build.energy_rows.add(rows, energy, 1.0)
+    build.energy_rows.add(rows[:, 1:], energy[:, :-1], -1.0)
+    build.energy_rows.add(rows, hold, sign * per_same)
+    build.energy_rows.add(rows, more, -sign * per_same)
+    build.energy_rows.add(rows, rev, sign * per_other)
+    rhs = sign * per_same * np.abs(columns.setpoint_kw)
+    for j, b in enumerate(group):
+        if b.takes_over:
+            for other in b.takes_over:
+                build.energy_rows.add(rows[j, :1], spans[other].energy[-1:], -1.0)
+        else:
+            rhs[j, 0] += b.energy_kwh
+    build.energy_rhs.append(rhs.ravel())
+
+
+def _energy_bounds(
+    problem: HorizonProblem, group: list[HorizonBattery], steps: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cost, lower, upper) of the energy columns of a group: the window, a terminal floor, the terminal value."""
+    m = len(steps)
+    e_low = np.repeat([[b.energy_min_kwh] for b in group], m, axis=1)
+    e_high = np.repeat([[b.energy_max_kwh] for b in group], m, axis=1)
+    for j, b in enumerate(group):
+        if b.terminal_energy_kwh is not None:
+            e_low[j, -1] = min(max(b.terminal_energy_kwh, b.energy_min_kwh), b.energy_max_kwh)
+    e_cost = np.zeros((len(group), m))
+    if steps[-1] == problem.loading_kw.shape[-1] - 1:
+        e_cost[:, -1] = -problem.terminal_value_per_kwh
+    return e_cost.ravel(), e_low.ravel(), e_high.ravel()
+
+
+def _add_flex(build: _Builder, f: HorizonFlex, weight: np.ndarray) -> _FlexColumns:
+    """A flexibility's curtailment (raising the loading) and shedding (lowering it) columns."""
+    steps = f.first_step + np.arange(len(f.curtail_max_kw))
+    no_less = np.zeros(len(steps))
+    curtail_max = np.maximum(np.asarray(f.curtail_max_kw, dtype=float), 0.0)
+    shed_max = np.maximum(np.asarray(f.shed_max_kw, dtype=float), 0.0)
+    u = build.columns(CURTAIL_COST * weight[steps], no_less, curtail_max)
+    s = build.columns(SHED_COST * weight[steps], no_less, shed_max)
+    build.loading_terms(f.transformer, steps, u, float(CurtailAction.curtail_solar.direction))
+    build.loading_terms(f.transformer, steps, s, float(CurtailAction.shed_load.direction))
+    return _FlexColumns(steps, u, s)
+
+
+def _add_slack(build: _Builder, k: int, weight: np.ndarray) -> _SlackColumns:
+    """Transformer k's slack: kW left outside each limit at each step, at SLACK_COST."""
+    n_t = build.n_t
+    steps = np.arange(n_t)
+    o = build.columns(SLACK_COST * weight, np.zeros(n_t), np.full(n_t, np.inf), always=True)
+    r = build.columns(SLACK_COST * weight, np.zeros(n_t), np.full(n_t, np.inf), always=True)
+    build.loading_rows.add(build.overload_row(k, steps), o, -1.0)
+    build.loading_rows.add(build.overload_row(k, steps) + 1, r, -1.0)
+    return _SlackColumns(o, r)
+
+
+def _solve(build: _Builder, problem: HorizonProblem, base: np.ndarray) -> tuple[np.ndarray, float]:
+    """(every column's value, the optimal cost): the columns fixed at 0 are left out of the program and read 0."""
+    n_k, n_t = base.shape
     rating = np.broadcast_to(np.asarray(problem.rating_kw, dtype=float).reshape(n_k, -1), (n_k, n_t))
     reverse = np.broadcast_to(np.asarray(problem.reverse_limit_kw, dtype=float).reshape(n_k, -1), (n_k, n_t))
     b_ub = np.empty(2 * n_k * n_t)
@@ -266,35 +404,54 @@ def solve_horizon(problem: HorizonProblem) -> HorizonSolution:
     cost, lower, upper = (np.concatenate(a)[keep] for a in (build.cost, build.lower, build.upper))
     # one matrix: the loading rows (<= b_ub), then the energy rows (= rhs)
     n_ub = 2 * n_k * n_t
-    rows, cols, vals = (np.concatenate(ub + eq) for ub, eq in zip(build.ub, build.eq))
-    rows[sum(len(r) for r in build.ub[0]) :] += n_ub
+    ub, eq = build.loading_rows, build.energy_rows
+    rows = np.concatenate(ub.rows + eq.rows)
+    cols = np.concatenate(ub.cols + eq.cols)
+    vals = np.concatenate(ub.vals + eq.vals)
+    rows[ub.count :] += n_ub
     mask = keep[cols]
-    matrix = sp.csc_array((vals[mask], (rows[mask], new_index[cols[mask]])), shape=(n_ub + n_eq, int(keep.sum())))
-    rhs = np.concatenate(eq_rhs) if n_eq else np.empty(0)
+    shape = (n_ub + build.n_energy, int(keep.sum()))
+    matrix = sp.csc_array((vals[mask], (rows[mask], new_index[cols[mask]])), shape=shape)
+    rhs = np.concatenate(build.energy_rhs) if build.n_energy else np.empty(0)
+    row_lower = np.concatenate((np.full(n_ub, -np.inf), rhs))
     try:
-        solution = solve_lp(cost, lower, upper, np.concatenate((np.full(n_ub, -np.inf), rhs)), np.concatenate((b_ub, rhs)), matrix)
+        solution = solve_lp(cost, lower, upper, row_lower, np.concatenate((b_ub, rhs)), matrix)
     except LpNotSolved as exc:
         raise HorizonInfeasible(str(exc)) from exc
     x = np.zeros(build.n)
     x[keep] = solution
+    return x, float(cost @ solution)
+
+
+def _solution(
+    problem: HorizonProblem,
+    x: np.ndarray,
+    cost: float,
+    spans: dict[int, _Span],
+    flex: list[_FlexColumns],
+    slack: list[_SlackColumns],
+) -> HorizonSolution:
+    """The optimum ``x`` read back per battery, flexibility and transformer."""
+    n_t = problem.loading_kw.shape[-1]
     n_b = len(problem.batteries)
     power = np.zeros((n_b, n_t))
     energy = np.full((n_b, n_t + 1), np.nan)
     for i, b in enumerate(problem.batteries):
-        steps, setpoint, sign, hold, more, rev, stored = spans[i]
-        power[i, steps] = setpoint + sign * (x[more] - x[hold] - x[rev])
-        energy[i, steps + 1] = x[stored]
-        energy[i, steps[0]] = sum(x[spans[j][6][-1]] for j in b.takes_over) if b.takes_over else b.energy_kwh
-    curtail = np.zeros((len(flex_cols), n_t))
-    shed = np.zeros((len(flex_cols), n_t))
-    for i, (steps, u, s) in enumerate(flex_cols):
-        curtail[i, steps], shed[i, steps] = x[u], x[s]
+        span = spans[i]
+        power[i, span.steps] = span.power_kw(x)
+        energy[i, span.steps + 1] = x[span.energy]
+        start = sum(x[spans[j].energy[-1]] for j in b.takes_over) if b.takes_over else b.energy_kwh
+        energy[i, span.steps[0]] = start
+    curtail = np.zeros((len(flex), n_t))
+    shed = np.zeros((len(flex), n_t))
+    for i, f in enumerate(flex):
+        curtail[i, f.steps], shed[i, f.steps] = x[f.curtail], x[f.shed]
     return HorizonSolution(
         battery_power_kw=power,
         energy_kwh=energy,
         curtail_kw=curtail,
         shed_kw=shed,
-        overload_kw=np.array([x[o] for o, _ in slack_cols]),
-        reverse_kw=np.array([x[r] for _, r in slack_cols]),
-        cost=float(cost @ solution),
+        overload_kw=np.array([x[s.overload] for s in slack]),
+        reverse_kw=np.array([x[s.reverse] for s in slack]),
+        cost=cost,
     )

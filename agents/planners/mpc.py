@@ -19,11 +19,12 @@ from datetime import datetime
 
 import numpy as np
 
-from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot
+from agents.planners.base import MIN_COMMAND_KW, AgentFlex, BatteryView, Command, Plan, Snapshot
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
+from models.devices import step_battery_energy, stored_kwh
 from models.grid import LIMIT_TOLERANCE_KW
+from models.policies import net_power_kw, self_consumption_setpoint_kw
 from models.schemas import AgentType, CurtailAction
-from models.units import seconds_to_hours
 
 SECONDS_PER_DAY = 86_400.0
 _EPOCH = datetime(2000, 1, 1)
@@ -35,17 +36,57 @@ OTHER, SOLAR, DEMAND, FLEXIBLE, SETPOINT, MAX_CHARGE, MAX_DISCHARGE = range(len(
 _NONNEGATIVE = [SOLAR, DEMAND, FLEXIBLE, MAX_CHARGE, MAX_DISCHARGE]
 
 
-@dataclass
-class _Battery:
-    """A battery as the planner sees it this cycle."""
+#: The energy window given a battery known only by its headroom (kWh): none to speak of, as it
+#: is modelled for this step alone.
+UNBOUNDED_KWH = 1e6
 
-    row: int  # the agent's row in the history
+
+@dataclass(frozen=True)
+class _Battery:
+    """A battery the program models this cycle."""
+
+    row: int  # the agent's position in the snapshot, and so in the forecast
     agent: AgentFlex
-    transformer: int
+    transformer: int  # index into the snapshot's transformers
+    view: BatteryView  # as reported, or (``known`` False) what its headroom alone says
+
+    @property
+    def known(self) -> bool:
+        """False for an agent that reports battery headroom but no battery: it is planned for this step only."""
+        return self.agent.battery is not None
+
+
+@dataclass(frozen=True)
+class _PolicySchedule:
+    """(batteries, steps) in kW: what the batteries' own policies ask for over the horizon, and their power limits.
+
+    Step 0 is as it stands: the setpoint reported and the physics' headroom around it.
+    """
+
+    request_kw: np.ndarray  # > 0 charges
+    max_charge_kw: np.ndarray  # >= 0
+    max_discharge_kw: np.ndarray  # >= 0
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """What a local schedule steps (kWh and efficiencies): one battery, or a pool of alike ones summed."""
+
+    energy_start_kwh: float
     energy_min_kwh: float
     energy_max_kwh: float
-    energy_kwh: float  # at the start of this step, before the local setpoint acted
-    known: bool = True  # False: no battery report, so only this step's headroom is known
+    charge_efficiency_fraction: float
+    discharge_efficiency_fraction: float
+
+    @classmethod
+    def of(cls, view: BatteryView) -> _Cells:
+        return cls(
+            view.energy_start_kwh,
+            view.energy_min_kwh,
+            view.energy_max_kwh,
+            view.charge_efficiency_fraction,
+            view.discharge_efficiency_fraction,
+        )
 
 
 class MpcPlanner:
@@ -59,8 +100,11 @@ class MpcPlanner:
     history_days: days of history kept (for the same weekday last week, the storage's setpoint).
     correction_decay: per step, how fast a forecast goes from what is seen now (the current
         error of the history's forecast) back to the history alone.
-    efficiency_fraction: charge and discharge efficiency assumed for every battery (agents do
-        not report theirs).
+
+    Each battery is modelled with its reported energy at the step's start, SoC window and
+    efficiencies (``BatteryView``; see ``agents.planners.snapshot`` for an agent that reports
+    less). A home battery's policy ahead is self-consumption on the forecast solar and load
+    (``models.policies``); any other battery's is the setpoint history shows.
     terminal_value_per_kwh: worth of each kWh left stored at the horizon's end.
     solar_forecast: ``envelope`` (the most seen at that time of day over ``history_days``) or
         ``mean`` (the mean over ``forecast_days``).
@@ -77,7 +121,6 @@ class MpcPlanner:
         forecast_days: int = 3,
         history_days: int = 8,
         correction_decay: float = 0.9,
-        efficiency_fraction: float = 0.95,
         terminal_value_per_kwh: float = 0.0,
         solar_forecast: str = "envelope",
         sky: Callable[[int, float], np.ndarray | None] | None = None,
@@ -93,7 +136,6 @@ class MpcPlanner:
         self.forecast_days = forecast_days
         self.history_days = history_days
         self.correction_decay = correction_decay
-        self.efficiency_fraction = efficiency_fraction
         self.terminal_value_per_kwh = terminal_value_per_kwh
         self.solar_forecast = solar_forecast
         self.sky = sky
@@ -180,9 +222,8 @@ class MpcPlanner:
     # -- the plan ----------------------------------------------------------------------------
     def __call__(self, snapshot: Snapshot) -> Plan:
         """Plan the first step of the best schedule over the horizon."""
-        plan = Plan(unfixed_kw={t.transformer_id: 0.0 for t in snapshot.transformers})
+        plan = Plan("mpc")
         if not snapshot.agents:
-            plan.unfixed_kw = {t.transformer_id: t.violation_kw for t in snapshot.transformers}
             return plan
         index = self._step_index(snapshot)
         rows = self._remember(snapshot, index)
@@ -198,8 +239,7 @@ class MpcPlanner:
         for i, battery in enumerate(batteries):
             agent = battery.agent
             shift = float(solution.battery_power_kw[i, 0]) - agent.battery_power_kw
-            action = CurtailAction.charge_battery if shift > 0 else CurtailAction.discharge_battery
-            _command(plan, agent, action, abs(shift))
+            _command(plan, agent, CurtailAction.battery_shift(shift), abs(shift))
         for k, t in enumerate(snapshot.transformers):
             mine = [a for a in snapshot.agents if a.transformer_id == t.transformer_id]
             for action, pooled in (
@@ -210,130 +250,185 @@ class MpcPlanner:
                 share = min(float(pooled) / headroom, 1.0) if headroom > 0 else 0.0
                 for agent in mine:
                     _command(plan, agent, action, share * agent.headroom_kw.get(action, 0.0))
-            plan.unfixed_kw[t.transformer_id] = float(solution.overload_kw[k, 0] + solution.reverse_kw[k, 0])
         return plan
 
     def _problem(self, snapshot: Snapshot, forecast: np.ndarray) -> tuple[HorizonProblem, list[_Battery]]:
         """The horizon program: each battery alone for the first steps, then pooled by transformer and kind."""
-        n_t, first = self.horizon_steps, self.individual_steps
-        hours = seconds_to_hours(snapshot.step_s)
         where = {t.transformer_id: k for k, t in enumerate(snapshot.transformers)}
-        n_k = len(snapshot.transformers)
-        loading = np.zeros((n_k, n_t))
         transformer = np.array([where[a.transformer_id] for a in snapshot.agents])
-        base_net = forecast[:, :, OTHER] - forecast[:, :, SOLAR]  # net power but for the battery
-        np.add.at(loading, transformer, base_net)
-        loading[:, 0] = [t.loading_kw for t in snapshot.transformers]  # as measured, batteries included
-        # curtailment and shedding only count on the transformer, so each is pooled per transformer
-        # (exact) and this step's is then shared out in proportion to each agent's headroom
-        curtail_now = np.array([a.headroom_kw.get(CurtailAction.curtail_solar, 0.0) for a in snapshot.agents])
-        shed_now = np.array([a.headroom_kw.get(CurtailAction.shed_load, 0.0) for a in snapshot.agents])
-        flex = []
-        for k in range(n_k):
-            mine = transformer == k
-            curtail, shed = forecast[mine, :, SOLAR].sum(axis=0), forecast[mine, :, FLEXIBLE].sum(axis=0)
-            curtail[0], shed[0] = curtail_now[mine].sum(), shed_now[mine].sum()
-            flex.append(HorizonFlex(k, curtail, shed))
-
         batteries = [
-            _battery_of(i, agent, int(transformer[i]), hours, self.efficiency_fraction)
+            _Battery(row=i, agent=agent, transformer=int(transformer[i]), view=_view(agent))
             for i, agent in enumerate(snapshot.agents)
-            if (agent.status is not None and agent.status.battery is not None)
-            or agent.headroom_kw.get(CurtailAction.charge_battery, 0.0) > 0
-            or agent.headroom_kw.get(CurtailAction.discharge_battery, 0.0) > 0
+            if agent.can_move_battery
         ]
+        units: list[HorizonBattery] = []
         if batteries:
-            idx = np.array([b.row for b in batteries])
-            f = forecast[idx]
-            # the local policy's setpoint: a home's battery stores its surplus (self-consumption);
-            # another keeps the schedule its history shows
-            is_home = np.array([b.known and b.agent.status.agent_type is AgentType.home for b in batteries])
-            request = np.where(is_home[:, None], -base_net[idx], f[:, :, SETPOINT])
-            max_ch, max_dis = f[:, :, MAX_CHARGE].copy(), f[:, :, MAX_DISCHARGE].copy()
-            for j, b in enumerate(batteries):  # this step: the setpoint as it stands and the physics' headroom
-                request[j, 0] = b.agent.battery_power_kw
-                max_ch[j, 0] = b.agent.battery_power_kw + b.agent.headroom_kw.get(CurtailAction.charge_battery, 0.0)
-                max_dis[j, 0] = b.agent.headroom_kw.get(CurtailAction.discharge_battery, 0.0) - b.agent.battery_power_kw
-            max_ch, max_dis = np.maximum(max_ch, 0.0), np.maximum(max_dis, 0.0)
-            # loading_kw excludes the batteries: the program adds each one's setpoint
-            for b in batteries:
-                loading[b.transformer, 0] -= b.agent.battery_power_kw
-        units = []
-        if batteries:
-            e_min = np.array([b.energy_min_kwh for b in batteries])
-            e_max = np.array([b.energy_max_kwh for b in batteries])
-            setpoint, energy = _local_schedule(
-                np.array([b.energy_kwh for b in batteries]),
-                e_min,
-                e_max,
-                request[:, :first],
-                max_ch[:, :first],
-                max_dis[:, :first],
-                hours,
-                self.efficiency_fraction,
-            )
-            for j, b in enumerate(batteries):
-                units.append(
-                    HorizonBattery(
-                        transformer=b.transformer,
-                        energy_min_kwh=b.energy_min_kwh,
-                        energy_max_kwh=b.energy_max_kwh,
-                        charge_efficiency_fraction=self.efficiency_fraction,
-                        discharge_efficiency_fraction=self.efficiency_fraction,
-                        setpoint_kw=setpoint[j] if b.known else setpoint[j, :1],
-                        max_charge_kw=max_ch[j, :first] if b.known else max_ch[j, :1],
-                        max_discharge_kw=max_dis[j, :first] if b.known else max_dis[j, :1],
-                        energy_kwh=b.energy_kwh,
-                    )
-                )
-        if any(b.known for b in batteries) and first < n_t:
-            groups: dict[tuple[int, str], list[int]] = {}
-            for j, b in enumerate(batteries):
-                if b.known:
-                    groups.setdefault((b.transformer, b.agent.status.agent_type.value), []).append(j)
-            pools = list(groups.values())
-            later = slice(first, n_t)
-            own = np.minimum(np.maximum(request[:, later], -max_dis[:, later]), max_ch[:, later])
-            pool_ch = np.array([max_ch[m, later].sum(axis=0) for m in pools])
-            pool_dis = np.array([max_dis[m, later].sum(axis=0) for m in pools])
-            pool_min = np.array([e_min[m].sum() for m in pools])
-            pool_max = np.array([e_max[m].sum() for m in pools])
-            pool_setpoint, _ = _local_schedule(
-                np.array([energy[m].sum() for m in pools]),
-                pool_min,
-                pool_max,
-                np.array([own[m].sum(axis=0) for m in pools]),
-                pool_ch,
-                pool_dis,
-                hours,
-                self.efficiency_fraction,
-                reported_first=False,
-            )
-            for p, members in enumerate(pools):
-                units.append(
-                    HorizonBattery(
-                        transformer=batteries[members[0]].transformer,
-                        energy_min_kwh=float(pool_min[p]),
-                        energy_max_kwh=float(pool_max[p]),
-                        charge_efficiency_fraction=self.efficiency_fraction,
-                        discharge_efficiency_fraction=self.efficiency_fraction,
-                        setpoint_kw=pool_setpoint[p],
-                        max_charge_kw=pool_ch[p],
-                        max_discharge_kw=pool_dis[p],
-                        first_step=first,
-                        takes_over=tuple(members),
-                    )
-                )
+            schedule = _policy_schedule(batteries, forecast)
+            units, energy_kwh = self._individual_units(batteries, schedule, snapshot.step_s)
+            units += self._pooled_units(batteries, schedule, energy_kwh, snapshot.step_s)
         problem = HorizonProblem(
             step_s=snapshot.step_s,
-            loading_kw=loading,
+            loading_kw=_loading_without_batteries(snapshot, forecast, transformer, batteries),
             rating_kw=np.array([t.rating_kw for t in snapshot.transformers]),
             reverse_limit_kw=np.array([t.reverse_limit_kw for t in snapshot.transformers]),
             batteries=units,
-            flex=flex,
+            flex=_flex(snapshot, forecast, transformer),
             terminal_value_per_kwh=self.terminal_value_per_kwh,
         )
         return problem, batteries
+
+    def _individual_units(
+        self, batteries: list[_Battery], schedule: _PolicySchedule, step_s: float
+    ) -> tuple[list[HorizonBattery], np.ndarray]:
+        """Each battery on its own over the first ``individual_steps`` (this step only when it is not ``known``).
+
+        Also returns the energy (kWh) each would hold after those steps on its own policy, from
+        which the pools that take over start.
+        """
+        first = self.individual_steps
+        units, energy_kwh = [], np.empty(len(batteries))
+        for j, b in enumerate(batteries):
+            steps = first if b.known else 1
+            setpoint, energy_kwh[j] = _local_schedule(
+                _Cells.of(b.view),
+                schedule.request_kw[j, :first],
+                schedule.max_charge_kw[j, :first],
+                schedule.max_discharge_kw[j, :first],
+                step_s,
+            )
+            units.append(
+                HorizonBattery(
+                    transformer=b.transformer,
+                    energy_min_kwh=b.view.energy_min_kwh,
+                    energy_max_kwh=b.view.energy_max_kwh,
+                    charge_efficiency_fraction=b.view.charge_efficiency_fraction,
+                    discharge_efficiency_fraction=b.view.discharge_efficiency_fraction,
+                    setpoint_kw=setpoint[:steps],
+                    max_charge_kw=schedule.max_charge_kw[j, :steps],
+                    max_discharge_kw=schedule.max_discharge_kw[j, :steps],
+                    energy_kwh=b.view.energy_start_kwh,
+                )
+            )
+        return units, energy_kwh
+
+    def _pooled_units(
+        self, batteries: list[_Battery], schedule: _PolicySchedule, energy_kwh: np.ndarray, step_s: float
+    ) -> list[HorizonBattery]:
+        """After the first steps, the known batteries alike in kind and efficiencies on one transformer, as one.
+
+        A pool holds the sum of its members' energy windows and power limits, and its policy asks
+        for the sum of what theirs ask (each within its own limits).
+        """
+        first, n_t = self.individual_steps, self.horizon_steps
+        groups: dict[tuple, list[int]] = {}
+        for j, b in enumerate(batteries):
+            if b.known:
+                kind = (b.view.charge_efficiency_fraction, b.view.discharge_efficiency_fraction)
+                groups.setdefault((b.transformer, b.agent.agent_type, kind), []).append(j)
+        if first >= n_t or not groups:
+            return []
+        later = slice(first, n_t)
+        max_ch, max_dis = schedule.max_charge_kw[:, later], schedule.max_discharge_kw[:, later]
+        own = np.minimum(np.maximum(schedule.request_kw[:, later], -max_dis), max_ch)
+        units = []
+        for members in groups.values():
+            like = batteries[members[0]].view
+            cells = _Cells(
+                energy_start_kwh=float(energy_kwh[members].sum()),
+                energy_min_kwh=float(np.array([batteries[m].view.energy_min_kwh for m in members]).sum()),
+                energy_max_kwh=float(np.array([batteries[m].view.energy_max_kwh for m in members]).sum()),
+                charge_efficiency_fraction=like.charge_efficiency_fraction,
+                discharge_efficiency_fraction=like.discharge_efficiency_fraction,
+            )
+            pool_ch, pool_dis = max_ch[members].sum(axis=0), max_dis[members].sum(axis=0)
+            setpoint, _ = _local_schedule(
+                cells, own[members].sum(axis=0), pool_ch, pool_dis, step_s, reported_first=False
+            )
+            units.append(
+                HorizonBattery(
+                    transformer=batteries[members[0]].transformer,
+                    energy_min_kwh=cells.energy_min_kwh,
+                    energy_max_kwh=cells.energy_max_kwh,
+                    charge_efficiency_fraction=cells.charge_efficiency_fraction,
+                    discharge_efficiency_fraction=cells.discharge_efficiency_fraction,
+                    setpoint_kw=setpoint,
+                    max_charge_kw=pool_ch,
+                    max_discharge_kw=pool_dis,
+                    first_step=first,
+                    takes_over=tuple(members),
+                )
+            )
+        return units
+
+
+def _view(agent: AgentFlex) -> BatteryView:
+    """The agent's battery as reported; for one known only by its headroom, this step's limits and no energy or losses.
+
+    Nothing is known of such a battery's energy, and the program models it for this step alone,
+    where its headroom already bounds it: so no energy window and no losses (which would only
+    change the cost of reversing it, ``horizon.reversal_cost_per_kw``).
+    """
+    if agent.battery is not None:
+        return agent.battery
+    return BatteryView(
+        energy_start_kwh=0.0,
+        energy_min_kwh=-UNBOUNDED_KWH,
+        energy_max_kwh=UNBOUNDED_KWH,
+        charge_efficiency_fraction=1.0,
+        discharge_efficiency_fraction=1.0,
+        max_charge_kw=agent.battery_charge_limit_kw,
+        max_discharge_kw=agent.battery_discharge_limit_kw,
+        local_setpoint_kw=agent.battery_power_kw,
+        reported=False,
+    )
+
+
+def _loading_without_batteries(
+    snapshot: Snapshot, forecast: np.ndarray, transformer: np.ndarray, batteries: list[_Battery]
+) -> np.ndarray:
+    """(transformers, steps) kW: the loading with the modelled batteries idle, which the program adds back.
+
+    Ahead, the agents' forecast net power without their batteries; this step, the loading as
+    measured less the modelled batteries' setpoints.
+    """
+    loading = np.zeros((len(snapshot.transformers), forecast.shape[1]))
+    np.add.at(loading, transformer, net_power_kw(forecast[:, :, OTHER], forecast[:, :, SOLAR], 0.0))
+    loading[:, 0] = [t.loading_kw for t in snapshot.transformers]
+    for b in batteries:
+        loading[b.transformer, 0] -= b.agent.battery_power_kw
+    return loading
+
+
+def _flex(snapshot: Snapshot, forecast: np.ndarray, transformer: np.ndarray) -> list[HorizonFlex]:
+    """Solar to curtail and load to shed per transformer (kW): this step's headroom, then the forecast.
+
+    Both only count on the transformer, so each is pooled per transformer (exactly) and this
+    step's is then shared out in proportion to each agent's headroom.
+    """
+    curtail_now = np.array([a.headroom_kw.get(CurtailAction.curtail_solar, 0.0) for a in snapshot.agents])
+    shed_now = np.array([a.headroom_kw.get(CurtailAction.shed_load, 0.0) for a in snapshot.agents])
+    flex = []
+    for k in range(len(snapshot.transformers)):
+        mine = transformer == k
+        curtail, shed = forecast[mine, :, SOLAR].sum(axis=0), forecast[mine, :, FLEXIBLE].sum(axis=0)
+        curtail[0], shed[0] = curtail_now[mine].sum(), shed_now[mine].sum()
+        flex.append(HorizonFlex(k, curtail, shed))
+    return flex
+
+
+def _policy_schedule(batteries: list[_Battery], forecast: np.ndarray) -> _PolicySchedule:
+    """What each battery's own policy would ask over the horizon, within the limits its agent reported."""
+    f = forecast[[b.row for b in batteries]]
+    is_home = np.array([b.agent.agent_type is AgentType.home for b in batteries], dtype=bool)
+    request = np.where(
+        is_home[:, None], self_consumption_setpoint_kw(f[:, :, SOLAR], f[:, :, OTHER]), f[:, :, SETPOINT]
+    )
+    max_ch, max_dis = f[:, :, MAX_CHARGE].copy(), f[:, :, MAX_DISCHARGE].copy()
+    for j, b in enumerate(batteries):  # this step: the setpoint as it stands and the physics' headroom
+        request[j, 0] = b.agent.battery_power_kw
+        max_ch[j, 0] = b.agent.battery_charge_limit_kw
+        max_dis[j, 0] = b.agent.battery_discharge_limit_kw
+    return _PolicySchedule(request, np.maximum(max_ch, 0.0), np.maximum(max_dis, 0.0))
 
 
 def _nanmean(values: np.ndarray) -> np.ndarray:
@@ -351,65 +446,54 @@ def _nanmax(values: np.ndarray) -> np.ndarray:
 
 def _observe(agent: AgentFlex) -> list[float]:
     """One agent's report as the planner remembers it (kW), in FIELDS order."""
-    s = agent.status
-    solar = s.solar.available_kw if s is not None and s.solar is not None else 0.0
-    demand = s.load.demand_kw if s is not None and s.load is not None else 0.0
-    flexible = s.load.flexible_kw if s is not None and s.load is not None else 0.0
-    battery = s.battery if s is not None else None
+    battery = agent.battery
     return [
-        agent.net_power_kw - agent.battery_power_kw + solar,
-        solar,
-        demand,
-        flexible,
-        agent.battery_power_kw,
+        agent.net_power_without_battery_kw + agent.solar_available_kw,
+        agent.solar_available_kw,
+        agent.demand_kw,
+        agent.flexible_kw,
+        battery.local_setpoint_kw if battery is not None else agent.battery_power_kw,
         battery.max_charge_kw if battery is not None else 0.0,
         battery.max_discharge_kw if battery is not None else 0.0,
     ]
 
 
-def _battery_of(row: int, agent: AgentFlex, transformer: int, hours: float, efficiency: float) -> _Battery:
-    """The battery's energy window, and what it held when this step began (its report is at the step's end)."""
-    if agent.status is None or agent.status.battery is None:  # only its headroom: no energy limit beyond this step
-        return _Battery(
-            row=row, agent=agent, transformer=transformer, energy_min_kwh=-1e6, energy_max_kwh=1e6, energy_kwh=0.0, known=False
-        )
-    b = agent.status.battery
-    stored = agent.battery_power_kw * hours * (efficiency if agent.battery_power_kw > 0 else 1.0 / efficiency)
-    e_min, e_max = b.soc_min_fraction * b.capacity_kwh, b.soc_max_fraction * b.capacity_kwh
-    energy = min(max(b.soc_fraction * b.capacity_kwh - stored, e_min), e_max)
-    return _Battery(row=row, agent=agent, transformer=transformer, energy_min_kwh=e_min, energy_max_kwh=e_max, energy_kwh=energy)
-
-
 def _local_schedule(
-    energy: np.ndarray,
-    e_min: np.ndarray,
-    e_max: np.ndarray,
-    request: np.ndarray,
-    max_ch: np.ndarray,
-    max_dis: np.ndarray,
-    hours: float,
-    efficiency: float,
+    cells: _Cells,
+    request_kw: np.ndarray,
+    max_charge_kw: np.ndarray,
+    max_discharge_kw: np.ndarray,
+    step_s: float,
     reported_first: bool = True,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(setpoints, energy at the end): what the batteries' own policies would do, step by step, within their limits.
+) -> tuple[np.ndarray, float]:
+    """(setpoints kW, energy kWh at the end): a battery's own policy step by step, from ``cells.energy_start_kwh``.
 
-    Rows are batteries (kWh and kW), columns steps. With ``reported_first`` the first column is
-    a setpoint as reported, which the physics has already clipped.
+    Each step as the battery's physics would take it (``models.devices.step_battery_energy``)
+    within that step's power limits; with ``reported_first`` the first step's setpoint is the
+    one reported, which the physics has already clipped.
     """
-    setpoint = np.minimum(request, max_ch).tolist()
-    low = (-max_dis).tolist()
-    end = []
-    for i, e in enumerate(energy.tolist()):  # plain floats: a few batteries over many steps
-        row, floor, room_min, room_max = setpoint[i], low[i], float(e_min[i]), float(e_max[i])
-        for t in range(len(row)):
-            if t > 0 or not reported_first:
-                p = min(row[t], (room_max - e) / (efficiency * hours))
-                row[t] = p = max(p, floor[t], (room_min - e) * efficiency / hours)
-            else:
-                row[t] = p = float(request[i, 0])
-            e += (p * efficiency if p > 0 else p / efficiency) * hours
-        end.append(e)
-    return np.array(setpoint).reshape(request.shape), np.array(end)
+    setpoint = np.empty(len(request_kw))
+    energy = cells.energy_start_kwh
+    eta_c, eta_d = cells.charge_efficiency_fraction, cells.discharge_efficiency_fraction
+    steps = zip(request_kw.tolist(), max_charge_kw.tolist(), max_discharge_kw.tolist())  # plain floats: fast
+    for t, (request, max_ch, max_dis) in enumerate(steps):
+        if t == 0 and reported_first:
+            stored = stored_kwh(request, step_s, eta_c, eta_d)
+            setpoint[t], energy = request, min(max(energy + stored, cells.energy_min_kwh), cells.energy_max_kwh)
+            continue
+        step = step_battery_energy(
+            energy,
+            request,
+            step_s,
+            energy_min_kwh=cells.energy_min_kwh,
+            energy_max_kwh=cells.energy_max_kwh,
+            max_charge_kw=max_ch,
+            max_discharge_kw=max_dis,
+            charge_efficiency_fraction=eta_c,
+            discharge_efficiency_fraction=eta_d,
+        )
+        setpoint[t], energy = step.power_kw, step.energy_kwh
+    return setpoint, energy
 
 
 def _local_power(units: list[HorizonBattery], n_t: int, n_k: int) -> np.ndarray:

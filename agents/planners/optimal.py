@@ -37,7 +37,7 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     (cost HOLD_BACK_COST) and going beyond it (full cost), so a charging battery is first told
     to charge less before another is told to discharge into it.
     """
-    plan = Plan()
+    plan = Plan("optimal")
     troubled = [t for t in snapshot.transformers if t.violation_kw > 0]
     if not troubled:
         return plan
@@ -75,7 +75,6 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     try:
         x = solve_lp(cost, np.zeros(n), upper, np.full(2 * n_t, -np.inf), upper_bound, matrix)
     except LpNotSolved:  # cannot happen with slack; keep the cycle going with no commands
-        plan.unfixed_kw = {t.transformer_id: t.violation_kw for t in troubled}
         return plan
     totals: dict[tuple[str, CurtailAction], float] = {}
     for j, (agent_id, _, action, _, _) in enumerate(variables):
@@ -83,17 +82,16 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     for (agent_id, action), power_kw in totals.items():
         if power_kw > MIN_COMMAND_KW:
             plan.commands.append(Command(agent_id=agent_id, action=action, power_kw=power_kw))
-    for t, transformer in enumerate(troubled):
-        plan.unfixed_kw[transformer.transformer_id] = float(x[n_actions + 2 * t] + x[n_actions + 2 * t + 1])
     return plan
 
 
 def _segments(agent: AgentFlex, action: CurtailAction, headroom_kw: float) -> list[tuple[float, float]]:
-    """(headroom kW, cost per kW) pieces of one action, cheapest first."""
-    if action is CurtailAction.discharge_battery:
-        held_back = min(max(agent.battery_power_kw, 0.0), headroom_kw)
-    elif action is CurtailAction.charge_battery:
-        held_back = min(max(-agent.battery_power_kw, 0.0), headroom_kw)
-    else:
+    """(headroom kW, cost per kW) pieces of one action, cheapest first.
+
+    A battery action against the way the battery's setpoint moves net power holds that setpoint
+    back first (towards idle), then drives the battery beyond it.
+    """
+    if action not in (CurtailAction.charge_battery, CurtailAction.discharge_battery):
         return [(headroom_kw, ACTION_COST[action])]
+    held_back = min(max(-action.direction * agent.battery_power_kw, 0.0), headroom_kw)
     return [(held_back, HOLD_BACK_COST), (headroom_kw - held_back, ACTION_COST[action])]

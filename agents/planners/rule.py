@@ -5,8 +5,6 @@ from __future__ import annotations
 from agents.planners.base import MIN_COMMAND_KW, Command, Plan, Snapshot
 from models.schemas import CurtailAction
 
-DOWN_ACTIONS = (CurtailAction.discharge_battery, CurtailAction.shed_load)
-UP_ACTIONS = (CurtailAction.charge_battery, CurtailAction.curtail_solar)
 
 
 def plan_rule(snapshot: Snapshot) -> Plan:
@@ -15,12 +13,12 @@ def plan_rule(snapshot: Snapshot) -> Plan:
     No ordering by cost: solar is curtailed and load shed alongside battery dispatch, which is
     what a simple operator rule does and what the optimal planner improves on.
     """
-    plan = Plan()
+    plan = Plan("rule")
     for transformer in snapshot.transformers:
         if transformer.loading_kw > transformer.rating_kw:
-            excess, actions = transformer.loading_kw - transformer.rating_kw, DOWN_ACTIONS
+            excess, actions = transformer.loading_kw - transformer.rating_kw, CurtailAction.moving(-1)
         elif transformer.loading_kw < -transformer.reverse_limit_kw:
-            excess, actions = -transformer.reverse_limit_kw - transformer.loading_kw, UP_ACTIONS
+            excess, actions = -transformer.reverse_limit_kw - transformer.loading_kw, CurtailAction.moving(+1)
         else:
             continue
         resources = [
@@ -34,5 +32,4 @@ def plan_rule(snapshot: Snapshot) -> Plan:
         for agent_id, action, headroom in resources:
             if headroom * share > MIN_COMMAND_KW:
                 plan.commands.append(Command(agent_id=agent_id, action=action, power_kw=headroom * share))
-        plan.unfixed_kw[transformer.transformer_id] = max(excess - total, 0.0)
     return plan
