@@ -314,7 +314,7 @@ def test_a_server_bound_beyond_loopback_with_a_token_and_no_tls_warns(tmp_path):
         assert wait_until(healthy, 30.0) and process.poll() is None, output.read_text()[-2000:]
         time.sleep(0.2)
         text = output.read_text()
-        assert f"WARNING agents.common.settings: serving plain HTTP on 0.0.0.0:{port} with AGENT_TOKEN set" in text
+        assert f"WARNING agents.common.server: serving plain HTTP on 0.0.0.0:{port} with AGENT_TOKEN set" in text
         assert TOKEN not in text
     finally:
         stop(process)

@@ -6,7 +6,6 @@ import logging
 import os
 import socket
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -185,37 +184,6 @@ def configure_logging(level: str) -> None:
     """Configure the root logger once, for an entry point."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the agents' own
-
-
-def serve(create_app: Callable, settings: ServerSettings) -> None:
-    """Build the app and run it under uvicorn (HTTPS with --tls-certfile); a busy port or a bad
-    certificate is a one-line error, not a traceback."""
-    import uvicorn
-
-    from agents.common.tls import plaintext_token_warning, server_ssl_options  # tls imports this module
-
-    configure_logging(settings.log_level)
-    try:
-        ssl_options = server_ssl_options(settings)
-        app = create_app(settings)
-    except StartupError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
-    warning = plaintext_token_warning(settings, agent_token_from_env())
-    if warning:
-        logger.warning("%s", warning)
-    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind((settings.host, settings.port))
-    except OSError as exc:
-        print(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
-        raise SystemExit(1) from None
-    finally:
-        probe.close()
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False, **ssl_options
-    )
 
 
 class StartupError(Exception):
