@@ -87,9 +87,14 @@ def _load(path: Path, columns: tuple[str, ...], nonnegative: tuple[str, ...]) ->
         value = frame[column].iloc[row_index]
         return StartupError(f"{path}, line {frame.index[row_index]}, column {column}: {problem} (got {value!r})")
 
+    # pandas 3 refuses a column that mixes UTC offsets, pandas 2.3 reads one silently as UTC: check it here
+    offsets = frame["timestamp"].str.extract(r"T[0-9:.]+(Z|[+-]\d{2}:?\d{2})$", expand=False).fillna("").to_numpy()
+    differs = np.flatnonzero(offsets != offsets[0])
+    if differs.size:
+        raise fail(int(differs[0]), "timestamp", "time zone differs from the first row's")
     try:
         stamps = pd.to_datetime(frame["timestamp"], errors="coerce", format="ISO8601")
-    except ValueError:  # pandas refuses a column that mixes time zones
+    except ValueError:  # a zone that the offsets above do not show
         zones = [getattr(pd.Timestamp(text), "tzinfo", None) if text else None for text in frame["timestamp"]]
         first = next(i for i, zone in enumerate(zones) if zone != zones[0])
         raise fail(first, "timestamp", "time zone differs from the first row's") from None
