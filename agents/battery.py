@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from agents.common.data import BATTERY_COLUMNS, load_timeseries
+from agents.common.data import BATTERY_COLUMNS, load_profile_row, load_timeseries
 from agents.device.agent import DeviceAgent
-from agents.device.app import create_device_app
+from agents.device.app import create_device_app, own_data
 from agents.common.settings import BatterySettings
 from agents.common.state import StateStore
 from models.devices import BatteryModule, BatterySpec
@@ -41,7 +41,10 @@ class BatteryAgent(DeviceAgent):
     description = "A storage system that charges on cheap energy and discharges on dear, derated by temperature."
 
     def __init__(self, settings: BatterySettings, store: StateStore | None = None) -> None:
-        data = load_timeseries(settings.data_file, BATTERY_COLUMNS)
+        if settings.data_row is None:
+            data = load_timeseries(settings.data_file, BATTERY_COLUMNS)
+        else:
+            data = load_profile_row(settings.data_file, settings.data_row, BATTERY_COLUMNS)
         self.rated = BatterySpec(capacity_kwh=settings.capacity_kwh, max_charge_kw=settings.power_kw, max_discharge_kw=settings.power_kw, charge_efficiency_fraction=0.96, discharge_efficiency_fraction=0.96)
         battery = BatteryModule(spec=self.rated, step_s=data.step_s, soc_fraction=settings.initial_soc_fraction)
         super().__init__(settings, data, battery, store)
@@ -75,5 +78,12 @@ def create_app(settings: BatterySettings, *, register: bool = True) -> FastAPI:
 def settings_for_battery(settings: BatterySettings, entry) -> BatterySettings:
     """A scenario storage system's own settings."""
     return settings.model_copy(
-        update={"agent_id": entry.id, "transformer_id": entry.transformer, "capacity_kwh": entry.capacity_kwh, "power_kw": entry.power_kw}
+        update={
+            "agent_id": entry.id,
+            "transformer_id": entry.transformer,
+            "bus": entry.bus,
+            **own_data(settings, entry),
+            "capacity_kwh": entry.capacity_kwh,
+            "power_kw": entry.power_kw,
+        }
     )
