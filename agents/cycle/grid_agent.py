@@ -9,6 +9,7 @@ import statistics
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import openai
 
@@ -33,6 +34,9 @@ from models.schemas import (
     GridStatus,
     TransformerReport,
 )
+
+if TYPE_CHECKING:
+    from agents.cycle.network import NetworkMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,15 @@ def make_ai_planner(settings: GridSettings) -> AiPlanner:
         else None
     )
     return AiPlanner(client, model=model, timeout_s=settings.ai_timeout_s)
+
+
+def make_network_monitor(settings: GridSettings) -> NetworkMonitor | None:
+    """The network's power flow with ``--network``; pandapower and power-grid-model load only then."""
+    if not settings.network:
+        return None
+    from agents.cycle.network import NetworkMonitor
+
+    return NetworkMonitor(settings)
 
 
 @dataclass(frozen=True)
@@ -101,6 +114,9 @@ class GridAgent:
         self.ai = make_ai_planner(settings) if self.planner == "ai" else None
         self.plan = make_mpc_planner() if self.planner == "mpc" else PLANNERS["optimal" if self.ai else self.planner]()
         scenario = scenario or (load_scenario(settings.scenario) if settings.scenario else Scenario())
+        self.network = make_network_monitor(settings)
+        if self.network is not None and not scenario.transformers:  # the network's transformers, at their ratings
+            scenario = scenario.model_copy(update={"transformers": self.network.transformer_specs()})
         self.registry = Registry(settings, scenario)
         self.metrics = GridMetrics(self.agents)
         self.calls = AgentCalls(settings, self.metrics)
@@ -175,6 +191,8 @@ class GridAgent:
 
     def _assess(self, statuses: dict[str, AgentStatus]) -> Snapshot:
         """2. The feeder as the planners see it: every transformer's loading and every agent's flexibility."""
+        if self.network is not None:  # the AC power flow before planning
+            self.network.assess(statuses.values(), self.cycle)
         return build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits)
 
     async def _plan(self, snapshot: Snapshot) -> Decision:
@@ -248,6 +266,10 @@ class GridAgent:
                     agents_unreachable=missing.count(t.transformer_id),
                 )
             )
+        network = None
+        if self.network is not None:  # the AC power flow after acting; where it converged, AC states stand
+            network = self.network.record(statuses.values(), self.cycle, snapshot.timestamp)
+            reports = self.network.amend(reports)
         result = CoordinationResult(
             cycle=self.cycle,
             timestamp=snapshot.timestamp,
@@ -260,6 +282,7 @@ class GridAgent:
             agents_stepped=len(statuses),
             duration_ms=(time.perf_counter() - clock.started) * 1000,
             phase_ms=clock.phase_ms(),
+            network=network,
         )
         self.recorder.record(result, list(records.values()))
         return result
