@@ -33,6 +33,8 @@ def _json_integer(value: object) -> object:
 
 
 Count = Annotated[int, BeforeValidator(_json_integer)]
+#: A network's bus index (>= 0). The schema is stated: pydantic drops ``minimum`` for a validated int in a union.
+BusIndex = Annotated[Count, Field(ge=0), WithJsonSchema({"type": "integer", "minimum": 0})]
 
 
 def _no_numbers_for_time(value: object) -> object:
@@ -133,7 +135,7 @@ class AgentStatus(BaseModel):
     agent_id: AgentId
     agent_type: AgentType
     transformer_id: str
-    bus: Count | None = Field(None, ge=0, description="The network bus it is connected at (homes from a network)")
+    bus: BusIndex | None = Field(None, description="The network bus it is connected at (agents from a network)")
     step: Count = Field(ge=0, description="Steps simulated so far")
     timestamp: SimulatedTime | None = Field(description="Simulated time of the current step; null before the first")
     step_s: Number = Field(gt=0, description="Length of one step in seconds")

@@ -74,9 +74,12 @@ class PowerFlow:
             if table in stripped and not stripped[table].empty:
                 stripped[table] = stripped[table].iloc[0:0]
         stripped.pop("profiles", None)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            data, extra = PandaPowerConverter().load_input_data(stripped)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)
+                data, extra = PandaPowerConverter().load_input_data(stripped)
+        except (NotImplementedError, KeyError, ValueError, TypeError) as exc:
+            raise PowerFlowError(f"power-grid-model-io cannot convert it: {type(exc).__name__}: {exc}") from exc
         origin = {i: (info["id_reference"]["table"], info["id_reference"]["index"]) for i, info in extra.items()}
         self.bus_index = net.bus.index.to_numpy()
         self.line_index = net.line.index.to_numpy()
