@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
-import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -124,7 +123,8 @@ def _read_simbench(code: str) -> pp.pandapowerNet:
 def _read_json(path: Path, mtime_ns: int, size: int) -> pp.pandapowerNet:
     try:
         net = pp.from_json(str(path))
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # pandapower raises UserWarning (an exception) for text that is not JSON
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, UserWarning) as exc:
         raise StartupError(f"--network {path}: not a pandapower network ({type(exc).__name__}: {exc})") from exc
     if not isinstance(net, pp.pandapowerNet) or "bus" not in net:
         raise StartupError(f"--network {path}: not a pandapower network (pandapower.to_json writes one)")
