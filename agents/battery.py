@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from agents.common.settings import BatterySettings
-from agents.device.app import create_device_app
+from agents.device.app import create_device_app, own_data
 from agents.device.battery import BatteryAgent
 
 
@@ -17,5 +17,12 @@ def create_app(settings: BatterySettings, *, register: bool = True) -> FastAPI:
 def settings_for_battery(settings: BatterySettings, entry) -> BatterySettings:
     """A scenario storage system's own settings."""
     return settings.model_copy(
-        update={"agent_id": entry.id, "transformer_id": entry.transformer, "capacity_kwh": entry.capacity_kwh, "power_kw": entry.power_kw}
+        update={
+            "agent_id": entry.id,
+            "transformer_id": entry.transformer,
+            "bus": entry.bus,
+            **own_data(settings, entry),
+            "capacity_kwh": entry.capacity_kwh,
+            "power_kw": entry.power_kw,
+        }
     )

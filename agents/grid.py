@@ -11,7 +11,7 @@ import httpx
 from fastapi import Depends, FastAPI, Query, Response
 
 from agents.common.auth import require_token_dependency
-from agents.common.errors import error_responses, install_error_handlers
+from agents.common.errors import NotFoundError, error_responses, install_error_handlers
 from agents.common.metrics import mount_metrics
 from agents.common.settings import GridSettings, StartupError, openai_settings_from_env
 from agents.common.tls import client_ssl_context
@@ -29,8 +29,10 @@ from models.schemas import (
     CoordinateBatch,
     CoordinationBatch,
     CoordinationResult,
+    ErrorBody,
     GridStatus,
     Health,
+    NetworkState,
     Registrations,
     RegistrationsResult,
     RunInfo,
@@ -44,6 +46,7 @@ GRID_ENDPOINTS = [
     "GET /health",
     "GET /status",
     "GET /agents",
+    "GET /network",
     "POST /agents/{agent_id}/status",
     "POST /coordinate",
     "POST /coordinate/batch",
@@ -78,6 +81,7 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     app.include_router(dashboard_router(agent))
     authorized = Depends(require_token_dependency(agent.agent_id))
     _add_read_routes(app, agent)
+    _add_network_routes(app, agent)
     _add_registration_routes(app, agent, authorized)
     _add_coordination_routes(app, agent, authorized)
     _add_run_routes(app, runs, authorized)
@@ -136,6 +140,18 @@ def _add_read_routes(app: FastAPI, agent: GridAgent) -> None:
     async def agents() -> list[AgentRecord]:
         """Every registered agent and whether it is healthy."""
         return agent.agents()
+
+
+def _add_network_routes(app: FastAPI, agent: GridAgent) -> None:
+    """The network's buses, lines and transformers as of the last power flow (with ``--network``)."""
+    no_network = {404: {"model": ErrorBody, "description": "The grid agent runs without --network"}}
+
+    @app.get("/network", response_model=NetworkState, responses=no_network)
+    async def network() -> NetworkState:
+        """Every bus, line and transformer as of the last AC power flow after acting."""
+        if agent.network is None:
+            raise NotFoundError("no network: start the grid agent with --network CODE_OR_FILE", agent.agent_id)
+        return agent.network.state()
 
 
 def _add_registration_routes(app: FastAPI, agent: GridAgent, authorized: Any) -> None:

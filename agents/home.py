@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from agents.common.settings import HomeSettings
-from agents.device.app import create_device_app
+from agents.device.app import create_device_app, own_data
 from agents.device.home import HomeAgent
 
 
@@ -15,11 +15,13 @@ def create_app(settings: HomeSettings, *, register: bool = True) -> FastAPI:
 
 
 def settings_for_home(settings: HomeSettings, home) -> HomeSettings:
-    """A scenario home's own settings: the process's, with the home's id, place and sizes."""
+    """A scenario home's own settings: the process's, with the home's id, place, sizes and its own data if any."""
     return settings.model_copy(
         update={
             "agent_id": home.id,
             "transformer_id": home.transformer,
+            "bus": home.bus,
+            **own_data(settings, home),
             "pv_kwp": home.pv_kwp,
             "annual_load_kwh": home.annual_load_kwh,
             "flexible_fraction": home.flexible_fraction,

@@ -34,6 +34,8 @@ def _json_integer(value: object) -> object:
 
 
 Count = Annotated[int, BeforeValidator(_json_integer)]
+#: A network's bus index (>= 0). The schema is stated: pydantic drops ``minimum`` for a validated int in a union.
+BusIndex = Annotated[Count, Field(ge=0), WithJsonSchema({"type": "integer", "minimum": 0})]
 
 
 def _no_numbers_for_time(value: object) -> object:
@@ -133,6 +135,9 @@ class LoadStatus(BaseModel):
     served_kw: Number
     shed_kw: Number
     flexible_kw: Number
+    served_kvar: Number | None = Field(
+        None, description="Reactive power of the served load (kvar, > 0 drawn), when the data gives one (a network's)"
+    )
 
 
 class BatteryStatus(BaseModel):
@@ -184,6 +189,7 @@ class AgentStatus(BaseModel):
     agent_id: AgentId
     agent_type: AgentType
     transformer_id: str
+    bus: BusIndex | None = Field(None, description="The network bus it is connected at (agents from a network)")
     step: Count = Field(ge=0, description="Steps simulated so far")
     timestamp: SimulatedTime | None = Field(description="Simulated time of the current step; null before the first")
     step_s: Number = Field(gt=0, description="Length of one step in seconds")
@@ -355,6 +361,7 @@ class AgentRecord(BaseModel):
     url: str
     batch_url: str | None = None
     transformer_id: str
+    bus: int | None = Field(None, description="The network bus it is connected at, as it reports")
     healthy: bool
     last_seen: datetime
     last_status: AgentStatus | None = None
@@ -373,6 +380,14 @@ class TransformerReport(BaseModel):
     unfixed_kw: float = Field(description="How far the loading is still outside its limits after acting")
     agents_reporting: int = Field(0, description="Agents whose net power this loading sums")
     agents_unreachable: int = Field(0, description="Registered agents on this transformer that did not answer (not in the loading)")
+    loading_percent_before: float | None = Field(
+        None, description="AC loading against the rated apparent power, by the power flow before planning (network)"
+    )
+    loading_percent_after: float | None = Field(None, description="AC loading from the power flow after acting")
+    ac_power_kw_before: float | None = Field(
+        None, description="Active power at its high-voltage side before planning (kW, > 0 towards the agents)"
+    )
+    ac_power_kw_after: float | None = Field(None, description="Active power at the high-voltage side after acting (kW)")
 
 
 class ActionReport(BaseModel):
@@ -402,6 +417,77 @@ class CoordinationResult(BaseModel):
     agents_stepped: int
     duration_ms: float
     phase_ms: dict[str, float]
+    network: NetworkCycle | None = Field(None, description="The AC power flows before planning and after acting")
+
+
+class NetworkCycle(BaseModel):
+    """One cycle's AC power flows: before planning and after acting. A figure is null when its power flow failed."""
+
+    converged: bool = Field(description="Both power flows converged")
+    error: str | None = Field(None, description="Why a power flow failed; then the transformer-only assessment stands")
+    vm_min_pu_before: float | None = None
+    vm_max_pu_before: float | None = None
+    vm_min_pu_after: float | None = None
+    vm_max_pu_after: float | None = None
+    line_loading_max_percent_before: float | None = None
+    line_loading_max_percent_after: float | None = None
+    buses_outside_before: int | None = Field(None, description="Buses with a voltage outside their limits")
+    buses_outside_after: int | None = None
+    lines_outside_before: int | None = Field(None, description="Lines loaded above 100 %")
+    lines_outside_after: int | None = None
+    transformer_loading_max_percent_before: float | None = Field(
+        None, description="The highest AC loading of a transformer against its rated apparent power"
+    )
+    transformer_loading_max_percent_after: float | None = None
+    transformers_outside_before: int | None = Field(None, description="Transformers loaded above 100 %")
+    transformers_outside_after: int | None = None
+    agents_placed: int = Field(0, description="Agents whose net power entered the power flow at their bus")
+    agents_unplaced: list[str] = Field(default_factory=list, description="Agents with no bus or one the network lacks")
+    powerflow_ms: float = Field(0.0, description="Time spent in both power flows")
+
+
+class NetworkBus(BaseModel):
+    """One bus as of the last power flow; powers in the load convention of net_power_kw (> 0 drawn)."""
+
+    bus: int = Field(description="The network's own bus index")
+    name: str | None
+    vn_kv: float
+    vm_pu: float | None = Field(description="Null when it is not energised or the power flow failed")
+    min_vm_pu: float
+    max_vm_pu: float
+    p_kw: float = Field(description="Sum of the net power of the agents at this bus")
+    q_kvar: float = Field(description="Their reactive power: load at its power factor, PV by --pv-reactive")
+
+
+class NetworkLine(BaseModel):
+    """One line as of the last power flow."""
+
+    line: int
+    from_bus: int
+    to_bus: int
+    loading_percent: float | None
+
+
+class NetworkTransformer(BaseModel):
+    """One transformer as of the last power flow."""
+
+    transformer: int
+    name: str | None
+    transformer_id: str = Field(description="The id agents on its low-voltage side report as their transformer_id")
+    loading_percent: float | None
+    p_kw: float | None = Field(description="Active power at its high-voltage side (kW, > 0 flowing to its LV side)")
+
+
+class NetworkState(BaseModel):
+    """The network as of the last power flow after acting (``GET /network``)."""
+
+    network: str = Field(description="The SimBench code or file the grid agent loaded")
+    cycle: int = Field(description="The cycle of that power flow; 0 = the unloaded network at start-up")
+    timestamp: SimulatedTime | None
+    converged: bool
+    buses: list[NetworkBus]
+    lines: list[NetworkLine]
+    transformers: list[NetworkTransformer]
 
 
 #: Most cycles one ``POST /coordinate/batch`` runs: it holds the feeder for the whole request, so

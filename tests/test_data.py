@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from agents.common.data import BATTERY_COLUMNS, HOME_COLUMNS, HOME_NONNEGATIVE, TimeSeries, load_timeseries
+from agents.common.data import (
+    BATTERY_COLUMNS,
+    HOME_COLUMNS,
+    HOME_NONNEGATIVE,
+    TimeSeries,
+    load_profile_row,
+    load_timeseries,
+    write_profile_array,
+)
 from agents.common.settings import StartupError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
@@ -289,3 +298,53 @@ def test_load_timeseries_shipped_data(name, columns, nonnegative):
     assert set(series.columns) == set(columns)
     for values in series.columns.values():
         assert np.isfinite(values).all()
+
+
+# --- profile arrays: many agents' own data in one memory-mapped file -----------------------------------
+PROFILE_COLUMNS = ["solar_kw", "load_kw", "load_kvar"]
+
+
+def write_profiles(tmp_path: Path, values: np.ndarray) -> Path:
+    path = tmp_path / "homes.npy"
+    write_profile_array(path, values, START, 900.0, PROFILE_COLUMNS, [f"h{i}" for i in range(len(values))])
+    return path
+
+
+def test_load_profile_row_reads_its_agents_row(tmp_path):
+    values = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    series = load_profile_row(write_profiles(tmp_path, values), 1, ("solar_kw", "load_kw"), ("solar_kw",))
+    assert (series.start, series.step_s, len(series)) == (START, 900.0, 4)
+    assert series.row(0) == {"solar_kw": 12.0, "load_kw": 16.0, "load_kvar": 20.0}
+    assert series.row(5) == series.row(1)  # wraps like a CSV's data
+    with pytest.raises(ValueError):
+        series.columns["load_kw"][0] = 1.0  # mapped read-only
+
+
+@pytest.mark.parametrize(
+    ("row", "columns", "message"),
+    [(2, ("solar_kw",), "no row 2 (it holds 2 agents)"), (0, ("temp_air_c",), "missing column(s) temp_air_c")],
+)
+def test_load_profile_row_bad_row_or_column(tmp_path, row, columns, message):
+    path = write_profiles(tmp_path, np.zeros((2, 3, 4)))
+    with pytest.raises(StartupError, match=re.escape(message)):
+        load_profile_row(path, row, columns)
+
+
+def test_load_profile_row_names_row_column_and_step_of_a_bad_value(tmp_path):
+    values = np.zeros((2, 3, 4))
+    values[1, 1, 2] = np.nan
+    values[0, 0, 3] = -1.0
+    path = write_profiles(tmp_path, values)
+    with pytest.raises(StartupError, match=r"row 1, column load_kw, step 2: not a finite number"):
+        load_profile_row(path, 1, ("load_kw",))
+    with pytest.raises(StartupError, match=r"row 0, column solar_kw: must not be negative"):
+        load_profile_row(path, 0, ("solar_kw",), ("solar_kw",))
+
+
+def test_load_profile_row_without_its_description(tmp_path):
+    path = write_profiles(tmp_path, np.zeros((1, 3, 4)))
+    path.with_suffix(".json").unlink()
+    with pytest.raises(StartupError, match="not a readable description"):
+        load_profile_row(path, 0, ("solar_kw",))
+    with pytest.raises(StartupError, match="profile array not found"):
+        load_profile_row(tmp_path / "absent.npy", 0, ("solar_kw",))

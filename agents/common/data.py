@@ -1,8 +1,10 @@
-"""Loading an agent's historical data CSV, with errors that name the file, row and column."""
+"""Loading an agent's historical data: a CSV, with errors that name the file, row and column, or one row of
+a profile array that the coordinator prepared for many agents (a network's homes)."""
 
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,6 +17,8 @@ from agents.common.settings import StartupError
 HOME_COLUMNS = ("solar_kw", "load_kw", "temp_air_c")
 HOME_NONNEGATIVE = ("solar_kw", "load_kw")
 BATTERY_COLUMNS = ("price_per_kwh", "temp_air_c")
+#: A network home's own data: no weather, and the reactive power of its load (load_kvar, > 0 drawn).
+NETWORK_HOME_COLUMNS = ("solar_kw", "load_kw", "load_kvar")
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,14 @@ def _load(path: Path, columns: tuple[str, ...], nonnegative: tuple[str, ...]) ->
         value = frame[column].iloc[row_index]
         return StartupError(f"{path}, line {frame.index[row_index]}, column {column}: {problem} (got {value!r})")
 
+    # pandas 3 refuses a column that mixes UTC offsets, pandas 2.3 reads one silently as UTC: check it here
+    offsets = frame["timestamp"].str.extract(r"T[0-9:.]+(Z|[+-]\d{2}:?\d{2})$", expand=False).fillna("").to_numpy()
+    differs = np.flatnonzero(offsets != offsets[0])
+    if differs.size:
+        raise fail(int(differs[0]), "timestamp", "time zone differs from the first row's")
     try:
         stamps = pd.to_datetime(frame["timestamp"], errors="coerce", format="ISO8601")
-    except ValueError:  # pandas refuses a column that mixes time zones
+    except ValueError:  # a zone that the offsets above do not show
         zones = [getattr(pd.Timestamp(text), "tzinfo", None) if text else None for text in frame["timestamp"]]
         first = next(i for i, zone in enumerate(zones) if zone != zones[0])
         raise fail(first, "timestamp", "time zone differs from the first row's") from None
@@ -118,3 +127,68 @@ def _load(path: Path, columns: tuple[str, ...], nonnegative: tuple[str, ...]) ->
                 raise fail(int(negative[0]), name, "must not be negative")
         values[name] = numbers
     return TimeSeries(path=path, start=stamps.iloc[0].to_pydatetime(), step_s=step, columns=values)
+
+
+# -- profile arrays: many agents' data in one memory-mapped file ----------------------------------------------
+#
+# ``NAME.npy`` holds float32 values shaped (agents, columns, steps); ``NAME.json`` beside it says
+# {"start": ISO 8601, "step_s": seconds, "columns": [...], "agents": [agent ids, one per row]}. Every process
+# maps the same file and reads only its agents' rows, so a feeder's data is prepared once, not once per process.
+
+
+def write_profile_array(
+    path: Path, values: np.ndarray, start: datetime, step_s: float, columns: list[str], agents: list[str]
+) -> None:
+    """Write ``values`` (agents x columns x steps) as a profile array and its description beside it."""
+    path = Path(path)
+    values = np.asarray(values, dtype=np.float32)
+    if values.shape[:2] != (len(agents), len(columns)) or values.shape[2] < 2:
+        shape = f"{len(agents)} agents x {len(columns)} columns x >= 2 steps"
+        raise ValueError(f"values shaped {values.shape} do not fit {shape}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, values)
+    meta = {"start": start.isoformat(), "step_s": step_s, "columns": list(columns), "agents": list(agents)}
+    path.with_suffix(".json").write_text(json.dumps(meta), encoding="utf-8")
+
+
+def load_profile_row(path: Path, row: int, columns: tuple[str, ...], nonnegative: tuple[str, ...] = ()) -> TimeSeries:
+    """One agent's data from a profile array: row ``row``, which must hold finite values in the named columns.
+
+    Raises StartupError naming the file, the row and the column of the first problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StartupError(f"{path}: profile array not found")
+    stat = path.stat()
+    values, start, step_s, names = _map_profile_array(path.resolve(), stat.st_mtime_ns, stat.st_size)
+    if not 0 <= row < values.shape[0]:
+        raise StartupError(f"{path}: no row {row} (it holds {values.shape[0]} agents)")
+    missing = [name for name in columns if name not in names]
+    if missing:
+        raise StartupError(f"{path}: missing column(s) {', '.join(missing)} (found {', '.join(names)})")
+    series = {name: values[row, k] for k, name in enumerate(names)}
+    for name in columns:
+        bad = np.flatnonzero(~np.isfinite(series[name]))
+        if bad.size:
+            raise StartupError(f"{path}, row {row}, column {name}, step {bad[0]}: not a finite number")
+        if name in nonnegative and (series[name] < 0).any():
+            raise StartupError(f"{path}, row {row}, column {name}: must not be negative")
+    return TimeSeries(path=path, start=start, step_s=step_s, columns=series)
+
+
+@functools.lru_cache(maxsize=16)
+def _map_profile_array(path: Path, mtime_ns: int, size: int) -> tuple[np.ndarray, datetime, float, list[str]]:
+    meta_path = path.with_suffix(".json")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        start, step_s, names = datetime.fromisoformat(meta["start"]), float(meta["step_s"]), list(meta["columns"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise StartupError(f"{meta_path}: not a readable description of {path.name}: {exc}") from exc
+    try:
+        values = np.load(path, mmap_mode="r")  # read-only: agents never write to their data
+    except (OSError, ValueError) as exc:
+        raise StartupError(f"{path}: not a readable profile array: {exc}") from exc
+    if values.ndim != 3 or values.shape[1] != len(names) or values.shape[2] < 2 or step_s <= 0:
+        expected = f"(agents, {len(names)} columns, steps >= 2) with a step > 0"
+        raise StartupError(f"{path}: shaped {values.shape}, not {expected}")
+    return values, start, step_s, names

@@ -30,13 +30,18 @@ class HomeSpec(BaseModel):
 
     id: AgentId
     transformer: str = Field(min_length=1, max_length=64)
-    pv_kwp: float = Field(6.0, ge=0, le=1000, allow_inf_nan=False)
-    annual_load_kwh: float = Field(4500.0, gt=0, le=1e7, allow_inf_nan=False)
+    pv_kwp: float = Field(6.0, ge=0, le=1e5, allow_inf_nan=False)  # a network's MV loads may carry MW of PV
+    annual_load_kwh: float = Field(4500.0, ge=0, le=1e9, allow_inf_nan=False)  # 0: a PV-only home
     flexible_fraction: float = Field(0.3, ge=0, le=1, allow_inf_nan=False)
     battery_kwh: float = Field(0.0, ge=0, le=1e5, allow_inf_nan=False)
     battery_kw: float = Field(0.0, ge=0, le=1e4, allow_inf_nan=False)
     solar_shift_steps: int = Field(0, ge=-8, le=8, description="Shift of the PV profile (orientation), in data steps")
     load_shift_steps: int = Field(0, ge=-8, le=8, description="Shift of the load profile (habits), in data steps")
+    bus: int | None = Field(None, ge=0, description="The network bus it is connected at")
+    data_file: str | None = Field(
+        None, min_length=1, max_length=1024, description="Its own data: CSV or profile array (relative to the scenario)"
+    )
+    data_row: int | None = Field(None, ge=0, description="Its row in a profile array; its own data then, not scaled")
 
 
 class BatterySpecEntry(BaseModel):
@@ -48,6 +53,9 @@ class BatterySpecEntry(BaseModel):
     transformer: str = Field(min_length=1, max_length=64)
     capacity_kwh: float = Field(50.0, gt=0, le=1e6, allow_inf_nan=False)
     power_kw: float = Field(25.0, gt=0, le=1e5, allow_inf_nan=False)
+    bus: int | None = Field(None, ge=0, description="The network bus it is connected at")
+    data_file: str | None = Field(None, min_length=1, max_length=1024, description="Its own data (as homes' data_file)")
+    data_row: int | None = Field(None, ge=0, description="Its row in a profile array")
 
 
 class Scenario(BaseModel):

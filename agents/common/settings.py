@@ -99,6 +99,10 @@ class DeviceSettings(ServerSettings):
     scenario: Path | None = Field(None, description="Host this process's share of the scenario's agents instead of one")
     shard: str = Field("0/1", pattern=r"^\d+/[1-9]\d*$", description="With --scenario: host agents i, i+n, i+2n... written i/n")
     max_agents_per_process: int = Field(1000, ge=1, description="Refuse to host more agents than this in one process")
+    bus: int | None = Field(None, ge=0, description="The network bus the agent is connected at (homes from a network)")
+    data_row: int | None = Field(
+        None, ge=0, description="With a profile array (.npy) as --data-file: this agent's row; the values are its own"
+    )
 
     @property
     def shard_index(self) -> tuple[int, int]:
@@ -167,6 +171,17 @@ class GridSettings(ServerSettings):
     )
     probe_timeout_s: float = Field(
         2.0, gt=0, le=30, description="Timeout of the GET {url}/health that checks a new or changed callback URL"
+    )
+    network: str | None = Field(
+        None, description="A SimBench code (1-LV-rural1--2-sw) or a pandapower JSON file: an AC power flow every cycle"
+    )
+    slack_vm_pu: float | None = Field(
+        None, gt=0.5, lt=1.5, description="External grid voltage setpoint (p.u.) instead of the network's own"
+    )
+    vm_min_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Lowest voltage at buses below 1 kV (p.u.)")
+    vm_max_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Highest voltage at buses below 1 kV (p.u.)")
+    pv_reactive: str = Field(
+        "unity", pattern=r"^(unity|cosphi_p)$", description="PV reactive power: unity, or cosphi_p (VDE-AR-N 4105)"
     )
 
 

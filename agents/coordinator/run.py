@@ -51,6 +51,13 @@ class CoordinatorSettings(ServerSettings):
     resume: bool = Field(False, description="Continue from the agents' saved state instead of starting afresh")
     startup_timeout_s: float = Field(30.0, gt=0, description="How long to wait for each agent to come up")
     report: Path | None = Field(None, description="Write summary.json, cycles.jsonl and PNG plots of the run into this folder")
+    network: str | None = Field(
+        None, description="A SimBench code or pandapower JSON file: its loads, PV and storage become the agents"
+    )
+    slack_vm_pu: float | None = Field(None, gt=0.5, lt=1.5, description="External grid voltage setpoint (p.u.)")
+    vm_min_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Lowest voltage at buses below 1 kV (p.u.)")
+    vm_max_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Highest voltage at buses below 1 kV (p.u.)")
+    pv_reactive: str = Field("unity", pattern=r"^(unity|cosphi_p)$", description="PV reactive power: unity or cosphi_p")
 
     @model_validator(mode="after")
     def _own_client_certificate(self) -> CoordinatorSettings:
@@ -127,7 +134,17 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def feeder_scenario(settings: CoordinatorSettings) -> Scenario | None:
-    """The feeder of the run: the --scenario file, a generated one for --homes N > 1, or None for the seed's."""
+    """The feeder of the run: the --network's agents, the --scenario file, a generated one for --homes N > 1,
+    or None for the seed's."""
+    if settings.network is not None:
+        if settings.scenario is not None or settings.homes > 1:
+            raise StartupError("--network brings its own homes and storage; give it without --scenario or --homes")
+        from agents.network.feeder import prepare_network_run  # pandapower and simbench load only for a network
+
+        feeder = prepare_network_run(settings.network, network_dir(settings))
+        for what in feeder.left_out:
+            print(f"note: left out of the agents: {what}", file=sys.stderr)
+        return feeder.scenario
     if settings.scenario is not None:
         scenario = load_scenario(settings.scenario)
         if settings.homes > 1 and len(scenario.homes) != settings.homes:
@@ -136,6 +153,11 @@ def feeder_scenario(settings: CoordinatorSettings) -> Scenario | None:
     if settings.homes > 1:
         return generate_feeder(settings.homes)
     return None
+
+
+def network_dir(settings: CoordinatorSettings) -> Path:
+    """Where a run on a network keeps its agents' profile arrays and the grid agent's network.json."""
+    return settings.log_dir / "network"
 
 
 def plan_children(settings: CoordinatorSettings, scenario: Scenario | None = None, scenario_path: Path | None = None) -> list[Child]:
@@ -155,6 +177,11 @@ def plan_children(settings: CoordinatorSettings, scenario: Scenario | None = Non
     path = scenario_path or settings.scenario
     if path is not None:
         grid_flags += ["--scenario", str(path)]
+    if settings.network is not None:  # the network the coordinator checked and saved, quicker to load than SimBench
+        grid_flags += ["--network", str(network_dir(settings) / "network.json"), "--pv-reactive", settings.pv_reactive]
+        for flag in ("slack_vm_pu", "vm_min_pu", "vm_max_pu"):
+            if getattr(settings, flag) is not None:
+                grid_flags += ["--" + flag.replace("_", "-"), str(getattr(settings, flag))]
     specs: list[tuple[str, str, str, list[str], list[str]]] = [("grid agent", "grid_agent", "grid_agent_server.py", grid_flags, [])]
     if scenario is None or not scenario.homes:
         specs += [

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import openai
 
@@ -36,6 +37,9 @@ from models.schemas import (
     GridStatus,
     TransformerReport,
 )
+
+if TYPE_CHECKING:
+    from agents.cycle.network import NetworkMonitor
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +79,15 @@ def make_planner(name: str, settings: GridSettings) -> Planner:
     return SyncPlanner(make_mpc_planner() if name == "mpc" else PLANNERS[name]())
 
 
+def make_network_monitor(settings: GridSettings) -> NetworkMonitor | None:
+    """The network's power flow with ``--network``; pandapower and power-grid-model load only then."""
+    if not settings.network:
+        return None
+    from agents.cycle.network import NetworkMonitor
+
+    return NetworkMonitor(settings)
+
+
 @dataclass(frozen=True)
 class PhaseClock:
     """perf_counter() readings at the start of the cycle and at the end of its step, plan and act phases."""
@@ -101,6 +114,9 @@ class GridAgent:
         self.planner = resolve_planner(settings.planner, openai_settings_from_env()[0])
         self.planning: Planner = make_planner(self.planner, settings)
         scenario = scenario or (load_scenario(settings.scenario) if settings.scenario else Scenario())
+        self.network = make_network_monitor(settings)
+        if self.network is not None and not scenario.transformers:  # the network's transformers, at their ratings
+            scenario = scenario.model_copy(update={"transformers": self.network.transformer_specs()})
         self.metrics = GridMetrics(self.agents)
         self.calls = AgentCalls(settings, self.metrics)
         self.registry = Registry(settings, scenario, probe=self.calls.probe, on_forget=self.metrics.forget_peers)
@@ -209,6 +225,8 @@ class GridAgent:
 
     def _assess(self, statuses: dict[str, AgentStatus]) -> Snapshot:
         """2. The feeder as the planners see it: every transformer's loading and every agent's flexibility."""
+        if self.network is not None:  # the AC power flow before planning
+            self.network.assess(statuses.values(), self.cycle)
         return build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits)
 
     async def _plan(self, snapshot: Snapshot) -> Plan:
@@ -279,6 +297,10 @@ class GridAgent:
                     agents_unreachable=missing.count(t.transformer_id),
                 )
             )
+        network = None
+        if self.network is not None:  # the AC power flow after acting; where it converged, AC states stand
+            network = self.network.record(statuses.values(), self.cycle, snapshot.timestamp)
+            reports = self.network.amend(reports)
         result = CoordinationResult(
             cycle=self.cycle,
             timestamp=snapshot.timestamp,
@@ -292,6 +314,7 @@ class GridAgent:
             agents_stepped=len(statuses),
             duration_ms=(time.perf_counter() - clock.started) * 1000,
             phase_ms=clock.phase_ms(),
+            network=network,
         )
         self.recorder.record(result, list(records.values()))
         return result

@@ -35,6 +35,16 @@ GRID_LOG_COLUMNS = (
     "plan_ms",
     "act_ms",
     "duration_ms",
+    # with --network: the transformer's AC loading, and the whole network after acting (blank without one)
+    "loading_percent_before",
+    "loading_percent_after",
+    "network_converged",
+    "network_error",
+    "vm_min_pu_after",
+    "vm_max_pu_after",
+    "line_loading_max_percent_after",
+    "buses_outside_after",
+    "lines_outside_after",
 )
 
 #: Cycle durations kept for the median in /status.
@@ -75,6 +85,7 @@ class CycleRecorder:
                     "plan_ms": result.phase_ms["plan"],
                     "act_ms": result.phase_ms["act"],
                     "duration_ms": result.duration_ms,
+                    **_network_columns(result),
                 }
             )
         states = ", ".join(
@@ -92,3 +103,19 @@ class CycleRecorder:
 
     def close(self) -> None:
         self.log.close()
+
+
+def _network_columns(result: CoordinationResult) -> dict:
+    """The grid log's network columns of a cycle (none without a network)."""
+    network = result.network
+    if network is None:
+        return {}
+    return {
+        "network_converged": int(network.converged),
+        "network_error": network.error,
+        "vm_min_pu_after": network.vm_min_pu_after,
+        "vm_max_pu_after": network.vm_max_pu_after,
+        "line_loading_max_percent_after": network.line_loading_max_percent_after,
+        "buses_outside_after": network.buses_outside_after,
+        "lines_outside_after": network.lines_outside_after,
+    }

@@ -106,6 +106,7 @@ class Registry:
             "url": report.url.rstrip("/"),
             "batch_url": report.batch_url.rstrip("/") if report.batch_url else None,
             "transformer_id": report.status.transformer_id,
+            "bus": report.status.bus,
             "healthy": True,
             "last_seen": self.clock(),
             "last_status": report.status,

@@ -323,6 +323,7 @@ class DeviceAgent:
             "agent_id": self.agent_id,
             "agent_type": self.agent_type,
             "transformer_id": self.settings.transformer_id,
+            "bus": self.settings.bus,
             "step": self.step,
             "timestamp": self.timestamp,
             "step_s": self.data.step_s,

@@ -8,6 +8,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header
@@ -248,6 +249,17 @@ def create_device_app(
         store.close()
         raise StartupError(f"{kind} agents of {settings.scenario}: {exc}") from exc
     return build_device_app(agents, settings, register=register, store=store)
+
+
+def own_data(settings: DeviceSettings, entry: Any) -> dict[str, Any]:
+    """Settings for a scenario entry that names its own data: its file (relative paths from the scenario's folder)
+    and its row in a profile array. Empty when it names none, so the process's data file stands."""
+    if entry.data_file is None:
+        return {}
+    path = Path(entry.data_file)
+    if not path.is_absolute() and settings.scenario is not None:
+        path = settings.scenario.parent / path
+    return {"data_file": path, "data_row": entry.data_row}
 
 
 AGENT_ENDPOINTS = ["GET /", "GET /health", "GET /status", "POST /simulate", "POST /curtail", "GET /metrics", "GET /docs"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agents.common.data import BATTERY_COLUMNS, load_timeseries
+from agents.common.data import BATTERY_COLUMNS, load_profile_row, load_timeseries
 from agents.common.settings import BatterySettings
 from agents.common.state import StateStore
 from agents.device.agent import DeviceAgent
@@ -40,7 +40,10 @@ class BatteryAgent(DeviceAgent):
     description = "A storage system that charges on cheap energy and discharges on dear, derated by temperature."
 
     def __init__(self, settings: BatterySettings, store: StateStore | None = None) -> None:
-        data = load_timeseries(settings.data_file, BATTERY_COLUMNS)
+        if settings.data_row is None:
+            data = load_timeseries(settings.data_file, BATTERY_COLUMNS)
+        else:
+            data = load_profile_row(settings.data_file, settings.data_row, BATTERY_COLUMNS)
         self.rated = storage_spec(settings)
         battery = BatteryModule(spec=self.rated, step_s=data.step_s, soc_fraction=settings.initial_soc_fraction)
         super().__init__(settings, data, battery, store)

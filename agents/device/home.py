@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from agents.common.data import HOME_COLUMNS, HOME_NONNEGATIVE, load_timeseries
+from agents.common.data import (
+    HOME_COLUMNS,
+    HOME_NONNEGATIVE,
+    NETWORK_HOME_COLUMNS,
+    load_profile_row,
+    load_timeseries,
+)
 from agents.common.settings import HomeSettings
 from agents.common.state import StateStore
 from agents.device.agent import DeviceAgent
@@ -31,13 +37,18 @@ class HomeAgent(DeviceAgent):
     description = "A home with rooftop PV, a household load with a flexible share and a home battery."
 
     def __init__(self, settings: HomeSettings, store: StateStore | None = None) -> None:
-        data = load_timeseries(settings.data_file, HOME_COLUMNS, HOME_NONNEGATIVE)
+        own_data = settings.data_row is not None  # a network home's own kW, not a profile to scale
+        if own_data:
+            data = load_profile_row(settings.data_file, settings.data_row, NETWORK_HOME_COLUMNS, HOME_NONNEGATIVE)
+        else:
+            data = load_timeseries(settings.data_file, HOME_COLUMNS, HOME_NONNEGATIVE)
         spec = home_battery_spec(settings)
         battery = None if spec is None else BatteryModule(spec, data.step_s, settings.initial_soc_fraction)
         self.solar = SolarModule(capacity_kwp=settings.pv_kwp)
         self.load = LoadModule(flexible_fraction=settings.flexible_fraction)
-        self.pv_scale = settings.pv_kwp / DATA_PV_KWP
-        self.load_scale = settings.annual_load_kwh / DATA_ANNUAL_LOAD_KWH
+        self.pv_scale = 1.0 if own_data else settings.pv_kwp / DATA_PV_KWP
+        self.load_scale = 1.0 if own_data else settings.annual_load_kwh / DATA_ANNUAL_LOAD_KWH
+        self.demand_kvar: float | None = None  # reactive power of this step's demand, when the data gives it
         self.solar_shift, self.load_shift = settings.solar_shift_steps, settings.load_shift_steps
         super().__init__(settings, data, battery, store)
 
@@ -53,6 +64,7 @@ class HomeAgent(DeviceAgent):
     def _begin_step(self, row: dict[str, float]) -> None:
         self.solar.begin_step(row["solar_kw"] * self.pv_scale)
         self.load.begin_step(row["load_kw"] * self.load_scale)
+        self.demand_kvar = row["load_kvar"] * self.load_scale if "load_kvar" in row else None
         if self.battery is not None:
             self.battery.set_power(self_consumption_setpoint_kw(self.solar.output_kw, self.load.served_kw))
 
@@ -78,6 +90,15 @@ class HomeAgent(DeviceAgent):
         super()._restore_operating_point(saved)
         self.solar.curtail(float(saved.get("solar_curtailed_kw", 0.0)))
         self.load.shed(float(saved.get("load_shed_kw", 0.0)))
+
+    @property
+    def served_kvar(self) -> float | None:
+        """Reactive power of the served load (kvar, > 0 drawn): shedding keeps the demand's power factor."""
+        if self.demand_kvar is None:
+            return None
+        if self.load.demand_kw <= 0:
+            return self.demand_kvar
+        return self.demand_kvar * self.load.served_kw / self.load.demand_kw
 
     @property
     def net_power_kw(self) -> float:
@@ -107,6 +128,7 @@ class HomeAgent(DeviceAgent):
                 served_kw=self.load.served_kw,
                 shed_kw=self.load.shed_kw,
                 flexible_kw=self.load.flexible_kw,
+                served_kvar=self.served_kvar,
             ),
             flexibility=flexibility,
         )

@@ -1,0 +1,285 @@
+"""The grid agent's network (``--network``): an AC power flow before planning and after acting, every cycle.
+
+The agents' reports are summed at their buses: active power is their ``net_power_kw``; reactive power is their
+load's own (its profile's power factor, ``load.served_kvar``) plus their PV's, which is unity or follows
+VDE-AR-N 4105's cos phi(P) (``--pv-reactive cosphi_p``). Bus voltage limits are each bus's ``min_vm_pu`` and
+``max_vm_pu`` (``--vm-min-pu``/``--vm-max-pu`` at buses below 1 kV instead); lines and transformers may load to
+100 %. A power flow that fails is reported and logged, never raised: the cycle's transformer-only assessment
+then stands.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from agents.common.scenario import TransformerSpec
+from agents.common.settings import GridSettings, StartupError
+from agents.network.load import load_network
+from agents.network.powerflow import FlowResult, PowerFlow, PowerFlowError
+from models.network import ac_violation_kw, classify_ac_loading, pv_reactive_kvar, summarize_flow
+from models.schemas import (
+    AgentStatus,
+    NetworkBus,
+    NetworkCycle,
+    NetworkLine,
+    NetworkState,
+    NetworkTransformer,
+    TransformerReport,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Buses below this voltage take --vm-min-pu / --vm-max-pu instead of their own limits.
+LOW_VOLTAGE_KV = 1.0
+#: Voltage limits of a bus that states none.
+DEFAULT_MIN_VM_PU, DEFAULT_MAX_VM_PU = 0.9, 1.1
+MS_PER_S = 1000.0
+
+
+@dataclass(frozen=True)
+class Injections:
+    """What the agents draw at each bus (bus index order, kW and kvar, load convention), and who is not placed."""
+
+    p_kw: np.ndarray
+    q_kvar: np.ndarray
+    placed: int
+    unplaced: list[str]
+
+
+@dataclass(frozen=True)
+class Solved:
+    """One power flow: its injections and its result, or why it failed."""
+
+    injections: Injections
+    result: FlowResult | None
+    error: str | None = None
+
+
+class NetworkMonitor:
+    """The network of the feeder, converted once; solves and keeps the power flows of each cycle."""
+
+    def __init__(self, settings: GridSettings) -> None:
+        self.network = load_network(settings.network)
+        net = self.network.net
+        self.pv_reactive = settings.pv_reactive
+        try:
+            self.flow = PowerFlow(net, settings.slack_vm_pu)
+        except PowerFlowError as exc:
+            raise StartupError(f"--network {self.network.source}: {exc}") from exc
+        bus = net.bus
+        self.buses = bus.index.to_numpy()
+        self._position = {int(b): k for k, b in enumerate(self.buses)}
+        self.bus_names = bus["name"].tolist() if "name" in bus else [None] * len(bus)
+        self.vn_kv = bus["vn_kv"].to_numpy(dtype=float)
+        self.min_vm_pu = _limit(bus, "min_vm_pu", DEFAULT_MIN_VM_PU)
+        self.max_vm_pu = _limit(bus, "max_vm_pu", DEFAULT_MAX_VM_PU)
+        low_voltage = self.vn_kv < LOW_VOLTAGE_KV
+        if settings.vm_min_pu is not None:
+            self.min_vm_pu[low_voltage] = settings.vm_min_pu
+        if settings.vm_max_pu is not None:
+            self.max_vm_pu[low_voltage] = settings.vm_max_pu
+        self.trafo_ids = [self.network.transformer_ids[int(i)] for i in self.flow.trafo_index]
+        self.trafo_names = net.trafo["name"].tolist() if "name" in net.trafo else [None] * len(self.trafo_ids)
+        self.trafo_rating_kw = (net.trafo["sn_mva"].to_numpy(dtype=float) * 1e3).tolist()
+        self.line_ends = net.line[["from_bus", "to_bus"]].to_numpy(dtype=int)
+        self.before: Solved | None = None
+        self._before_ms = 0.0
+        self.after = self._solve(self.injections([]))  # the unloaded network: proves the conversion at start-up
+        if self.after.error is not None:
+            logger.warning("network %s: the unloaded power flow failed: %s", self.network.name, self.after.error)
+        self.cycle, self.timestamp = 0, None
+        logger.info(
+            "network %s: %d buses, %d lines, %d transformers; pv reactive power %s",
+            self.network.name,
+            len(self.buses),
+            len(self.line_ends),
+            len(self.trafo_ids),
+            self.pv_reactive,
+        )
+
+    # -- what the registry and planners read -----------------------------------------------------
+    def transformer_specs(self) -> list[TransformerSpec]:
+        """The network's transformers as a scenario's: rated at their apparent power (kVA taken as kW)."""
+        return [
+            TransformerSpec(id=tid, rating_kw=rating)
+            for tid, rating in zip(self.trafo_ids, self.trafo_rating_kw, strict=True)
+            if np.isfinite(rating) and rating > 0
+        ]
+
+    # -- the cycle -------------------------------------------------------------------------------
+    def injections(self, statuses: Iterable[AgentStatus]) -> Injections:
+        """Sum the agents' active and reactive power at their buses."""
+        p_kw = np.zeros(len(self.buses))
+        q_kvar = np.zeros(len(self.buses))
+        placed, unplaced = 0, []
+        for status in statuses:
+            k = self._position.get(status.bus) if status.bus is not None else None
+            if k is None:
+                unplaced.append(status.agent_id)
+                continue
+            placed += 1
+            p_kw[k] += status.net_power_kw
+            q_kvar[k] += self.reactive_kvar(status)
+        return Injections(p_kw, q_kvar, placed, sorted(unplaced))
+
+    def reactive_kvar(self, status: AgentStatus) -> float:
+        """An agent's reactive power (kvar, > 0 drawn): its load's at the load's power factor, plus its PV's."""
+        load_kvar = status.load.served_kvar if status.load is not None and status.load.served_kvar is not None else 0.0
+        pv_kvar = 0.0
+        if status.solar is not None:
+            pv_kvar = pv_reactive_kvar(status.solar.output_kw, status.solar.capacity_kwp, self.pv_reactive)
+        return load_kvar + pv_kvar
+
+    def _solve(self, injections: Injections) -> Solved:
+        try:
+            return Solved(injections, self.flow.solve(injections.p_kw, injections.q_kvar))
+        except PowerFlowError as exc:
+            return Solved(injections, None, str(exc))
+
+    def assess(self, statuses: Iterable[AgentStatus], cycle: int) -> Solved:
+        """The power flow before planning, from the agents' reports after their step."""
+        started = time.perf_counter()
+        self.before = self._solve(self.injections(statuses))
+        self._before_ms = (time.perf_counter() - started) * MS_PER_S
+        if self.before.error is not None:
+            logger.warning("cycle %d: the power flow before planning failed: %s", cycle, self.before.error)
+        return self.before
+
+    def record(self, statuses: Iterable[AgentStatus], cycle: int, timestamp: datetime | None) -> NetworkCycle:
+        """The power flow after acting, and the cycle's report of both."""
+        started = time.perf_counter()
+        self.after = self._solve(self.injections(statuses))
+        self.cycle, self.timestamp = cycle, timestamp
+        elapsed_ms = (time.perf_counter() - started) * MS_PER_S + self._before_ms
+        if self.after.error is not None:
+            logger.warning("cycle %d: the power flow after acting failed: %s", cycle, self.after.error)
+        before = self.before or Solved(self.after.injections, None, "no power flow before planning")
+        errors = [f"{when}: {s.error}" for when, s in (("before", before), ("after", self.after)) if s.error]
+        figures = {}
+        for when, solved in (("before", before), ("after", self.after)):
+            if solved.result is None:
+                continue
+            result = solved.result
+            summary = summarize_flow(
+                result.vm_pu,
+                self.min_vm_pu,
+                self.max_vm_pu,
+                result.line_loading_percent,
+                result.trafo_loading_percent,
+            )
+            figures.update(
+                {
+                    f"vm_min_pu_{when}": _number(summary.vm_min_pu),
+                    f"vm_max_pu_{when}": _number(summary.vm_max_pu),
+                    f"line_loading_max_percent_{when}": summary.line_loading_max_percent,
+                    f"buses_outside_{when}": summary.buses_outside,
+                    f"lines_outside_{when}": summary.lines_outside,
+                    f"transformer_loading_max_percent_{when}": summary.transformer_loading_max_percent,
+                    f"transformers_outside_{when}": summary.transformers_outside,
+                }
+            )
+        return NetworkCycle(
+            converged=not errors,
+            error="; ".join(errors) or None,
+            agents_placed=self.after.injections.placed,
+            agents_unplaced=self.after.injections.unplaced,
+            powerflow_ms=elapsed_ms,
+            **figures,
+        )
+
+    def amend(self, reports: list[TransformerReport]) -> list[TransformerReport]:
+        """The cycle's transformer reports with their AC loading; where a power flow converged, its state stands."""
+        flows = {
+            when: self._trafo_flows(solved)
+            for when, solved in (("before", self.before), ("after", self.after))
+            if solved is not None
+        }
+        amended = []
+        for report in reports:
+            update: dict = {}
+            for when, by_id in flows.items():
+                if report.transformer_id not in by_id:
+                    continue
+                loading_percent, power_kw = by_id[report.transformer_id]
+                update[f"loading_percent_{when}"] = loading_percent
+                update[f"ac_power_kw_{when}"] = power_kw
+                update[f"state_{when}"] = classify_ac_loading(loading_percent, power_kw, report.reverse_limit_kw)
+                if when == "after":
+                    update["unfixed_kw"] = ac_violation_kw(
+                        loading_percent, power_kw, report.rating_kw, report.reverse_limit_kw
+                    )
+            amended.append(report.model_copy(update=update) if update else report)
+        return amended
+
+    def _trafo_flows(self, solved: Solved) -> dict[str, tuple[float, float]]:
+        """transformer_id -> (AC loading in percent, active power at its high-voltage side in kW)."""
+        if solved.result is None:
+            return {}
+        result = solved.result
+        flows = zip(self.trafo_ids, result.trafo_loading_percent, result.trafo_p_kw, strict=True)
+        return {tid: (float(loading), float(p)) for tid, loading, p in flows if np.isfinite(loading)}
+
+    # -- GET /network ----------------------------------------------------------------------------
+    def state(self) -> NetworkState:
+        """Every bus, line and transformer as of the last power flow after acting."""
+        solved = self.after
+        result = solved.result
+        p_kw, q_kvar = solved.injections.p_kw, solved.injections.q_kvar
+        vm = result.vm_pu if result is not None else np.full(len(self.buses), np.nan)
+        lines = result.line_loading_percent if result is not None else np.full(len(self.line_ends), np.nan)
+        trafos = result.trafo_loading_percent if result is not None else np.full(len(self.trafo_ids), np.nan)
+        trafo_p = result.trafo_p_kw if result is not None else np.full(len(self.trafo_ids), np.nan)
+        return NetworkState(
+            network=self.network.name,
+            cycle=self.cycle,
+            timestamp=self.timestamp,
+            converged=result is not None,
+            buses=[
+                NetworkBus(
+                    bus=int(bus),
+                    name=_text(self.bus_names[k]),
+                    vn_kv=float(self.vn_kv[k]),
+                    vm_pu=_number(vm[k]),
+                    min_vm_pu=float(self.min_vm_pu[k]),
+                    max_vm_pu=float(self.max_vm_pu[k]),
+                    p_kw=float(p_kw[k]),
+                    q_kvar=float(q_kvar[k]),
+                )
+                for k, bus in enumerate(self.buses)
+            ],
+            lines=[
+                NetworkLine(
+                    line=int(line), from_bus=int(ends[0]), to_bus=int(ends[1]), loading_percent=_number(lines[k])
+                )
+                for k, (line, ends) in enumerate(zip(self.flow.line_index, self.line_ends, strict=True))
+            ],
+            transformers=[
+                NetworkTransformer(
+                    transformer=int(trafo),
+                    name=_text(self.trafo_names[k]),
+                    transformer_id=self.trafo_ids[k],
+                    loading_percent=_number(trafos[k]),
+                    p_kw=_number(trafo_p[k]),
+                )
+                for k, trafo in enumerate(self.flow.trafo_index)
+            ],
+        )
+
+
+def _limit(bus, column: str, default: float) -> np.ndarray:
+    values = bus[column].to_numpy(dtype=float) if column in bus else np.full(len(bus), np.nan)
+    return np.where(np.isfinite(values), values, default)
+
+
+def _number(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
