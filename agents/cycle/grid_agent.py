@@ -225,9 +225,11 @@ class GridAgent:
 
     def _assess(self, statuses: dict[str, AgentStatus]) -> Snapshot:
         """2. The feeder as the planners see it: every transformer's loading and every agent's flexibility."""
-        if self.network is not None:  # the AC power flow before planning
+        view = None
+        if self.network is not None:  # the AC power flow before planning, and the network linearised there
             self.network.assess(statuses.values(), self.cycle)
-        return build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits)
+            view = self.network.view(statuses.values())
+        return build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits, view)
 
     async def _plan(self, snapshot: Snapshot) -> Plan:
         """3. The planner's plan, saying who decided (the ai planner falls back to the optimal plan, and says why)."""
