@@ -42,7 +42,8 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     their limits: v_r a voltage (p.u.) or an AC loading (percent), S the sensitivities to each bus's net active
     power at the cycle's operating point (reactive power held as each agent's own). A loading is linear in p only
     near the operating point (it is a magnitude, so it kinks where the flow turns), hence the margin m_r
-    (``LINEAR_MARGIN``) and the AC check after acting. Their slack costs M_r = ``NETWORK_SLACK_COST``.
+    (``LINEAR_MARGIN``; a row inside its limit but within the margin may stay where it is, not rise) and the AC
+    check after acting. Their slack costs M_r = ``NETWORK_SLACK_COST``.
     Only agents on transformers outside their limits get variables, and with network rows every placed agent:
     others would only add cost.
     A battery's shift is split in two variables: holding back what its local policy is doing
@@ -102,8 +103,10 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
         rows += [2 * n_t + 2 * r, 2 * n_t + 2 * r + 1]
         cols += [high, low]
         values += [-1.0, 1.0]
-        row_upper[2 * n_t + 2 * r] = network.upper[r] - margin - network.value[r]
-        row_lower[2 * n_t + 2 * r + 1] = network.lower[r] + margin - network.value[r]
+        # aim the margin inside a limit, but let a row already inside it stay where it is
+        value, high_limit, low_limit = network.value[r], network.upper[r], network.lower[r]
+        row_upper[2 * n_t + 2 * r] = max(high_limit - margin, min(value, high_limit)) - value
+        row_lower[2 * n_t + 2 * r + 1] = min(low_limit + margin, max(value, low_limit)) - value
     matrix = sp.csc_array((values, (rows, cols)), shape=(n_rows, n))
     try:
         x = solve_lp(cost, np.zeros(n), upper, row_lower, row_upper, matrix)
