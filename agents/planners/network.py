@@ -20,6 +20,8 @@ import numpy as np
 
 #: Quantities a row may constrain.
 ROW_KINDS = ("vm", "line", "trafo")
+#: How far inside each network limit a plan aims its linear estimate, for the linearisation's error (p.u., percent).
+LINEAR_MARGIN = {"vm": 0.002, "line": 1.0, "trafo": 1.0}
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,15 @@ class NetworkView:
         """How far each row is outside its limits (>= 0, in its own unit); ``values`` default to now."""
         values = self.value if values is None else values
         return np.maximum(values - self.upper, 0.0) + np.maximum(self.lower - values, 0.0)
+
+
+def aimed_limits(view: NetworkView) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) per row that plans aim at: ``LINEAR_MARGIN`` inside each limit, or where the row is now if
+    it is inside its limit but within the margin (it may stay, not move further)."""
+    margin = np.array([LINEAR_MARGIN[kind] for kind in view.kind])
+    upper = np.maximum(view.upper - margin, np.minimum(view.value, view.upper))
+    lower = np.minimum(view.lower + margin, np.maximum(view.value, view.lower))
+    return lower, upper
 
 
 def net_shift_kw(commands: Iterable) -> dict[str, float]:

@@ -7,6 +7,7 @@ import scipy.sparse as sp
 
 from agents.planners.lp import LpNotSolved, solve_lp
 from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot
+from agents.planners.network import aimed_limits
 from models.schemas import CurtailAction
 
 #: Cost of each kW of an action: the battery first, then solar curtailment, then load shedding.
@@ -23,8 +24,6 @@ HOLD_BACK_COST = 0.5
 SLACK_COST = 10_000.0
 #: Cost of each unit left outside a network row: SLACK_COST per mp.u. of voltage, per percent of loading.
 NETWORK_SLACK_COST = {"vm": SLACK_COST * 1000.0, "line": SLACK_COST, "trafo": SLACK_COST}
-#: How far inside each network limit the linear estimate is aimed, for the linearisation's error (p.u., percent).
-LINEAR_MARGIN = {"vm": 0.002, "line": 1.0, "trafo": 1.0}
 
 
 def plan_optimal(snapshot: Snapshot) -> Plan:
@@ -42,8 +41,8 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     their limits: v_r a voltage (p.u.) or an AC loading (percent), S the sensitivities to each bus's net active
     power at the cycle's operating point (reactive power held as each agent's own). A loading is linear in p only
     near the operating point (it is a magnitude, so it kinks where the flow turns), hence the margin m_r
-    (``LINEAR_MARGIN``; a row inside its limit but within the margin may stay where it is, not rise) and the AC
-    check after acting. Their slack costs M_r = ``NETWORK_SLACK_COST``.
+    (``agents.planners.network.LINEAR_MARGIN``; a row inside its limit but within the margin may stay where it
+    is, not rise) and the AC check after acting. Their slack costs M_r = ``NETWORK_SLACK_COST``.
     Only agents on transformers outside their limits get variables, and with network rows every placed agent:
     others would only add cost.
     A battery's shift is split in two variables: holding back what its local policy is doing
@@ -96,17 +95,15 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
         values += [-1.0, -1.0]
         row_upper[2 * t] = transformer.rating_kw - transformer.loading_kw
         row_upper[2 * t + 1] = transformer.reverse_limit_kw + transformer.loading_kw
+    aimed_lower, aimed_upper = aimed_limits(network) if network is not None else (None, None)
     for r in range(n_r):
         high, low = n_actions + 2 * n_t + 2 * r, n_actions + 2 * n_t + 2 * r + 1
         cost[high] = cost[low] = NETWORK_SLACK_COST[network.kind[r]]
-        margin = LINEAR_MARGIN[network.kind[r]]
         rows += [2 * n_t + 2 * r, 2 * n_t + 2 * r + 1]
         cols += [high, low]
         values += [-1.0, 1.0]
-        # aim the margin inside a limit, but let a row already inside it stay where it is
-        value, high_limit, low_limit = network.value[r], network.upper[r], network.lower[r]
-        row_upper[2 * n_t + 2 * r] = max(high_limit - margin, min(value, high_limit)) - value
-        row_lower[2 * n_t + 2 * r + 1] = min(low_limit + margin, max(value, low_limit)) - value
+        row_upper[2 * n_t + 2 * r] = aimed_upper[r] - network.value[r]
+        row_lower[2 * n_t + 2 * r + 1] = aimed_lower[r] - network.value[r]
     matrix = sp.csc_array((values, (rows, cols)), shape=(n_rows, n))
     try:
         x = solve_lp(cost, np.zeros(n), upper, row_lower, row_upper, matrix)
