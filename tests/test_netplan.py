@@ -15,6 +15,7 @@ from asgi_lifespan import LifespanManager
 from agents.battery import create_app as create_battery_app
 from agents.grid import create_app as create_grid_app
 from agents.home import create_app as create_home_app
+from agents.cycle.network import NetworkMonitor
 from agents.network.feeder import network_feeder
 from agents.network.load import load_network
 from agents.network.powerflow import PowerFlow
@@ -71,7 +72,7 @@ def test_sensitivity_cache_reuses_until_the_injections_move(networks):
 
 # -- cycles on a network ----------------------------------------------------------------------------------------
 async def run_cycle(tmp_path, network, start: str, *, storage: bool = True, **grid) -> dict:
-    """One cycle of ``network``'s feeder from ``start``, in process; answers the cycle's result.
+    """One cycle of ``network``'s feeder from ``start``, in process; answers the cycle's result with GET /status's.
 
     ``storage=False`` registers the homes only: the feeder's battery agents then take no part.
     """
@@ -93,7 +94,7 @@ async def run_cycle(tmp_path, network, start: str, *, storage: bool = True, **gr
         await c.post("/registrations", json={"reports": [r.model_dump(mode="json") for r in reports]})
         response = await c.post("/coordinate")
         assert response.status_code == 200, response.text
-        return response.json()
+        return {**response.json(), "status": (await c.get("/status")).json()}
 
 
 def outside_after(report: dict) -> tuple[int, int, int]:
@@ -121,3 +122,29 @@ async def test_voltage_only_violation_is_fixed(networks, tmp_path, planner):
     assert all(t["state_before"] == "normal" for t in result["transformers"])  # kW sums see nothing wrong
     assert outside_after(report) == (0, 0, 0)
     assert report["vm_max_pu_after"] <= 1.05
+
+
+async def test_a_plan_the_ac_check_finds_short_is_made_once_more(networks, tmp_path, monkeypatch):
+    view = NetworkMonitor.view
+
+    def blind_before_planning(self, statuses, solved=None):  # the first plan sees no network: kW sums only
+        return view(self, statuses, solved) if solved is not None else None
+
+    monkeypatch.setattr(NetworkMonitor, "view", blind_before_planning)
+    result = await run_cycle(
+        tmp_path, networks[SEMIURB4], SEMIURB4_NOON, storage=False, planner="optimal", slack_vm_pu=1.045, vm_max_pu=1.05
+    )
+    report = result["network"]
+    assert report["buses_outside_before"] > 0 and report["constraint_rows"] == 0
+    assert report["replanned"] is True and report["replans"] == 1 and result["status"]["network_replans"] == 1
+    assert outside_after(report) == (0, 0, 0)
+    assert result["actions"] and all(a["status"] == "applied" for a in result["actions"])
+
+
+async def test_no_replan_when_the_first_plan_holds(networks, tmp_path):
+    result = await run_cycle(
+        tmp_path, networks[SEMIURB4], SEMIURB4_NOON, storage=False, planner="optimal", slack_vm_pu=1.045, vm_max_pu=1.05
+    )
+    report = result["network"]
+    assert report["constraint_rows"] > 0 and report["sensitivity_refreshes"] == 1
+    assert report["replanned"] is False and result["status"]["network_replans"] == 0

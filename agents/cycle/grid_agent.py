@@ -157,6 +157,8 @@ class GridAgent:
             last_cycle=last,
             median_cycle_ms=statistics.median(self.recorder.cycle_ms) if self.recorder.cycle_ms else None,
             ai=self.planning.stats.as_dict() if isinstance(self.planning, AiPlanner) else None,
+            network_replans=self.network.replans if self.network is not None else None,
+            sensitivity_refreshes=self.network.sensitivity.refreshes if self.network is not None else None,
         )
 
     # -- who holds the feeder ------------------------------------------------------------------
@@ -205,8 +207,9 @@ class GridAgent:
         plan = await self._plan(snapshot)
         planned = time.perf_counter()
         actions = await self._act(plan.commands, statuses, unreachable)
+        replanned = await self._replan(plan, statuses, actions, unreachable)
         clock = PhaseClock(started, stepped, planned, time.perf_counter())
-        return self._record(snapshot, plan, statuses, actions, unreachable, clock)
+        return self._record(snapshot, plan, statuses, actions, unreachable, clock, replanned)
 
     async def _step(self, records: list[AgentRecord], unreachable: list[str]) -> dict[str, AgentStatus]:
         """1. Step every agent in parallel; those that fail are listed in ``unreachable`` and marked unhealthy."""
@@ -235,8 +238,34 @@ class GridAgent:
         """3. The planner's plan, saying who decided (the ai planner falls back to the optimal plan, and says why)."""
         return await self.planning.plan(snapshot)
 
+    async def _replan(
+        self, plan: Plan, statuses: dict[str, AgentStatus], actions: list[ActionReport], unreachable: list[str]
+    ) -> bool:
+        """4b. With a network: when the AC check after acting still finds a limit broken, plan once more.
+
+        The second plan is made on the network linearised afresh where the first plan left it; it runs only if
+        its linear estimate fixes what the AC check found (it has commands). At most one extra round a cycle;
+        its commands and answers join the first's (``plan.commands``, ``actions``). True when it ran.
+        """
+        if self.network is None:
+            return False
+        check = self.network.check(statuses.values())
+        if not self.network.outside(check):
+            return False
+        view = self.network.view(statuses.values(), check)
+        if view is None or not view.rows:
+            return False
+        snapshot = build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits, view)
+        again = await self._plan(snapshot)
+        if not again.commands:
+            return False
+        self.network.replans += 1
+        actions += await self._act(again.commands, statuses, unreachable, round_=2)
+        plan.commands += again.commands
+        return True
+
     async def _act(
-        self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str]
+        self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str], round_: int = 1
     ) -> list[ActionReport]:
         """4. Send the commands; each agent's answer replaces its status, so the record sees the loading after."""
         records = self.registry.records
@@ -244,7 +273,8 @@ class GridAgent:
             (
                 records[c.agent_id],
                 {
-                    "command_id": f"{self.run_id}-{self.cycle}-{c.agent_id}-{c.action.value}",
+                    "command_id": f"{self.run_id}-{self.cycle}-{c.agent_id}-{c.action.value}"
+                    + (f"-r{round_}" if round_ > 1 else ""),
                     "action": c.action.value,
                     "power_kw": c.power_kw,
                 },
@@ -276,6 +306,7 @@ class GridAgent:
         actions: list[ActionReport],
         unreachable: list[str],
         clock: PhaseClock,
+        replanned: bool = False,
     ) -> CoordinationResult:
         """5. Loading before and after per transformer, the plan, who answered: logged, measured and answered."""
         after = feeder_loadings(statuses.values(), self.registry.transformer_ids())
@@ -302,6 +333,14 @@ class GridAgent:
         network = None
         if self.network is not None:  # the AC power flow after acting; where it converged, AC states stand
             network = self.network.record(statuses.values(), self.cycle, snapshot.timestamp)
+            network = network.model_copy(
+                update={
+                    "replanned": replanned,
+                    "replans": self.network.replans,
+                    "sensitivity_refreshes": self.network.sensitivity.refreshes,
+                    "constraint_rows": snapshot.network.rows if snapshot.network is not None else 0,
+                }
+            )
             reports = self.network.amend(reports)
         result = CoordinationResult(
             cycle=self.cycle,
