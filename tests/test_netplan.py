@@ -109,7 +109,7 @@ async def test_optimal_at_peak_pv_leaves_nothing_outside_limits(networks, tmp_pa
     assert report["transformer_loading_max_percent_after"] <= 100.0
 
 
-@pytest.mark.parametrize("planner", ["optimal", "rule"])
+@pytest.mark.parametrize("planner", ["optimal", "rule", "mpc"])
 async def test_voltage_only_violation_is_fixed(networks, tmp_path, planner):
     result = await run_cycle(
         tmp_path, networks[SEMIURB4], SEMIURB4_NOON, storage=False, planner=planner, slack_vm_pu=1.045, vm_max_pu=1.05

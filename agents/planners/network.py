@@ -59,11 +59,13 @@ class NetworkView:
 
 
 def aimed_limits(view: NetworkView) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) per row that plans aim at: ``LINEAR_MARGIN`` inside each limit, or where the row is now if
-    it is inside its limit but within the margin (it may stay, not move further)."""
+    """(lower, upper) per row that plans aim at: ``LINEAR_MARGIN`` inside each limit (a row outside is brought
+    that far in), or where the row is now if it is inside its limit but within the margin (it may stay there)."""
     margin = np.array([LINEAR_MARGIN[kind] for kind in view.kind])
-    upper = np.maximum(view.upper - margin, np.minimum(view.value, view.upper))
-    lower = np.minimum(view.lower + margin, np.maximum(view.value, view.lower))
+    within_high = (view.value > view.upper - margin) & (view.value <= view.upper)
+    within_low = (view.value < view.lower + margin) & (view.value >= view.lower)
+    upper = np.where(within_high, view.value, view.upper - margin)
+    lower = np.where(within_low, view.value, view.lower + margin)
     return lower, upper
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import scipy.sparse as sp
 
 from agents.planners.lp import LpNotSolved, solve_lp
-from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot
-from agents.planners.network import aimed_limits
+from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot, apply_plan
+from agents.planners.network import aimed_limits, net_shift_kw
 from models.schemas import CurtailAction
 
 #: Cost of each kW of an action: the battery first, then solar curtailment, then load shedding.
@@ -128,3 +130,42 @@ def _segments(agent: AgentFlex, action: CurtailAction, headroom_kw: float) -> li
         return [(headroom_kw, ACTION_COST[action])]
     held_back = min(max(-action.direction * agent.battery_power_kw, 0.0), headroom_kw)
     return [(held_back, HOLD_BACK_COST), (headroom_kw - held_back, ACTION_COST[action])]
+
+
+def residual_snapshot(snapshot: Snapshot, commands: list[Command]) -> Snapshot:
+    """The snapshot as it would be after ``commands``, each applied in full: loadings moved, headroom used up,
+    and network rows at their linear estimate (their sensitivities kept)."""
+    after = apply_plan(snapshot, commands)
+    used: dict[tuple[str, CurtailAction], float] = {}
+    for c in commands:
+        used[c.agent_id, c.action] = used.get((c.agent_id, c.action), 0.0) + c.power_kw
+    network = snapshot.network
+    if network is not None:
+        network = replace(network, value=network.estimate(net_shift_kw(commands)))
+    return replace(
+        snapshot,
+        transformers=tuple(replace(t, loading_kw=after[t.transformer_id]) for t in snapshot.transformers),
+        agents=tuple(replace(a, headroom_kw=_headroom_left(a, used)) for a in snapshot.agents),
+        network=network,
+    )
+
+
+def _headroom_left(agent: AgentFlex, used: dict[tuple[str, CurtailAction], float]) -> dict[CurtailAction, float]:
+    """An agent's headroom less what commands already use of it (kW, >= 0)."""
+    return {act: max(kw - used.get((agent.agent_id, act), 0.0), 0.0) for act, kw in agent.headroom_kw.items()}
+
+
+def complete_plan(snapshot: Snapshot, commands: list[Command]) -> tuple[list[Command], bool]:
+    """``commands`` plus what the optimal planner adds, on what they leave, to close the limits they leave open.
+
+    Used where another plan is made without some rows (the mpc planner's horizon has no network rows; the ai
+    planner's model rounds): merged per agent and action. True when anything was added.
+    """
+    residual = residual_snapshot(snapshot, commands)
+    extra = plan_optimal(residual).commands
+    if not extra:
+        return commands, False
+    total: dict[tuple[str, CurtailAction], float] = {}
+    for c in [*commands, *extra]:
+        total[c.agent_id, c.action] = total.get((c.agent_id, c.action), 0.0) + c.power_kw
+    return [Command(agent_id=a, action=act, power_kw=kw) for (a, act), kw in total.items()], True
