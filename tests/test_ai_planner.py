@@ -293,7 +293,8 @@ async def test_ai_plan_that_leaves_a_linearised_voltage_broken_is_rejected(
 
 @respx.mock
 async def test_ai_plan_that_fixes_the_voltage_is_used(planner: AiPlanner) -> None:
-    respx.post(COMPLETIONS).mock(return_value=httpx.Response(200, json=completion(plan_json(("a1", "curtail_solar", 6.0)))))
+    answer = completion(plan_json(("a1", "curtail_solar", 6.0)))
+    respx.post(COMPLETIONS).mock(return_value=httpx.Response(200, json=answer))
     plan = await planner.plan(overvoltage_snapshot())
     assert (plan.planner, plan.fallback) == ("ai", None)
     assert [(c.agent_id, c.action, c.power_kw) for c in plan.commands] == [("home_1", CurtailAction.curtail_solar, 6.0)]
