@@ -185,7 +185,7 @@ class NetworkMonitor:
             sens = self.sensitivity.get(solved.injections.p_kw, solved.injections.q_kvar, columns)
             sens_vm, sens_line, sens_trafo = sens.vm[near_bus], sens.line[near_line], sens.trafo[near_trafo]
         buses, lines, trafos = np.flatnonzero(near_bus), np.flatnonzero(near_line), np.flatnonzero(near_trafo)
-        inf = np.full(len(lines) + len(trafos), -np.inf)
+        no_lower = np.full(len(lines) + len(trafos), -np.inf)  # loadings have an upper limit only
         return NetworkView(
             agent_column={a: column_of[k] for a, k in agent_bus.items()},
             kind=("vm",) * len(buses) + ("line",) * len(lines) + ("trafo",) * len(trafos),
@@ -195,7 +195,7 @@ class NetworkMonitor:
             value=np.concatenate(
                 [vm[buses], result.line_loading_percent[lines], result.trafo_loading_percent[trafos]]
             ),
-            lower=np.concatenate([self.min_vm_pu[buses], inf]),
+            lower=np.concatenate([self.min_vm_pu[buses], no_lower]),
             upper=np.concatenate(
                 [self.max_vm_pu[buses], np.full(len(lines) + len(trafos), MAX_LOADING_PERCENT)]
             ),
@@ -207,13 +207,10 @@ class NetworkMonitor:
         if solved is None or solved.result is None:
             return False
         result = solved.result
-        vm = result.vm_pu[np.isfinite(result.vm_pu)]
-        return bool(
-            np.any(vm > self.max_vm_pu[np.isfinite(result.vm_pu)] + 1e-9)
-            or np.any(vm < self.min_vm_pu[np.isfinite(result.vm_pu)] - 1e-9)
-            or np.any(np.nan_to_num(result.line_loading_percent) > MAX_LOADING_PERCENT)
-            or np.any(np.nan_to_num(result.trafo_loading_percent) > MAX_LOADING_PERCENT)
-        )
+        summary = summarize_flow(
+            result.vm_pu, self.min_vm_pu, self.max_vm_pu, result.line_loading_percent, result.trafo_loading_percent
+        )  # the same count, with the same tolerances, as the cycle reports
+        return summary.buses_outside + summary.lines_outside + summary.transformers_outside > 0
 
     def check(self, statuses: Iterable[AgentStatus]) -> Solved:
         """A power flow of the agents as they are now (after acting), kept for nothing but the answer."""
