@@ -124,7 +124,8 @@ async def test_voltage_only_violation_is_fixed(networks, tmp_path, planner):
     assert report["vm_max_pu_after"] <= 1.05
 
 
-async def test_a_plan_the_ac_check_finds_short_is_made_once_more(networks, tmp_path, monkeypatch):
+@pytest.mark.parametrize("planner", ["optimal", "rule", "mpc"])
+async def test_a_plan_the_ac_check_finds_short_is_made_once_more(networks, tmp_path, monkeypatch, planner):
     view = NetworkMonitor.view
 
     def blind_before_planning(self, statuses, solved=None):  # the first plan sees no network: kW sums only
@@ -132,7 +133,7 @@ async def test_a_plan_the_ac_check_finds_short_is_made_once_more(networks, tmp_p
 
     monkeypatch.setattr(NetworkMonitor, "view", blind_before_planning)
     result = await run_cycle(
-        tmp_path, networks[SEMIURB4], SEMIURB4_NOON, storage=False, planner="optimal", slack_vm_pu=1.045, vm_max_pu=1.05
+        tmp_path, networks[SEMIURB4], SEMIURB4_NOON, storage=False, planner=planner, slack_vm_pu=1.045, vm_max_pu=1.05
     )
     report = result["network"]
     assert report["buses_outside_before"] > 0 and report["constraint_rows"] == 0

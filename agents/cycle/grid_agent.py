@@ -24,7 +24,7 @@ from agents.cycle.history import CycleHistory
 from agents.cycle.peers import PeerClient
 from agents.cycle.recorder import CycleRecorder
 from agents.cycle.registry import Registry, now
-from agents.planners import PLANNERS, Command, Plan, Planner, Snapshot, SyncPlanner
+from agents.planners import PLANNERS, Command, Plan, Planner, Snapshot, SyncPlanner, plan_optimal, plan_rule
 from agents.planners.ai import AiPlanner
 from agents.planners.mpc import MpcPlanner
 from agents.planners.snapshot import build_snapshot, feeder_loadings
@@ -243,9 +243,12 @@ class GridAgent:
     ) -> bool:
         """4b. With a network: when the AC check after acting still finds a limit broken, plan once more.
 
-        The second plan is made on the network linearised afresh where the first plan left it; it runs only if
-        its linear estimate fixes what the AC check found (it has commands). At most one extra round a cycle;
-        its commands and answers join the first's (``plan.commands``, ``actions``). True when it ran.
+        The second plan is made on the network linearised afresh where the first plan left it, and sent when it
+        has commands (the planner found, linearised, something that helps). At most one extra round a cycle;
+        its commands and answers join the first's (``plan.commands``, ``actions``), its time the act phase's.
+        The rule planner plans its own second round; the others' is the optimal LP (mpc's network rows and
+        ai's fallback are that LP already, and a second call would record the step twice in mpc's history
+        and ask the model twice). True when it ran.
         """
         if self.network is None:
             return False
@@ -256,7 +259,7 @@ class GridAgent:
         if view is None or not view.rows:
             return False
         snapshot = build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits, view)
-        again = await self._plan(snapshot)
+        again = plan_rule(snapshot) if self.planner == "rule" else plan_optimal(snapshot)
         if not again.commands:
             return False
         self.network.replans += 1
