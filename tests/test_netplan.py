@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 pytest.importorskip("pandapower", reason="--network needs pandapower: pip install -r requirements.txt")
@@ -13,9 +11,9 @@ import numpy as np
 from asgi_lifespan import LifespanManager
 
 from agents.battery import create_app as create_battery_app
+from agents.cycle.network import NetworkMonitor
 from agents.grid import create_app as create_grid_app
 from agents.home import create_app as create_home_app
-from agents.cycle.network import NetworkMonitor
 from agents.network.feeder import network_feeder
 from agents.network.load import load_network
 from agents.network.powerflow import PowerFlow

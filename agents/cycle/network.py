@@ -192,13 +192,9 @@ class NetworkMonitor:
             element=tuple(int(self.buses[k]) for k in buses)
             + tuple(int(self.flow.line_index[k]) for k in lines)
             + tuple(int(self.flow.trafo_index[k]) for k in trafos),
-            value=np.concatenate(
-                [vm[buses], result.line_loading_percent[lines], result.trafo_loading_percent[trafos]]
-            ),
+            value=np.concatenate([vm[buses], result.line_loading_percent[lines], result.trafo_loading_percent[trafos]]),
             lower=np.concatenate([self.min_vm_pu[buses], no_lower]),
-            upper=np.concatenate(
-                [self.max_vm_pu[buses], np.full(len(lines) + len(trafos), MAX_LOADING_PERCENT)]
-            ),
+            upper=np.concatenate([self.max_vm_pu[buses], np.full(len(lines) + len(trafos), MAX_LOADING_PERCENT)]),
             sensitivity=np.vstack([sens_vm, sens_line, sens_trafo]).reshape(-1, len(columns)),
         )
 

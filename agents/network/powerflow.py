@@ -132,7 +132,6 @@ class PowerFlow:
             trafo_p_kw=trafos["p_from"] / W_PER_KW,
         )
 
-
     def solve_batch(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> FlowResult:
         """Solve many scenarios at once: ``p_kw`` and ``q_kvar`` are (scenarios, buses); results gain that axis.
 

@@ -13,15 +13,14 @@ made again next cycle with what happened. It never sees data the agents have not
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
 
 from agents.planners.base import MIN_COMMAND_KW, AgentFlex, BatteryView, Command, Plan, Snapshot
-from agents.planners.optimal import complete_plan
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
+from agents.planners.optimal import complete_plan
 from models.devices import step_battery_energy, stored_kwh
 from models.grid import LIMIT_TOLERANCE_KW
 from models.policies import net_power_kw, self_consumption_setpoint_kw

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import scipy.sparse as sp
 
-from agents.planners.lp import LpNotSolved, solve_lp
 from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot, apply_plan
+from agents.planners.lp import LpNotSolved, solve_lp
 from agents.planners.network import aimed_limits, net_shift_kw
 from models.schemas import CurtailAction
 
