@@ -181,9 +181,10 @@ class MpcPlanner:
         pulled towards what is seen now; with no history yet, persistence.
 
         ``solar_prior_kw`` (agents, horizon), each agent's PV under a clear sky, stands in for
-        history not yet seen: in the envelope each day not seen at that time counts as clear (so
-        a planner started cold expects the sunniest day, and once it has seen ``history_days``
-        days the prior drops out); with ``solar_forecast="mean"`` it is used only where no day is.
+        history not at hand: in the envelope each day not seen at that time counts as clear (so a
+        planner started cold expects the sunniest day; once it has seen ``history_days`` days the
+        prior stays only in this step's envelope, from which what is seen now corrects the next
+        hours); with ``solar_forecast="mean"`` it is used only where no day is.
         """
         steps = index + np.arange(self.horizon_steps)
         now = self._values[rows, index % self._values.shape[1]]
@@ -193,6 +194,11 @@ class MpcPlanner:
         if self.solar_forecast == "envelope":
             seen = past[..., SOLAR]
             profile[..., SOLAR] = _nanmax(np.where(np.isnan(seen), prior[None], seen))
+            # this step always counts clear sky in (the eighth day ago has just left the ring here):
+            # what is seen now corrects the next hours from this step's profile, so a cloudy moment
+            # pulls them down from clear sky rather than from the days seen. Measured, it curtails
+            # less, warm or cold (bench/README.md, cold-start months)
+            profile[:, 0, SOLAR] = np.fmax(profile[:, 0, SOLAR], prior[:, 0])
         else:
             profile[..., SOLAR] = np.where(np.isnan(profile[..., SOLAR]), prior, profile[..., SOLAR])
         index_ahead = self.sky(self.horizon_steps, self._step_s or 900.0) if self.sky is not None else None
