@@ -40,7 +40,6 @@ from models.schemas import (
     RunStart,
 )
 
-
 GRID_ENDPOINTS = [
     "GET /",
     "GET /health",

@@ -102,7 +102,9 @@ class Feeder:
         }
         agents: list[HomeAgent | BatteryAgent] = [
             HomeAgent(
-                HomeSettings(agent_id=f"home_{i + 1}", pv_kwp=self.pv_kwp(i), annual_load_kwh=self.annual_load_kwh(i), **common)
+                HomeSettings(
+                    agent_id=f"home_{i + 1}", pv_kwp=self.pv_kwp(i), annual_load_kwh=self.annual_load_kwh(i), **common
+                )
             )
             for i in range(self.homes)
         ]
@@ -124,7 +126,9 @@ class Result:
     run_s: float = 0.0
     plan_s: float = 0.0
     cost: float | None = None  # the objective both programs weigh with (same weights as every planner)
-    violations_before: int = 0  # steps whose loading was outside limits before any command (the bound: with no coordination)
+    violations_before: int = (
+        0  # steps whose loading was outside limits before any command (the bound: with no coordination)
+    )
     loose_lost_kwh: float | None = None  # the bound's relaxation that lets a battery charge and discharge at once
     alone_outside_kwh: float | None = None  # the bound's view of the feeder with no coordination
     loose_losses_kwh: float | None = None
@@ -192,7 +196,9 @@ def make_ai_planner() -> tuple[PlanFunction, Callable[[], str]] | None:
         return None
     from agents.planners.ai import AiPlanner
 
-    logging.getLogger("agents.planners.ai").setLevel(logging.ERROR)  # its fallbacks are counted below, not logged per step
+    logging.getLogger("agents.planners.ai").setLevel(
+        logging.ERROR
+    )  # its fallbacks are counted below, not logged per step
     ai = AiPlanner(ScriptedChat(), model="scripted-stand-in", timeout_s=5.0)
     loop = asyncio.new_event_loop()
 
@@ -203,8 +209,8 @@ def make_ai_planner() -> tuple[PlanFunction, Callable[[], str]] | None:
         s = ai.stats
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s.fallback_reasons.items()))
         return (
-            f"scripted stand-in model; {s.calls:,} calls, {s.plans_used:,} plans used, {s.fallbacks:,} fell back to optimal"
-            + (f" ({reasons})" if reasons else "")
+            f"scripted stand-in model; {s.calls:,} calls, {s.plans_used:,} plans used, {s.fallbacks:,} fell back to "
+            "optimal" + (f" ({reasons})" if reasons else "")
         )
 
     return plan, describe
@@ -218,7 +224,9 @@ def make_planner(name: str, mpc_options: dict[str, Any]) -> tuple[PlanFunction, 
         mpc = MpcPlanner(**mpc_options)
         settings = ", ".join(f"{k}={v}" for k, v in mpc_options.items())
         return mpc, (
-            lambda: f"{settings}; linear program solved in {mpc.solves:,} cycles, skipped in the others (nothing at stake)"
+            lambda: (
+                f"{settings}; linear program solved in {mpc.solves:,} cycles, skipped in the others (nothing at stake)"
+            )
         )
     if name == "ai":
         return make_ai_planner()
@@ -226,7 +234,9 @@ def make_planner(name: str, mpc_options: dict[str, Any]) -> tuple[PlanFunction, 
 
 
 # -- replay --------------------------------------------------------------------------------------
-def replay(name: str, feeder: Feeder, steps: int, log_dir: Path, state_dir: Path, mpc_options: dict[str, Any]) -> Result:
+def replay(
+    name: str, feeder: Feeder, steps: int, log_dir: Path, state_dir: Path, mpc_options: dict[str, Any]
+) -> Result:
     """Run the grid agent's loop over ``steps`` steps with one planner; the agents run in process."""
     made = make_planner(name, mpc_options)
     if made is None:
@@ -292,7 +302,10 @@ def bound(feeder: Feeder, steps: int) -> Result:
     first = home_data.index_of(datetime.fromisoformat(feeder.start)) if feeder.start else 0
     rows = (first + np.arange(steps)) % len(home_data)
     hours = energy_kwh(1.0, STEP_S)
-    solar = np.array([feeder.pv_kwp(i) / DATA_PV_KWP for i in range(feeder.homes)])[:, None] * home_data.columns["solar_kw"][rows]
+    solar = (
+        np.array([feeder.pv_kwp(i) / DATA_PV_KWP for i in range(feeder.homes)])[:, None]
+        * home_data.columns["solar_kw"][rows]
+    )
     demand = (
         np.array([feeder.annual_load_kwh(i) / DATA_ANNUAL_LOAD_KWH for i in range(feeder.homes)])[:, None]
         * home_data.columns["load_kw"][rows]
@@ -315,7 +328,9 @@ def bound(feeder: Feeder, steps: int) -> Result:
         limit = spec.max_charge_kw
         s = step_battery(
             soc,
-            price_setpoint_kw(price[t], storage.charge_below_price_per_kwh, storage.discharge_above_price_per_kwh, limit),
+            price_setpoint_kw(
+                price[t], storage.charge_below_price_per_kwh, storage.discharge_above_price_per_kwh, limit
+            ),
             STEP_S,
             spec,
         )
@@ -373,7 +388,10 @@ def bound(feeder: Feeder, steps: int) -> Result:
         run_s=done - started,
         plan_s=done - solving,
         cost=solution.cost,
-        note=f"perfect foresight: one program over {steps:,} steps; home batteries pooled, so its throughput nets out flows between homes",
+        note=(
+            f"perfect foresight: one program over {steps:,} steps; "
+            "home batteries pooled, so its throughput nets out flows between homes"
+        ),
         loose_lost_kwh=float((loose.curtail_kw.sum() + loose.shed_kw.sum()) * hours),
         loose_losses_kwh=_losses_kwh(loose, hours),
         violations_before=int(np.sum(outside > LIMIT_TOLERANCE_KW)),
@@ -383,7 +401,9 @@ def bound(feeder: Feeder, steps: int) -> Result:
 
 def _losses_kwh(solution, hours: float) -> float:
     """Energy charged minus discharged minus what stayed stored, over every battery of a solution."""
-    return float(solution.battery_power_kw.sum() * hours - (solution.energy_kwh[:, -1] - solution.energy_kwh[:, 0]).sum())
+    return float(
+        solution.battery_power_kw.sum() * hours - (solution.energy_kwh[:, -1] - solution.energy_kwh[:, 0]).sum()
+    )
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -397,8 +417,10 @@ def print_table(results: list[Result], feeder: Feeder, steps: int, wall_s: float
     days = steps * STEP_S / 86_400
     title = (
         f"Plan quality: {feeder.homes} homes (PV {feeder.pv_kwp_range[0]:g}-{feeder.pv_kwp_range[1]:g} kWp, "
-        f"{feeder.annual_load_kwh_range[0]:,.0f}-{feeder.annual_load_kwh_range[1]:,.0f} kWh/a, 13.5 kWh/5 kW batteries) "
-        f"and a 50 kWh/25 kW storage on {TRANSFORMER_ID} ({feeder.rating_kw:g} kW rating, {feeder.reverse_limit_kw:g} kW reverse limit), "
+        f"{feeder.annual_load_kwh_range[0]:,.0f}-{feeder.annual_load_kwh_range[1]:,.0f} kWh/a, 13.5 kWh/5 kW "
+        "batteries) "
+        f"and a 50 kWh/25 kW storage on {TRANSFORMER_ID} ({feeder.rating_kw:g} kW rating, "
+        f"{feeder.reverse_limit_kw:g} kW reverse limit), "
         f"{steps:,} steps ({days:.0f} days)"
     )
     table = Table(title=title)
@@ -440,11 +462,13 @@ def print_table(results: list[Result], feeder: Feeder, steps: int, wall_s: float
     console.print(table)
     if none is not None:
         console.print(
-            f"No coordination (replayed): {none.violations_before:,} of {steps:,} steps outside limits ({none.unfixed_kwh:,.1f} kWh outside)."
+            f"No coordination (replayed): {none.violations_before:,} of {steps:,} steps outside limits "
+            f"({none.unfixed_kwh:,.1f} kWh outside)."
         )
     elif best is not None and best.alone_outside_kwh is not None:
         console.print(
-            f"No coordination (the agents' own schedules, as the bound computes them): {best.violations_before:,} of {steps:,} steps "
+            f"No coordination (the agents' own schedules, as the bound computes them): {best.violations_before:,} of "
+            f"{steps:,} steps "
             f"outside limits ({best.alone_outside_kwh:,.1f} kWh outside); --planners none,... replays it."
         )
     for r in results:
@@ -457,8 +481,10 @@ def print_table(results: list[Result], feeder: Feeder, steps: int, wall_s: float
             if r.name not in ("none", "bound") and not r.note.startswith("skipped") and best.loose_lost_kwh > 0
         )
         console.print(
-            f"  Were a battery allowed to charge and discharge in the same step (burning energy to make room, which no battery "
-            f"can do, though two batteries can by trading energy), the program would curtail and shed {best.loose_lost_kwh:,.1f} kWh "
+            "  Were a battery allowed to charge and discharge in the same step (burning energy to make room, which "
+            "no battery "
+            "can do, though two batteries can by trading energy), the program would curtail and shed "
+            f"{best.loose_lost_kwh:,.1f} kWh "
             f"and lose {best.loose_losses_kwh:,.0f} kWh in its batteries; against that looser bound: {ratios}."
         )
     console.print(f"Wall time {wall_s:,.0f} s.")
@@ -508,7 +534,9 @@ def print_months_table(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument(
         "--steps",
         type=int,
@@ -532,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--homes", type=int, default=Feeder.homes, help="homes on the transformer")
     parser.add_argument("--rating-kw", type=float, default=Feeder.rating_kw, help="transformer rating")
-    parser.add_argument("--reverse-limit-kw", type=float, default=Feeder.reverse_limit_kw, help="transformer reverse-flow limit")
+    parser.add_argument(
+        "--reverse-limit-kw", type=float, default=Feeder.reverse_limit_kw, help="transformer reverse-flow limit"
+    )
     parser.add_argument("--horizon-steps", type=int, default=96, help="mpc horizon (steps)")
     parser.add_argument(
         "--mpc-option",
@@ -543,10 +573,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=2, help="planners replayed at once, one process each")
     parser.add_argument(
-        "--log-dir", type=Path, default=None, help="agents' CSV logs go under here (default: a temporary folder, removed)"
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="agents' CSV logs go under here (default: a temporary folder, removed)",
     )
     parser.add_argument(
-        "--state-dir", type=Path, default=None, help="agents' SQLite state goes under here (default: the same temporary folder)"
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="agents' SQLite state goes under here (default: the same temporary folder)",
     )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.planners.split(",") if n.strip()]
@@ -572,7 +608,9 @@ def main(argv: list[str] | None = None) -> int:
         MpcPlanner(**mpc_options)
     except (TypeError, ValueError) as exc:
         parser.error(f"--mpc-option: {exc}")
-    feeder = Feeder(homes=args.homes, rating_kw=args.rating_kw, reverse_limit_kw=args.reverse_limit_kw, start=args.start)
+    feeder = Feeder(
+        homes=args.homes, rating_kw=args.rating_kw, reverse_limit_kw=args.reverse_limit_kw, start=args.start
+    )
     started = time.perf_counter()
     if months:
         return run_months(feeder, months, names, args, mpc_options, started)

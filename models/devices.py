@@ -21,7 +21,8 @@ class BatterySpec:
     """Parameters of a battery; all limits are inclusive.
 
     capacity_kwh: usable nameplate energy; max_charge_kw / max_discharge_kw: AC power limits
-    (both >= 0; 0 means the battery cannot move that way); charge/discharge efficiencies in (0, 1]; SoC window [soc_min, soc_max] in 0-1.
+    (both >= 0; 0 means the battery cannot move that way); charge/discharge efficiencies in (0, 1];
+    SoC window [soc_min, soc_max] in 0-1.
     """
 
     capacity_kwh: float
@@ -33,8 +34,15 @@ class BatterySpec:
     soc_max_fraction: float = 0.95
 
     def __post_init__(self) -> None:
-        for name in ("capacity_kwh", "max_charge_kw", "max_discharge_kw", "charge_efficiency_fraction",
-                     "discharge_efficiency_fraction", "soc_min_fraction", "soc_max_fraction"):
+        for name in (
+            "capacity_kwh",
+            "max_charge_kw",
+            "max_discharge_kw",
+            "charge_efficiency_fraction",
+            "discharge_efficiency_fraction",
+            "soc_min_fraction",
+            "soc_max_fraction",
+        ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"invalid battery parameter {name}={getattr(self, name)!r}")
         checks = {

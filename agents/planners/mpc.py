@@ -15,7 +15,6 @@ It never sees data the agents have not reported.
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -514,7 +513,9 @@ def _local_schedule(
     setpoint = np.empty(len(request_kw))
     energy = cells.energy_start_kwh
     eta_c, eta_d = cells.charge_efficiency_fraction, cells.discharge_efficiency_fraction
-    steps = zip(request_kw.tolist(), max_charge_kw.tolist(), max_discharge_kw.tolist())  # plain floats: fast
+    steps = zip(
+        request_kw.tolist(), max_charge_kw.tolist(), max_discharge_kw.tolist(), strict=True
+    )  # plain floats: fast
     for t, (request, max_ch, max_dis) in enumerate(steps):
         if t == 0 and reported_first:
             stored = stored_kwh(request, step_s, eta_c, eta_d)
