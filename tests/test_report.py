@@ -24,6 +24,7 @@ from tests.test_e2e import (
     child_pids,
     coordinator_command,
     free_port_block,
+    leftover_pids,  # noqa: F401 (a fixture)
     pid_gone,
     wait_until,
 )
