@@ -59,7 +59,7 @@ async def run(code: str, start: str, days: float, planner: str, work: Path) -> d
         while steps is None or totals["cycles"] < steps:
             result = (await c.post("/coordinate")).json()
             step_h = (result["step_s"] or 900.0) / S_PER_H
-            steps = steps or int(round(days * 24 / step_h))
+            steps = steps or round(days * 24 / step_h)
             report = result["network"]
             for when in ("before", "after"):
                 outside = [bool(report[f"{kind}_outside_{when}"]) for kind in KINDS]
