@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.sparse as sp
 
-from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot, apply_plan
+from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot, TransformerSnapshot, apply_plan
 from agents.planners.lp import LpNotSolved, solve_lp
-from agents.planners.network import aimed_limits, net_shift_kw
+from agents.planners.network import NetworkView, aimed_limits, net_shift_kw
 from models.schemas import CurtailAction
 
 #: Cost of each kW of an action: the battery first, then solar curtailment, then load shedding.
@@ -56,9 +56,46 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     network = snapshot.network if snapshot.network is not None and snapshot.network.rows else None
     if not troubled and network is None:
         return plan
+    program = _program(snapshot, troubled, network)
+    try:
+        x = solve_lp(program.cost, np.zeros(len(program.cost)), program.upper, *program.rows)
+    except LpNotSolved:  # cannot happen with slack; keep the cycle going with no commands
+        return plan
+    totals: dict[tuple[str, CurtailAction], float] = {}
+    for j, v in enumerate(program.variables):
+        totals[v.agent_id, v.action] = totals.get((v.agent_id, v.action), 0.0) + float(x[j])
+    for (agent_id, action), power_kw in totals.items():
+        if power_kw > MIN_COMMAND_KW:
+            plan.commands.append(Command(agent_id=agent_id, action=action, power_kw=power_kw))
+    return plan
+
+
+@dataclass(frozen=True)
+class _Variable:
+    """One action variable: an agent's action (or one cost segment of it), its transformer row if troubled."""
+
+    agent_id: str
+    transformer_row: int | None
+    action: CurtailAction
+    headroom_kw: float
+    cost: float
+
+
+@dataclass
+class _Program:
+    """The linear program of one cycle: the action variables come first, then the slack of each row pair."""
+
+    variables: list[_Variable]
+    cost: np.ndarray
+    upper: np.ndarray
+    rows: tuple[np.ndarray, np.ndarray, sp.csc_array]  # row lower bounds, row upper bounds, the matrix
+
+
+def _program(snapshot: Snapshot, troubled: list[TransformerSnapshot], network: NetworkView | None) -> _Program:
+    """The program ``plan_optimal``'s docstring writes out: two rows per troubled transformer, two per network row."""
     row_of = {t.transformer_id: i for i, t in enumerate(troubled)}
     variables = [
-        (agent.agent_id, row_of.get(agent.transformer_id), action, headroom, cost)
+        _Variable(agent.agent_id, row_of.get(agent.transformer_id), action, headroom, cost)
         for agent in snapshot.agents
         if agent.transformer_id in row_of or (network is not None and network.column_of(agent.agent_id) is not None)
         for action, total in agent.headroom_kw.items()
@@ -74,16 +111,17 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
     rows: list[int] = []
     cols: list[int] = []
     values: list[float] = []
-    for j, (agent_id, t, action, headroom, unit_cost) in enumerate(variables):
-        cost[j], upper[j] = unit_cost, headroom
-        if t is not None:
+    for j, v in enumerate(variables):
+        cost[j], upper[j] = v.cost, v.headroom_kw
+        if v.transformer_row is not None:
+            t = v.transformer_row
             rows += [2 * t, 2 * t + 1]
             cols += [j, j]
-            values += [float(action.direction), -float(action.direction)]
-        column = network.column_of(agent_id) if network is not None else None
+            values += [float(v.action.direction), -float(v.action.direction)]
+        column = network.column_of(v.agent_id) if network is not None else None
         if column is not None:  # rows 2 n_t + 2 r (at most upper) and 2 n_t + 2 r + 1 (at least lower)
             for r in np.flatnonzero(network.sensitivity[:, column]):
-                effect = float(action.direction * network.sensitivity[r, column])
+                effect = float(v.action.direction * network.sensitivity[r, column])
                 rows += [2 * n_t + 2 * r, 2 * n_t + 2 * r + 1]
                 cols += [j, j]
                 values += [effect, effect]
@@ -97,27 +135,18 @@ def plan_optimal(snapshot: Snapshot) -> Plan:
         values += [-1.0, -1.0]
         row_upper[2 * t] = transformer.rating_kw - transformer.loading_kw
         row_upper[2 * t + 1] = transformer.reverse_limit_kw + transformer.loading_kw
-    aimed_lower, aimed_upper = aimed_limits(network) if network is not None else (None, None)
-    for r in range(n_r):
-        high, low = n_actions + 2 * n_t + 2 * r, n_actions + 2 * n_t + 2 * r + 1
-        cost[high] = cost[low] = NETWORK_SLACK_COST[network.kind[r]]
-        rows += [2 * n_t + 2 * r, 2 * n_t + 2 * r + 1]
-        cols += [high, low]
-        values += [-1.0, 1.0]
-        row_upper[2 * n_t + 2 * r] = aimed_upper[r] - network.value[r]
-        row_lower[2 * n_t + 2 * r + 1] = aimed_lower[r] - network.value[r]
+    if network is not None:
+        aimed_lower, aimed_upper = aimed_limits(network)
+        for r in range(n_r):
+            high, low = n_actions + 2 * n_t + 2 * r, n_actions + 2 * n_t + 2 * r + 1
+            cost[high] = cost[low] = NETWORK_SLACK_COST[network.kind[r]]
+            rows += [2 * n_t + 2 * r, 2 * n_t + 2 * r + 1]
+            cols += [high, low]
+            values += [-1.0, 1.0]
+            row_upper[2 * n_t + 2 * r] = aimed_upper[r] - network.value[r]
+            row_lower[2 * n_t + 2 * r + 1] = aimed_lower[r] - network.value[r]
     matrix = sp.csc_array((values, (rows, cols)), shape=(n_rows, n))
-    try:
-        x = solve_lp(cost, np.zeros(n), upper, row_lower, row_upper, matrix)
-    except LpNotSolved:  # cannot happen with slack; keep the cycle going with no commands
-        return plan
-    totals: dict[tuple[str, CurtailAction], float] = {}
-    for j, (agent_id, _, action, _, _) in enumerate(variables):
-        totals[agent_id, action] = totals.get((agent_id, action), 0.0) + float(x[j])
-    for (agent_id, action), power_kw in totals.items():
-        if power_kw > MIN_COMMAND_KW:
-            plan.commands.append(Command(agent_id=agent_id, action=action, power_kw=power_kw))
-    return plan
+    return _Program(variables, cost, upper, (row_lower, row_upper, matrix))
 
 
 def _segments(agent: AgentFlex, action: CurtailAction, headroom_kw: float) -> list[tuple[float, float]]:
