@@ -27,9 +27,8 @@ class StateStore:
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(
-            "PRAGMA synchronous=NORMAL"
-        )  # durable across a process kill; an OS crash may lose the last step
+        # durable across a process kill; an OS crash may lose the last step
+        self._db.execute("PRAGMA synchronous=NORMAL")
         if self._columns("state") and "agent_id" not in self._columns("state"):
             self._migrate_one_agent_layout(agent_id=name)
         self._db.execute("CREATE TABLE IF NOT EXISTS state (agent_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
