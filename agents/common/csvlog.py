@@ -30,6 +30,7 @@ class CsvLogWriter:
                 if fresh or existing.readline() != header:
                     self.path.replace(self.path.with_suffix(".old.csv"))
         self._file = self.path.open("a", encoding="utf-8", newline="")
+        self._writer = csv.writer(self._file, lineterminator="\n")  # writes each row with one call, flushed after
         if self._file.tell() == 0:
             self._file.write(header)
             self._file.flush()
@@ -52,7 +53,7 @@ class CsvLogWriter:
 
     def write(self, row: Mapping[str, Any]) -> None:
         """Write one whole row and flush it."""
-        self._file.write(self._format(row))
+        self._writer.writerow([_cell(row.get(column)) for column in self.columns])
         self._file.flush()
 
     def close(self) -> None:
