@@ -467,6 +467,10 @@ class NetworkCycle(BaseModel):
     agents_placed: int = Field(0, description="Agents whose net power entered the power flow at their bus")
     agents_unplaced: list[str] = Field(default_factory=list, description="Agents with no bus or one the network lacks")
     powerflow_ms: float = Field(0.0, description="Time spent in both power flows")
+    constraint_rows: int = Field(0, description="Near-limit buses, lines and transformers the planner constrained")
+    replanned: bool = Field(False, description="The AC check after acting found a limit broken and planned again")
+    replans: int = Field(0, description="Cycles so far that planned a second time (at most once a cycle)")
+    sensitivity_refreshes: int = Field(0, description="Times so far the sensitivities were taken afresh")
 
 
 class NetworkBus(BaseModel):
@@ -593,6 +597,8 @@ class GridStatus(BaseModel):
     last_cycle: CoordinationResult | None
     median_cycle_ms: float | None = Field(None, description="Median duration of the last 1,000 cycles")
     ai: dict | None = Field(None, description="The ai planner's model calls, tokens, latency and fallbacks")
+    network_replans: int | None = Field(None, description="With --network: cycles that planned a second time")
+    sensitivity_refreshes: int | None = Field(None, description="With --network: times the sensitivities were taken")
 
 
 class ErrorBody(BaseModel):

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import httpx
+import numpy as np
 import openai
 import pytest
 import respx
@@ -14,6 +15,7 @@ from agents.cycle.grid_agent import make_planner, resolve_planner
 from agents.planners import AgentFlex, Fallback, Snapshot, SyncPlanner, TransformerSnapshot, plan_optimal
 from agents.planners.ai import AiPlanner
 from agents.planners.base import violations_after
+from agents.planners.network import NetworkView
 from models.schemas import CurtailAction, FallbackKind
 from tests.conftest import make_grid_settings
 
@@ -278,3 +280,54 @@ async def test_ai_plan_a_hair_short_is_topped_up_by_the_optimal_planner(planner:
     assert commands[("home_1", CurtailAction.shed_load)] == pytest.approx(1.0)
     assert violations_after(snapshot, plan.commands) == {"T1": pytest.approx(0.0, abs=1e-9)}
     assert planner.stats.as_dict()["top_ups"] == 1
+
+
+def overvoltage_snapshot() -> Snapshot:
+    """T1 within its limits, but bus 7 at 1.06 p.u. over its 1.05 limit; a1 moves it 2 mp.u./kW, a2 1 mp.u./kW."""
+    view = NetworkView(
+        agent_column={"home_1": 0, "home_2": 1},
+        kind=("vm",),
+        element=(7,),
+        value=np.array([1.06]),
+        lower=np.array([0.9]),
+        upper=np.array([1.05]),
+        sensitivity=np.array([[-0.002, -0.001]]),
+    )
+    return Snapshot(
+        transformers=(TransformerSnapshot("T1", 100.0, 100.0, -20.0),),
+        agents=(
+            AgentFlex("home_1", "T1", -10.0, {CurtailAction.curtail_solar: 10.0}),
+            AgentFlex("home_2", "T1", -10.0, {CurtailAction.curtail_solar: 10.0, CurtailAction.shed_load: 2.0}),
+        ),
+        network=view,
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (plan_json(), FallbackKind.infeasible),  # ignores the voltage the optimal plan fixes
+        (plan_json(("a2", "curtail_solar", 6.0)), FallbackKind.infeasible),  # too little where it matters least
+        (plan_json(("a2", "shed_load", 2.0)), FallbackKind.worsens),  # shedding load raises the voltage further
+    ],
+)
+@respx.mock
+async def test_ai_plan_that_leaves_a_linearised_voltage_broken_is_rejected(
+    planner: AiPlanner, content: str, kind: FallbackKind
+) -> None:
+    route = respx.post(COMPLETIONS).mock(return_value=httpx.Response(200, json=completion(content)))
+    snapshot = overvoltage_snapshot()
+    plan = await planner.plan(snapshot)
+    assert route.call_count == 1  # a voltage outside its limits is worth a call, with every transformer normal
+    assert plan.planner == "optimal" and plan.fallback is not None and plan.fallback.kind is kind
+    assert "bus 7" in plan.fallback.reason and "linearised" in plan.fallback.reason
+    assert plan.commands == plan_optimal(snapshot).commands
+
+
+@respx.mock
+async def test_ai_plan_that_fixes_the_voltage_is_used(planner: AiPlanner) -> None:
+    answer = completion(plan_json(("a1", "curtail_solar", 6.0)))
+    respx.post(COMPLETIONS).mock(return_value=httpx.Response(200, json=answer))
+    plan = await planner.plan(overvoltage_snapshot())
+    assert (plan.planner, plan.fallback) == ("ai", None)
+    assert [(c.agent_id, c.action, c.power_kw) for c in plan.commands] == [("home_1", CurtailAction.curtail_solar, 6.0)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -17,6 +18,8 @@ from agents.planners import (
     plan_rule,
 )
 from agents.planners.base import violations_after
+from agents.planners.mpc import MpcPlanner
+from agents.planners.network import LINEAR_MARGIN, NetworkView, net_shift_kw
 from agents.planners.optimal import ACTION_COST, HOLD_BACK_COST, SLACK_COST, _segments
 from models.grid import violation_kw
 from models.schemas import CurtailAction
@@ -491,3 +494,60 @@ def test_plan_rule_never_worsens_a_transformer(snapshot):
     for t in snapshot.transformers:
         after_kw = violation_kw(after[t.transformer_id], t.rating_kw, t.reverse_limit_kw)
         assert after_kw <= t.violation_kw + KW_TOL
+
+
+# -- network rows --------------------------------------------------------------------------------------
+def test_plan_optimal_curtails_where_the_voltage_moves_most():
+    snapshot = overvoltage_snapshot()
+    plan = plan_optimal(snapshot)
+    # 1.06 -> 1.048 (the limit less the linear margin) at 2 mp.u./kW: 6 kW at home_1, none at home_2
+    assert [(c.agent_id, c.action) for c in plan.commands] == [("home_1", CurtailAction.curtail_solar)]
+    assert plan.commands[0].power_kw == pytest.approx(6.0, abs=1e-6)
+    assert snapshot.network.estimate(net_shift_kw(plan.commands))[0] == pytest.approx(1.05 - LINEAR_MARGIN["vm"])
+
+
+def test_plan_rule_answers_a_voltage_violation_with_the_largest_sensitivity_first():
+    snapshot = overvoltage_snapshot()
+    plan = plan_rule(snapshot)
+    assert [(c.agent_id, c.action) for c in plan.commands] == [("home_1", CurtailAction.curtail_solar)]
+    assert plan.commands[0].power_kw == pytest.approx(6.0, abs=1e-6)
+
+
+def test_plan_rule_goes_on_to_the_next_bus_when_the_first_runs_out_of_headroom():
+    snapshot = overvoltage_snapshot(value_pu=1.074)  # 26 mp.u. to remove: 10 kW at home_1 (20), 6 kW at home_2
+    commands = {(c.agent_id, c.action): c.power_kw for c in plan_rule(snapshot).commands}
+    assert commands == pytest.approx(
+        {("home_1", CurtailAction.curtail_solar): 10.0, ("home_2", CurtailAction.curtail_solar): 6.0}
+    )
+
+
+def test_plan_mpc_holds_its_first_step_within_the_network_rows():
+    snapshot = overvoltage_snapshot()
+    plan = MpcPlanner(horizon_steps=4)(snapshot)
+    assert snapshot.network.violation(snapshot.network.estimate(net_shift_kw(plan.commands)))[0] == 0.0
+
+
+def test_network_rows_inside_their_margin_may_stay_but_not_rise():
+    snapshot = overvoltage_snapshot(value_pu=1.049)  # inside the limit, within the margin: nothing to do
+    assert plan_optimal(snapshot).commands == [] and plan_rule(snapshot).commands == []
+
+
+def overvoltage_snapshot(value_pu: float = 1.06) -> Snapshot:
+    """T1 within its limits, bus 7 at ``value_pu`` (limit 1.05); home_1 moves it 2 mp.u./kW, home_2 1 mp.u./kW."""
+    view = NetworkView(
+        agent_column={"home_1": 0, "home_2": 1},
+        kind=("vm",),
+        element=(7,),
+        value=np.array([value_pu]),
+        lower=np.array([0.9]),
+        upper=np.array([1.05]),
+        sensitivity=np.array([[-0.002, -0.001]]),
+    )
+    return Snapshot(
+        transformers=(TransformerSnapshot("T1", 100.0, 100.0, -20.0),),
+        agents=(
+            AgentFlex("home_1", "T1", -10.0, {CurtailAction.curtail_solar: 10.0}),
+            AgentFlex("home_2", "T1", -10.0, {CurtailAction.curtail_solar: 10.0, CurtailAction.shed_load: 2.0}),
+        ),
+        network=view,
+    )

@@ -24,7 +24,7 @@ from agents.cycle.history import CycleHistory
 from agents.cycle.peers import PeerClient
 from agents.cycle.recorder import CycleRecorder
 from agents.cycle.registry import Registry, now
-from agents.planners import PLANNERS, Command, Plan, Planner, Snapshot, SyncPlanner
+from agents.planners import PLANNERS, Command, Plan, Planner, Snapshot, SyncPlanner, plan_optimal, plan_rule
 from agents.planners.ai import AiPlanner
 from agents.planners.mpc import MpcPlanner
 from agents.planners.snapshot import build_snapshot, feeder_loadings
@@ -157,6 +157,8 @@ class GridAgent:
             last_cycle=last,
             median_cycle_ms=statistics.median(self.recorder.cycle_ms) if self.recorder.cycle_ms else None,
             ai=self.planning.stats.as_dict() if isinstance(self.planning, AiPlanner) else None,
+            network_replans=self.network.replans if self.network is not None else None,
+            sensitivity_refreshes=self.network.sensitivity.refreshes if self.network is not None else None,
         )
 
     # -- who holds the feeder ------------------------------------------------------------------
@@ -205,8 +207,9 @@ class GridAgent:
         plan = await self._plan(snapshot)
         planned = time.perf_counter()
         actions = await self._act(plan.commands, statuses, unreachable)
+        replanned = await self._replan(plan, statuses, actions, unreachable)
         clock = PhaseClock(started, stepped, planned, time.perf_counter())
-        return self._record(snapshot, plan, statuses, actions, unreachable, clock)
+        return self._record(snapshot, plan, statuses, actions, unreachable, clock, replanned)
 
     async def _step(self, records: list[AgentRecord], unreachable: list[str]) -> dict[str, AgentStatus]:
         """1. Step every agent in parallel; those that fail are listed in ``unreachable`` and marked unhealthy."""
@@ -225,16 +228,47 @@ class GridAgent:
 
     def _assess(self, statuses: dict[str, AgentStatus]) -> Snapshot:
         """2. The feeder as the planners see it: every transformer's loading and every agent's flexibility."""
-        if self.network is not None:  # the AC power flow before planning
+        view = None
+        if self.network is not None:  # the AC power flow before planning, and the network linearised there
             self.network.assess(statuses.values(), self.cycle)
-        return build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits)
+            view = self.network.view(statuses.values())
+        return build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits, view)
 
     async def _plan(self, snapshot: Snapshot) -> Plan:
         """3. The planner's plan, saying who decided (the ai planner falls back to the optimal plan, and says why)."""
         return await self.planning.plan(snapshot)
 
+    async def _replan(
+        self, plan: Plan, statuses: dict[str, AgentStatus], actions: list[ActionReport], unreachable: list[str]
+    ) -> bool:
+        """4b. With a network: when the AC check after acting still finds a limit broken, plan once more.
+
+        The second plan is made on the network linearised afresh where the first plan left it, and sent when it
+        has commands (the planner found, linearised, something that helps). At most one extra round a cycle;
+        its commands and answers join the first's (``plan.commands``, ``actions``), its time the act phase's.
+        The rule planner plans its own second round; the others' is the optimal LP (mpc's network rows and
+        ai's fallback are that LP already, and a second call would record the step twice in mpc's history
+        and ask the model twice). True when it ran.
+        """
+        if self.network is None:
+            return False
+        check = self.network.check(statuses.values())
+        if not self.network.outside(check):
+            return False
+        view = self.network.view(statuses.values(), check)
+        if view is None or not view.rows:
+            return False
+        snapshot = build_snapshot(statuses.values(), self.registry.transformer_ids(), self.registry.limits, view)
+        again = plan_rule(snapshot) if self.planner == "rule" else plan_optimal(snapshot)
+        if not again.commands:
+            return False
+        self.network.replans += 1
+        actions += await self._act(again.commands, statuses, unreachable, round_=2)
+        plan.commands += again.commands
+        return True
+
     async def _act(
-        self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str]
+        self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str], round_: int = 1
     ) -> list[ActionReport]:
         """4. Send the commands; each agent's answer replaces its status, so the record sees the loading after."""
         records = self.registry.records
@@ -242,7 +276,8 @@ class GridAgent:
             (
                 records[c.agent_id],
                 {
-                    "command_id": f"{self.run_id}-{self.cycle}-{c.agent_id}-{c.action.value}",
+                    "command_id": f"{self.run_id}-{self.cycle}-{c.agent_id}-{c.action.value}"
+                    + (f"-r{round_}" if round_ > 1 else ""),
                     "action": c.action.value,
                     "power_kw": c.power_kw,
                 },
@@ -274,6 +309,7 @@ class GridAgent:
         actions: list[ActionReport],
         unreachable: list[str],
         clock: PhaseClock,
+        replanned: bool = False,
     ) -> CoordinationResult:
         """5. Loading before and after per transformer, the plan, who answered: logged, measured and answered."""
         after = feeder_loadings(statuses.values(), self.registry.transformer_ids())
@@ -300,6 +336,14 @@ class GridAgent:
         network = None
         if self.network is not None:  # the AC power flow after acting; where it converged, AC states stand
             network = self.network.record(statuses.values(), self.cycle, snapshot.timestamp)
+            network = network.model_copy(
+                update={
+                    "replanned": replanned,
+                    "replans": self.network.replans,
+                    "sensitivity_refreshes": self.network.sensitivity.refreshes,
+                    "constraint_rows": snapshot.network.rows if snapshot.network is not None else 0,
+                }
+            )
             reports = self.network.amend(reports)
         result = CoordinationResult(
             cycle=self.cycle,

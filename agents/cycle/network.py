@@ -22,6 +22,8 @@ from agents.common.scenario import TransformerSpec
 from agents.common.settings import GridSettings, StartupError
 from agents.network.load import load_network
 from agents.network.powerflow import FlowResult, PowerFlow, PowerFlowError
+from agents.network.sensitivity import SensitivityCache
+from agents.planners.network import NetworkView
 from models.network import ac_violation_kw, classify_ac_loading, pv_reactive_kvar, summarize_flow
 from models.schemas import (
     AgentStatus,
@@ -40,6 +42,12 @@ LOW_VOLTAGE_KV = 1.0
 #: Voltage limits of a bus that states none.
 DEFAULT_MIN_VM_PU, DEFAULT_MAX_VM_PU = 0.9, 1.1
 MS_PER_S = 1000.0
+#: Rows the planners get: buses within this of a voltage limit (p.u.), lines and transformers loaded above this
+#: (percent), or already outside their limits.
+NEAR_VM_PU = 0.02
+NEAR_LOADING_PERCENT = 80.0
+#: Lines and transformers may load to this (percent of their rating).
+MAX_LOADING_PERCENT = 100.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ class NetworkMonitor:
         self.line_ends = net.line[["from_bus", "to_bus"]].to_numpy(dtype=int)
         self.before: Solved | None = None
         self._before_ms = 0.0
+        self.sensitivity = SensitivityCache(self.flow)
+        self.replans = 0  # cycles that planned a second time because the AC check after acting found a limit broken
         self.after = self._solve(self.injections([]))  # the unloaded network: proves the conversion at start-up
         if self.after.error is not None:
             logger.warning("network %s: the unloaded power flow failed: %s", self.network.name, self.after.error)
@@ -150,6 +160,57 @@ class NetworkMonitor:
         if self.before.error is not None:
             logger.warning("cycle %d: the power flow before planning failed: %s", cycle, self.before.error)
         return self.before
+
+    def view(self, statuses: Iterable[AgentStatus], solved: Solved | None = None) -> NetworkView | None:
+        """The planners' network: near-limit rows of ``solved`` (the power flow before planning), linearised there.
+
+        None when that power flow failed. Sensitivities come from the cache, taken afresh once the injections moved.
+        """
+        solved = solved or self.before
+        if solved is None or solved.result is None:
+            return None
+        result = solved.result
+        agent_bus = {
+            s.agent_id: self._position[s.bus] for s in statuses if s.bus is not None and s.bus in self._position
+        }
+        columns = np.array(sorted(set(agent_bus.values())), dtype=np.int64)
+        column_of = {int(b): c for c, b in enumerate(columns)}
+        vm = result.vm_pu
+        near_bus = np.isfinite(vm) & ((vm > self.max_vm_pu - NEAR_VM_PU) | (vm < self.min_vm_pu + NEAR_VM_PU))
+        near_line = np.nan_to_num(result.line_loading_percent) > NEAR_LOADING_PERCENT
+        near_trafo = np.nan_to_num(result.trafo_loading_percent) > NEAR_LOADING_PERCENT
+        if not (near_bus.any() or near_line.any() or near_trafo.any()) or len(columns) == 0:
+            sens_vm = sens_line = sens_trafo = np.zeros((0, len(columns)))
+        else:
+            sens = self.sensitivity.get(solved.injections.p_kw, solved.injections.q_kvar, columns)
+            sens_vm, sens_line, sens_trafo = sens.vm[near_bus], sens.line[near_line], sens.trafo[near_trafo]
+        buses, lines, trafos = np.flatnonzero(near_bus), np.flatnonzero(near_line), np.flatnonzero(near_trafo)
+        no_lower = np.full(len(lines) + len(trafos), -np.inf)  # loadings have an upper limit only
+        return NetworkView(
+            agent_column={a: column_of[k] for a, k in agent_bus.items()},
+            kind=("vm",) * len(buses) + ("line",) * len(lines) + ("trafo",) * len(trafos),
+            element=tuple(int(self.buses[k]) for k in buses)
+            + tuple(int(self.flow.line_index[k]) for k in lines)
+            + tuple(int(self.flow.trafo_index[k]) for k in trafos),
+            value=np.concatenate([vm[buses], result.line_loading_percent[lines], result.trafo_loading_percent[trafos]]),
+            lower=np.concatenate([self.min_vm_pu[buses], no_lower]),
+            upper=np.concatenate([self.max_vm_pu[buses], np.full(len(lines) + len(trafos), MAX_LOADING_PERCENT)]),
+            sensitivity=np.vstack([sens_vm, sens_line, sens_trafo]).reshape(-1, len(columns)),
+        )
+
+    def outside(self, solved: Solved | None) -> bool:
+        """True when ``solved`` converged and left a bus, line or transformer outside its limits."""
+        if solved is None or solved.result is None:
+            return False
+        result = solved.result
+        summary = summarize_flow(
+            result.vm_pu, self.min_vm_pu, self.max_vm_pu, result.line_loading_percent, result.trafo_loading_percent
+        )  # the same count, with the same tolerances, as the cycle reports
+        return summary.buses_outside + summary.lines_outside + summary.transformers_outside > 0
+
+    def check(self, statuses: Iterable[AgentStatus]) -> Solved:
+        """A power flow of the agents as they are now (after acting), kept for nothing but the answer."""
+        return self._solve(self.injections(statuses))
 
     def record(self, statuses: Iterable[AgentStatus], cycle: int, timestamp: datetime | None) -> NetworkCycle:
         """The power flow after acting, and the cycle's report of both."""

@@ -132,6 +132,36 @@ class PowerFlow:
             trafo_p_kw=trafos["p_from"] / W_PER_KW,
         )
 
+    def solve_batch(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> FlowResult:
+        """Solve many scenarios at once: ``p_kw`` and ``q_kvar`` are (scenarios, buses); results gain that axis.
+
+        One power-grid-model batch calculation; the model's own state (the last ``solve``) is left as it was.
+        """
+        p_kw, q_kvar = np.atleast_2d(p_kw), np.atleast_2d(q_kvar)
+        update = initialize_array(DatasetType.update, ComponentType.sym_load, p_kw.shape)
+        update["id"] = self._load_update["id"]
+        update["p_specified"] = p_kw * W_PER_KW
+        update["q_specified"] = q_kvar * W_PER_KW
+        try:
+            out = self.model.calculate_power_flow(
+                update_data={ComponentType.sym_load: update},
+                symmetric=True,
+                error_tolerance=ERROR_TOLERANCE_PU,
+                max_iterations=MAX_ITERATIONS,
+                calculation_method=CalculationMethod.newton_raphson,
+            )
+        except PowerGridError as exc:
+            raise PowerFlowError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from exc
+        nodes = out[ComponentType.node][:, np.argsort(self._node_order)]
+        lines = out[ComponentType.line][:, np.argsort(self._line_order)]
+        trafos = out[ComponentType.transformer][:, np.argsort(self._trafo_order)]
+        return FlowResult(
+            vm_pu=np.where(nodes["energized"] == 1, nodes["u_pu"], np.nan),
+            line_loading_percent=lines["loading"] * 100.0,
+            trafo_loading_percent=trafos["loading"] * 100.0,
+            trafo_p_kw=trafos["p_from"] / W_PER_KW,
+        )
+
 
 def _order(pgm_ids: np.ndarray, origin: dict[int, tuple[str, int]], table: str, index: np.ndarray) -> np.ndarray:
     """For each converted element, its position in the network's ``table`` (so argsort gives index order)."""

@@ -20,14 +20,17 @@ from dataclasses import dataclass, field, replace
 import openai
 from pydantic import BaseModel, Field, ValidationError
 
-from agents.planners.base import MIN_COMMAND_KW, Command, Fallback, Plan, Snapshot, apply_plan, violations_after
-from agents.planners.optimal import ACTION_COST, plan_optimal
+from agents.planners.base import MIN_COMMAND_KW, Command, Fallback, Plan, Snapshot, violations_after
+from agents.planners.network import net_shift_kw
+from agents.planners.optimal import ACTION_COST, complete_plan, plan_optimal
 from models.schemas import CurtailAction, FallbackKind
 
 logger = logging.getLogger(__name__)
 
 #: Within this many kW a plan counts as not making a transformer worse, or as fixing it as well as the optimum.
 GUARD_TOLERANCE_KW = 1e-3
+#: The same for network rows: p.u. of voltage, percent of loading.
+NETWORK_GUARD_TOLERANCE = {"vm": 1e-4, "line": 0.1, "trafo": 0.1}
 
 
 class ModelCommand(Command):
@@ -168,7 +171,34 @@ def check_plan(
                 f"the plan leaves {t.transformer_id} {after_kw:.2f} kW outside its limits; "
                 f"the optimal plan leaves {best_kw:.2f} kW",
             )
+    _check_network(snapshot, commands, reference)
     return commands
+
+
+def _check_network(snapshot: Snapshot, commands: list[Command], reference: Plan) -> None:
+    """The same linearised network rows the optimal planner keeps: a plan may not push a row further outside
+    (``worsens``), nor leave one outside that the optimal plan brings within (``infeasible``)."""
+    view = snapshot.network
+    if view is None or not view.rows:
+        return
+    before = view.violation()
+    after = view.violation(view.estimate(net_shift_kw(commands)))
+    best = view.violation(view.estimate(net_shift_kw(reference.commands)))
+    for r in range(view.rows):
+        tolerance, unit = NETWORK_GUARD_TOLERANCE[view.kind[r]], "p.u." if view.kind[r] == "vm" else "%"
+        what = f"{'bus' if view.kind[r] == 'vm' else view.kind[r]} {view.element[r]}"
+        if after[r] > before[r] + tolerance:
+            raise PlanRejected(
+                FallbackKind.worsens,
+                f"the plan takes {what} further outside its limits "
+                f"({before[r]:.4f} -> {after[r]:.4f} {unit}, linearised)",
+            )
+        if after[r] > best[r] + tolerance:
+            raise PlanRejected(
+                FallbackKind.infeasible,
+                f"the plan leaves {what} {after[r]:.4f} {unit} outside its limits (linearised); "
+                f"the optimal plan leaves {best[r]:.4f}",
+            )
 
 
 def top_up(snapshot: Snapshot, commands: list[Command]) -> tuple[list[Command], bool]:
@@ -176,35 +206,10 @@ def top_up(snapshot: Snapshot, commands: list[Command]) -> tuple[list[Command], 
 
     The prompt rounds figures to 1 W and the guard accepts plans within GUARD_TOLERANCE_KW of the
     optimum, so an accepted plan can leave a transformer a few watts outside its limit. The
-    residual is planned on what the model's commands left of each agent's headroom.
+    residual is planned on what the model's commands left of each agent's headroom
+    (``agents.planners.optimal.complete_plan``).
     """
-    after = apply_plan(snapshot, commands)
-    transformers = tuple(replace(t, loading_kw=after[t.transformer_id]) for t in snapshot.transformers)
-    if all(t.violation_kw <= 0 for t in transformers):
-        return commands, False
-    used: dict[tuple[str, CurtailAction], float] = {}
-    for c in commands:
-        used[c.agent_id, c.action] = used.get((c.agent_id, c.action), 0.0) + c.power_kw
-    residual = Snapshot(
-        transformers=transformers,
-        agents=tuple(
-            replace(
-                a,
-                headroom_kw={
-                    action: max(kw - used.get((a.agent_id, action), 0.0), 0.0) for action, kw in a.headroom_kw.items()
-                },
-            )
-            for a in snapshot.agents
-        ),
-        timestamp=snapshot.timestamp,
-        step_s=snapshot.step_s,
-    )
-    extra = plan_optimal(residual).commands
-    if not extra:
-        return commands, False
-    for c in extra:
-        used[c.agent_id, c.action] = used.get((c.agent_id, c.action), 0.0) + c.power_kw
-    return [Command(agent_id=a, action=act, power_kw=kw) for (a, act), kw in used.items()], True
+    return complete_plan(snapshot, commands)
 
 
 class AiPlanner:
@@ -229,7 +234,8 @@ class AiPlanner:
     async def plan(self, snapshot: Snapshot) -> Plan:
         """The model's plan (``planner`` "ai"), or the optimal plan with its ``fallback`` saying why."""
         reference = plan_optimal(snapshot)
-        if not any(t.violation_kw > 0 for t in snapshot.transformers):
+        network_outside = snapshot.network is not None and bool(snapshot.network.violation().any())
+        if not any(t.violation_kw > 0 for t in snapshot.transformers) and not network_outside:
             return Plan("ai")  # nothing to decide: no call, no tokens
         if self.client is None:
             return self._fallback(reference, FallbackKind.missing_key, self.missing_reason)

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from agents.planners.network import NetworkView
 from models.grid import violation_kw
 from models.schemas import AgentType, CurtailAction, FallbackKind, NonNegativeKw
 
@@ -102,6 +103,7 @@ class Snapshot:
     agents: tuple[AgentFlex, ...]
     timestamp: datetime | None = None  # simulated time of the step being planned
     step_s: float = 900.0
+    network: NetworkView | None = None  # near-limit rows of the network, linearised (with --network only)
 
     def agents_on(self, transformer_id: str) -> list[AgentFlex]:
         return [a for a in self.agents if a.transformer_id == transformer_id]

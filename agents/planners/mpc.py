@@ -22,6 +22,7 @@ import numpy as np
 
 from agents.planners.base import MIN_COMMAND_KW, AgentFlex, BatteryView, Command, Plan, Snapshot
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
+from agents.planners.optimal import complete_plan
 from models.devices import step_battery_energy, stored_kwh
 from models.grid import LIMIT_TOLERANCE_KW
 from models.policies import net_power_kw, self_consumption_setpoint_kw
@@ -259,7 +260,20 @@ class MpcPlanner:
 
     # -- the plan ----------------------------------------------------------------------------
     def __call__(self, snapshot: Snapshot) -> Plan:
-        """Plan the first step of the best schedule over the horizon."""
+        """Plan the first step of the best schedule over the horizon, then hold that step within the network's rows.
+
+        The horizon's program has no network rows (its later steps are forecasts, and its curtailment and
+        shedding are pooled per transformer); with ``snapshot.network`` the first step's commands are completed
+        by the optimal planner's program on what they leave (``complete_plan``): the first step's voltage, line
+        and transformer rows are kept, later steps' are not.
+        """
+        plan = self._horizon_plan(snapshot)
+        if snapshot.network is not None and snapshot.network.rows:
+            plan.commands, _ = complete_plan(snapshot, plan.commands)
+        return plan
+
+    def _horizon_plan(self, snapshot: Snapshot) -> Plan:
+        """The first step of the best schedule over the horizon, on the transformers' kW sums."""
         plan = Plan("mpc")
         if not snapshot.agents:
             return plan

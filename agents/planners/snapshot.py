@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from agents.planners.base import AgentFlex, BatteryView, Snapshot, TransformerSnapshot
+from agents.planners.network import NetworkView
 from models.devices import HOME_BATTERY, stored_kwh
 from models.grid import transformer_loading_kw
 from models.schemas import AgentStatus, BatteryStatus, CurtailAction
@@ -87,8 +88,12 @@ def build_snapshot(
     statuses: Iterable[AgentStatus],
     transformer_ids: Iterable[str],
     limits: Callable[[str], tuple[float, float]],
+    network: NetworkView | None = None,
 ) -> Snapshot:
-    """The planners' view of a feeder from its agents' statuses; ``limits(tid)`` gives (rating, reverse limit)."""
+    """The planners' view of a feeder from its agents' statuses; ``limits(tid)`` gives (rating, reverse limit).
+
+    ``network`` is the grid agent's linearised network (with ``--network``), passed through as it is.
+    """
     statuses = list(statuses)
     transformers = []
     for tid, loading in feeder_loadings(statuses, transformer_ids).items():
@@ -103,6 +108,7 @@ def build_snapshot(
         agents=tuple(agent_flex(s) for s in statuses),
         timestamp=max(timestamps) if timestamps else None,
         step_s=step_s,
+        network=network,
     )
 
 
