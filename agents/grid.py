@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Query, Response
 from agents.common.auth import require_token_dependency
 from agents.common.errors import NotFoundError, error_responses, install_error_handlers
 from agents.common.metrics import mount_metrics
+from agents.common.server import json_response
 from agents.common.settings import GridSettings, StartupError, openai_settings_from_env
 from agents.common.tls import client_ssl_context
 from agents.cycle.dashboard import dashboard_router
@@ -254,9 +255,9 @@ def _add_run_routes(app: FastAPI, runs: Runs, authorized: Any) -> None:
     @app.get(
         "/runs/{run_id}/results", response_model=RunResults, responses=error_responses(404, 422, descriptions=no_run)
     )
-    async def run_results(run_id: str, since: Since = 0, limit: ResultsLimit = RESULTS_KEPT) -> RunResults:
+    async def run_results(run_id: str, since: Since = 0, limit: ResultsLimit = RESULTS_KEPT) -> Response:
         """The run's cycle results after cycle ``since`` that are still kept (the latest run's last 1,000)."""
-        return runs.results(run_id, since, limit)
+        return json_response(runs.results(run_id, since, limit))
 
     @app.delete(
         "/runs/{run_id}",

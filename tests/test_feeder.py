@@ -13,6 +13,7 @@ from asgi_lifespan import LifespanManager
 from agents.battery import create_app as create_battery_app
 from agents.common.scenario import HomeSpec, Scenario, generate_feeder, load_scenario
 from agents.common.settings import StartupError
+from agents.device.fastpath import BatchFastPath
 from agents.grid import create_app as create_grid_app
 from agents.home import create_app as create_home_app
 from models.schemas import AgentReport
@@ -181,6 +182,74 @@ async def test_host_serves_each_home_under_its_path_and_in_batches(tmp_path, sce
         log = pd.read_csv(tmp_path / "logs" / f"{home}_log.csv")
         assert log["step"].tolist() == [1]
     assert (tmp_path / "state" / "home-agents-0-of-1.sqlite3").exists()
+
+
+async def _raw_post(app, path: str, chunks: list[bytes], headers: dict[str, str]) -> tuple[int, bytes]:
+    """POST through the app's ASGI callable with the body in ``chunks``, as a server streams a large body."""
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    sent: list[dict] = []
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("homes", 80),
+    }
+    await app(scope, receive, send)
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
+
+
+async def test_batch_routes_answer_as_fastapi_does(tmp_path, scenario_file, monkeypatch):
+    """The batch routes' fast path answers a good request as the FastAPI route does, and leaves every
+    other request (wrong token, invalid body, not JSON) to FastAPI's own errors."""
+    monkeypatch.setenv("AGENT_TOKEN", "s3cret")
+    answers = []
+    for fast in (True, False):
+        settings = make_home_settings(tmp_path / str(fast), scenario=scenario_file, start="2025-07-15T12:00")
+        app = create_home_app(settings, register=False)
+        headers = {"authorization": "Bearer s3cret", "content-type": "application/json"}
+        if not fast:  # every request left to FastAPI's route
+            monkeypatch.setattr(BatchFastPath, "_answer", lambda *_: None)
+        async with LifespanManager(app):
+            body = b'{"agent_ids": ["h1", "h2", "nobody"]}'
+            answers.append(await _raw_post(app, "/batch/simulate", [body[:9], body[9:]], headers))
+    assert answers[0][0] == answers[1][0] == 200
+    assert answers[0][1] == answers[1][1]  # the same JSON, byte for byte
+
+    monkeypatch.undo()
+    monkeypatch.setenv("AGENT_TOKEN", "s3cret")
+    app = create_home_app(make_home_settings(tmp_path / "errors", scenario=scenario_file), register=False)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://homes") as c,
+    ):
+        wrong = await c.post("/batch/simulate", json={"agent_ids": ["h1"]}, headers={"Authorization": "Bearer no"})
+        assert wrong.status_code == 401 and wrong.json()["error"] == "unauthorized"
+        invalid = await c.post(
+            "/batch/curtail", json={"commands": [{"agent_id": "h1"}]}, headers={"Authorization": "Bearer s3cret"}
+        )
+        assert invalid.status_code == 422 and "commands.0.command" in invalid.json()["message"]
+        text = await c.post(
+            "/batch/simulate",
+            content=b'{"agent_ids": ["h1"]}',
+            headers={"Authorization": "Bearer s3cret", "Content-Type": "text/plain"},
+        )
+        assert text.status_code == 422 and text.json()["error"] == "validation_error"
+        assert (await c.get("/agents/h1/status")).json()["step"] == 0  # nothing refused was stepped
 
 
 async def test_shards_split_the_homes(tmp_path, scenario_file):

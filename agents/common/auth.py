@@ -32,16 +32,22 @@ def auth_headers() -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
+def bearer_accepted(token: str | None, authorization: str | None) -> bool:
+    """Whether an ``Authorization`` header carries ``token`` (any case of ``Bearer``; constant-time compare).
+    Every request is accepted when no token is set."""
+    if token is None:
+        return True
+    scheme, _, given = (authorization or "").strip().partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 def require_token_dependency(agent_id: str):
     """A dependency that enforces ``Authorization: Bearer $AGENT_TOKEN`` when the token is set."""
     token = agent_token_from_env()
     message = refusal_message(os.environ.get(GENERATED_TOKEN_ENV) == "1")
 
     async def check(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
-            return
-        scheme, _, given = (authorization or "").strip().partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        if not bearer_accepted(token, authorization):
             raise UnauthorizedError(message, agent_id)
 
     return check

@@ -149,26 +149,36 @@ class GridMetrics(AgentMetrics):
             registry=r,
         )
         self._agents = agents
+        self._children: dict[tuple[Any, tuple[str, ...]], Any] = {}
         r.register(_ScrapeTime(self._collect_agents))
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        """``metric.labels(*values)``, looked up once: every cycle updates the same few children, and
+        ``labels`` checks its arguments and takes a lock each time (a tenth of the grid agent's own work a cycle)."""
+        child = self._children.get((metric, values))
+        if child is None:
+            child = self._children[metric, values] = metric.labels(*values)
+        return child
 
     def observe_cycle(self, result: CoordinationResult) -> None:
         """Record one finished cycle."""
         self.cycle_duration.observe(result.duration_ms / 1000.0)
         for phase, ms in result.phase_ms.items():
-            self.phase_duration.labels(phase=phase).observe(ms / 1000.0)
-        self.cycles.labels(planner=result.planner).inc()
+            self._child(self.phase_duration, phase).observe(ms / 1000.0)
+        self._child(self.cycles, result.planner).inc()
         if result.fallback_kind is not None:
             self.fallbacks.labels(kind=result.fallback_kind.value).inc()
         for t in result.transformers:
             tid = t.transformer_id
-            self.loading.labels(transformer_id=tid).set(t.loading_after_kw)
-            self.loading_before.labels(transformer_id=tid).set(t.loading_before_kw)
-            self.rating.labels(transformer_id=tid).set(t.rating_kw)
-            self.reverse_limit.labels(transformer_id=tid).set(t.reverse_limit_kw)
+            self._child(self.loading, tid).set(t.loading_after_kw)
+            self._child(self.loading_before, tid).set(t.loading_before_kw)
+            self._child(self.rating, tid).set(t.rating_kw)
+            self._child(self.reverse_limit, tid).set(t.reverse_limit_kw)
             for when, state in (("before", t.state_before), ("after", t.state_after)):
-                counter = self.outside_limits.labels(transformer_id=tid, when=when)
                 if _value(state) != "normal":
-                    counter.inc()
+                    self._child(self.outside_limits, tid, when).inc()
+                else:
+                    self._child(self.outside_limits, tid, when)  # the series exists from the first cycle, at 0
         for action in result.actions:
             self.command(action.action, action.status)
 

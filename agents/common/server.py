@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 
 import uvicorn
+from fastapi import Response
+from pydantic import BaseModel
 
 from agents.common.settings import ServerSettings, StartupError, agent_token_from_env, configure_logging
 from agents.common.tls import plaintext_token_warning, server_ssl_options
@@ -40,3 +42,10 @@ def serve(create_app: Callable, settings: ServerSettings) -> None:
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False, **ssl_options
     )
+
+
+def json_response(model: BaseModel) -> Response:
+    """A model as a JSON answer, serialised once by pydantic. For the hot routes (batch steps, a run's
+    results): FastAPI would validate the model again before serialising it; the route's ``response_model``
+    still documents it."""
+    return Response(content=model.model_dump_json(), media_type="application/json")

@@ -8,8 +8,9 @@ after the cycle in flight.
 What is kept where:
 
 - every run's record (id, status, cycles, cycles done, times, error) in the table ``runs`` of
-  ``{state_dir}/{agent_id}_runs.sqlite3``, written when the run starts, after each of its cycles
-  and when it ends. A run found ``running`` there when the grid agent starts was cut short by a
+  ``{state_dir}/{agent_id}_runs.sqlite3``, written when the run starts, at most ``PROGRESS_SAVE_S``
+  apart while it runs (``GET /runs/{run_id}`` answers a live run from memory, to the cycle) and
+  when it ends. A run found ``running`` there when the grid agent starts was cut short by a
   kill or a crash and is marked ``failed``; one in flight at an orderly shutdown is marked
   ``failed`` then.
 - cycle results in memory only, bounded: the latest ``RESULTS_KEPT`` cycles of the latest run
@@ -20,9 +21,10 @@ What is kept where:
 from __future__ import annotations
 
 import asyncio
-import itertools
+import bisect
 import logging
 import sqlite3
+import time
 import uuid
 from collections import deque
 from pathlib import Path
@@ -38,6 +40,8 @@ logger = logging.getLogger(__name__)
 RESULTS_KEPT = 1000
 #: At shutdown, how long a run's cycle in flight may take to finish before it is cancelled.
 SHUTDOWN_GRACE_S = 3.0
+#: How often a run in flight commits its progress (cycles done, last cycle) to its record.
+PROGRESS_SAVE_S = 1.0
 
 #: The columns of the ``runs`` table that mirror RunInfo (``stop_requested`` lives only in memory).
 _COLUMNS = (
@@ -105,6 +109,10 @@ class RunStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _cycle_of(result: CoordinationResult) -> int:
+    return result.cycle
 
 
 class Run:
@@ -176,6 +184,7 @@ class Runs:
         """Run the cycles until done, stopped or failed; then record how it ended and free the feeder."""
         info = run.info
         status, error = RunStatus.done, None
+        saved = time.monotonic()
         try:
             while info.cycles_done < info.cycles:
                 if info.stop_requested:
@@ -186,7 +195,9 @@ class Runs:
                     error = f"the grid agent stopped during the run, after {info.cycles_done} of {info.cycles} cycles"
                     break
                 run.add(await self.agent.run_cycle())
-                self.store.save(info)
+                if time.monotonic() - saved >= PROGRESS_SAVE_S:  # a commit a cycle would cost a tenth of a cycle
+                    self.store.save(info)
+                    saved = time.monotonic()
                 await asyncio.sleep(0)  # reads and a DELETE get their turn between cycles, even in process
         except asyncio.CancelledError:
             status = RunStatus.failed
@@ -229,7 +240,8 @@ class Runs:
         """The kept results of a run's cycles numbered after ``since``, oldest first, at most ``limit``."""
         info = self.get(run_id)
         kept = self.latest.results if self.latest is not None and self.latest.info.run_id == run_id else deque()
-        after = list(itertools.islice((r for r in kept if r.cycle > since), limit))
+        start = bisect.bisect_right(kept, since, key=_cycle_of)  # kept in cycle order; a scan would cost O(kept)
+        after = [kept[i] for i in range(start, min(start + limit, len(kept)))]
         return RunResults(
             run_id=info.run_id,
             status=info.status,

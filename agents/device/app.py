@@ -14,14 +14,15 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
 
 from agents.common.auth import require_token_dependency
 from agents.common.errors import AgentError, NotFoundError, error_responses, install_error_handlers
 from agents.common.metrics import mount_metrics
-from agents.common.settings import DeviceSettings, StartupError
+from agents.common.server import json_response
+from agents.common.settings import DeviceSettings, StartupError, agent_token_from_env
 from agents.common.state import StateStore
 from agents.device.agent import DeviceAgent
+from agents.device.fastpath import BatchFastPath
 from agents.device.registration import register_forever, registration_client, registration_ssl_context
 from models.schemas import (
     AgentInfo,
@@ -140,6 +141,8 @@ def build_device_app(
     _add_batch_routes(app, hosted, authorized)
     if single is None:
         _add_host_routes(app, hosted)
+    fast = {"/batch/simulate": (BatchSimulate, hosted.simulate), "/batch/curtail": (BatchCurtail, hosted.curtail)}
+    app.add_middleware(BatchFastPath, routes=fast, token=agent_token_from_env())
     return app
 
 
@@ -185,7 +188,7 @@ def _add_batch_routes(app: FastAPI, hosted: Hosted, authorized: Any) -> None:
     )
     async def batch_simulate(body: BatchSimulate) -> Response:
         """Step many hosted agents at once (one state commit for them all)."""
-        return _json(hosted.simulate(body))
+        return json_response(hosted.simulate(body))
 
     @app.post(
         "/batch/curtail",
@@ -195,7 +198,7 @@ def _add_batch_routes(app: FastAPI, hosted: Hosted, authorized: Any) -> None:
     )
     async def batch_curtail(body: BatchCurtail) -> Response:
         """Command many hosted agents at once; each command as POST /curtail would take it."""
-        return _json(hosted.curtail(body))
+        return json_response(hosted.curtail(body))
 
 
 def _add_host_routes(app: FastAPI, hosted: Hosted) -> None:
@@ -354,12 +357,6 @@ def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAg
         async def metrics(agent: DeviceAgent = hosted) -> PlainTextResponse:
             """Prometheus metrics of one hosted agent."""
             return PlainTextResponse(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-def _json(model: BaseModel) -> Response:
-    """A model as a JSON answer, serialised once by pydantic: the batch routes are the hot path,
-    and FastAPI would validate the model again before serialising it (response_model still documents it)."""
-    return Response(content=model.model_dump_json(), media_type="application/json")
 
 
 @contextmanager
