@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Query, Response
 from agents.common.auth import require_token_dependency
 from agents.common.errors import NotFoundError, error_responses, install_error_handlers
 from agents.common.metrics import mount_metrics
-from agents.common.server import json_response
+from agents.common.server import TELEMETRY_OFF, json_response
 from agents.common.settings import GridSettings, StartupError, openai_settings_from_env
 from agents.common.tls import client_ssl_context
 from agents.cycle.dashboard import dashboard_router
@@ -73,6 +73,7 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
         title="grid agent",
         description="Watches transformers and coordinates curtailment.",
         lifespan=_lifespan(agent, runs, settings, transport, ssl_context),
+        telemetry=TELEMETRY_OFF,
     )
     app.state.agent = agent
     app.state.runs = runs

@@ -40,8 +40,19 @@ def serve(create_app: Callable, settings: ServerSettings) -> None:
     finally:
         probe.close()
     uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False, **ssl_options
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=False,  # no proxy in front of an agent; its callers' own addresses are the ones that count
+        **ssl_options,
     )
+
+
+#: FastAPI's native OpenTelemetry off: it asks the global providers whether to trace at every request (a few
+#: microseconds each, on the routes every cycle calls), and the agents' own metrics are Prometheus's.
+TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 
 
 def json_response(model: BaseModel) -> Response:

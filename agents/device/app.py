@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.common.auth import require_token_dependency
 from agents.common.errors import AgentError, NotFoundError, error_responses, install_error_handlers
 from agents.common.metrics import mount_metrics
-from agents.common.server import json_response
+from agents.common.server import TELEMETRY_OFF, json_response
 from agents.common.settings import DeviceSettings, StartupError, agent_token_from_env
 from agents.common.state import StateStore
 from agents.device.agent import DeviceAgent
@@ -128,6 +128,7 @@ def build_device_app(
         title=title,
         description=hosted.agents[0].description,
         lifespan=_lifespan(hosted, settings, register, owned_store=store, ssl_context=ssl_context),
+        telemetry=TELEMETRY_OFF,
     )
     app.state.agent = single
     app.state.agents = hosted.by_id
