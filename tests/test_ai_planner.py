@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import httpx
-import numpy as np
 import openai
 import pytest
 import respx
@@ -15,9 +14,9 @@ from agents.cycle.grid_agent import make_planner, resolve_planner
 from agents.planners import AgentFlex, Fallback, Snapshot, SyncPlanner, TransformerSnapshot, plan_optimal
 from agents.planners.ai import AiPlanner
 from agents.planners.base import violations_after
-from agents.planners.network import NetworkView
 from models.schemas import CurtailAction, FallbackKind
 from tests.conftest import make_grid_settings
+from tests.test_planners import overvoltage_snapshot
 
 BASE_URL = "http://fake-openai.test/v1"
 BAD_JSON = FallbackKind.bad_json
@@ -280,27 +279,6 @@ async def test_ai_plan_a_hair_short_is_topped_up_by_the_optimal_planner(planner:
     assert commands[("home_1", CurtailAction.shed_load)] == pytest.approx(1.0)
     assert violations_after(snapshot, plan.commands) == {"T1": pytest.approx(0.0, abs=1e-9)}
     assert planner.stats.as_dict()["top_ups"] == 1
-
-
-def overvoltage_snapshot() -> Snapshot:
-    """T1 within its limits, but bus 7 at 1.06 p.u. over its 1.05 limit; a1 moves it 2 mp.u./kW, a2 1 mp.u./kW."""
-    view = NetworkView(
-        agent_column={"home_1": 0, "home_2": 1},
-        kind=("vm",),
-        element=(7,),
-        value=np.array([1.06]),
-        lower=np.array([0.9]),
-        upper=np.array([1.05]),
-        sensitivity=np.array([[-0.002, -0.001]]),
-    )
-    return Snapshot(
-        transformers=(TransformerSnapshot("T1", 100.0, 100.0, -20.0),),
-        agents=(
-            AgentFlex("home_1", "T1", -10.0, {CurtailAction.curtail_solar: 10.0}),
-            AgentFlex("home_2", "T1", -10.0, {CurtailAction.curtail_solar: 10.0, CurtailAction.shed_load: 2.0}),
-        ),
-        network=view,
-    )
 
 
 @pytest.mark.parametrize(

@@ -107,20 +107,26 @@ class PowerFlow:
         except PowerGridError as exc:
             raise PowerFlowError(f"power-grid-model refused the converted network: {exc}") from exc
 
-    def solve(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> FlowResult:
-        """Solve with ``p_kw`` and ``q_kvar`` drawn at each bus (bus index order, load convention)."""
-        self._load_update["p_specified"] = np.asarray(p_kw, dtype=float) * W_PER_KW
-        self._load_update["q_specified"] = np.asarray(q_kvar, dtype=float) * W_PER_KW
+    def _power_flow(self, update_data: dict | None = None) -> dict:
+        """Newton-Raphson on the model as it stands (or on a batch of updates); PowerFlowError when it fails."""
         try:
-            self.model.update(update_data={ComponentType.sym_load: self._load_update})
-            out = self.model.calculate_power_flow(
+            return self.model.calculate_power_flow(
+                update_data=update_data,
                 symmetric=True,
                 error_tolerance=ERROR_TOLERANCE_PU,
                 max_iterations=MAX_ITERATIONS,
                 calculation_method=CalculationMethod.newton_raphson,
             )
         except PowerGridError as exc:
-            raise PowerFlowError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from exc
+            message = str(exc).strip()
+            raise PowerFlowError(message.splitlines()[0] if message else type(exc).__name__) from exc
+
+    def solve(self, p_kw: np.ndarray, q_kvar: np.ndarray) -> FlowResult:
+        """Solve with ``p_kw`` and ``q_kvar`` drawn at each bus (bus index order, load convention)."""
+        self._load_update["p_specified"] = np.asarray(p_kw, dtype=float) * W_PER_KW
+        self._load_update["q_specified"] = np.asarray(q_kvar, dtype=float) * W_PER_KW
+        self.model.update(update_data={ComponentType.sym_load: self._load_update})
+        out = self._power_flow()
         nodes = out[ComponentType.node][np.argsort(self._node_order)]
         lines = out[ComponentType.line][np.argsort(self._line_order)]
         trafos = out[ComponentType.transformer][np.argsort(self._trafo_order)]
@@ -142,16 +148,7 @@ class PowerFlow:
         update["id"] = self._load_update["id"]
         update["p_specified"] = p_kw * W_PER_KW
         update["q_specified"] = q_kvar * W_PER_KW
-        try:
-            out = self.model.calculate_power_flow(
-                update_data={ComponentType.sym_load: update},
-                symmetric=True,
-                error_tolerance=ERROR_TOLERANCE_PU,
-                max_iterations=MAX_ITERATIONS,
-                calculation_method=CalculationMethod.newton_raphson,
-            )
-        except PowerGridError as exc:
-            raise PowerFlowError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from exc
+        out = self._power_flow({ComponentType.sym_load: update})
         nodes = out[ComponentType.node][:, np.argsort(self._node_order)]
         lines = out[ComponentType.line][:, np.argsort(self._line_order)]
         trafos = out[ComponentType.transformer][:, np.argsort(self._trafo_order)]
