@@ -183,6 +183,11 @@ class GridSettings(ServerSettings):
     pv_reactive: str = Field(
         "unity", pattern=r"^(unity|cosphi_p)$", description="PV reactive power: unity, or cosphi_p (VDE-AR-N 4105)"
     )
+    openadr3: bool = Field(False, description="Serve the OpenADR 3.0.1 VTN API under /openadr3/3.0.1")
+    openadr3_clients: FilePath | None = Field(
+        None,
+        description="JSON list of OpenADR 3 clients {client_id, client_secret, role: bl|ven} (default: OPENADR3_CLIENTS)",
+    )
 
 
 def agent_token_from_env() -> str | None:
