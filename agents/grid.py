@@ -82,7 +82,8 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     app.state.agent = agent
     app.state.runs = runs
     if tokens is not None:
-        vtn_stores.append(mount_vtn(app, settings.state_dir, tokens))
+        app.state.openadr3 = mount_vtn(app, settings.state_dir, tokens)
+        vtn_stores.append(app.state.openadr3.store)
     install_error_handlers(app, agent.agent_id)
     mount_metrics(app, agent.metrics.registry)
     app.include_router(dashboard_router(agent))
