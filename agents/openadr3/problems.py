@@ -12,6 +12,7 @@ The token endpoint answers its own 400s in RFC 6749's ``authError`` shape, as th
 from __future__ import annotations
 
 import logging
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -68,7 +69,8 @@ def problem_responses(*status_codes: int) -> dict[int | str, dict]:
 
 def problem(request: Request, status_code: int, detail: str) -> JSONResponse:
     """A problem body for this request."""
-    body = Problem(title=_TITLES.get(status_code, "Error"), status=status_code, detail=detail, instance=str(request.url))
+    instance = str(request.base_url.replace(path=quote(request.url.path, safe="/")))  # a URI even for a fuzzed path
+    body = Problem(title=_TITLES.get(status_code, "Error"), status=status_code, detail=detail, instance=instance)
     return JSONResponse(status_code=status_code, content=body.model_dump(exclude_none=True))
 
 
