@@ -160,7 +160,9 @@ def test_token_with_form_credentials(vtn):
 def test_token_with_basic_credentials(vtn):
     basic = base64.b64encode(b"bl_client:bl-s3cret").decode()
     response = vtn.client.post(
-        f"{BASE_PATH}/auth/token", data={"grant_type": "client_credentials"}, headers={"Authorization": f"Basic {basic}"}
+        f"{BASE_PATH}/auth/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {basic}"},
     )
     assert response.status_code == 200, response.text
     headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
@@ -282,18 +284,22 @@ def test_a_ven_reads_the_events_targeted_at_it_and_untargeted_ones(vtn):
     vtn.post(f"/vens/{ven['id']}/resources", {"resourceName": "home_1_battery"}, "ven_1")
     vtn.post("/vens", {"venName": "home_2"}, "ven_2")
     everyone = vtn.post("/events", event_for(program["id"], name="everyone"), "bl_client")
-    by_name = vtn.post("/events", event_for(program["id"], [{"type": "VEN_NAME", "values": ["home_1"]}], "n"), "bl_client")
+    def aimed(targets: list[dict], name: str) -> dict:
+        return vtn.post("/events", event_for(program["id"], targets, name), "bl_client")
+
+    by_name = aimed([{"type": "VEN_NAME", "values": ["home_1"]}], "n")
     by_group = vtn.post("/events", event_for(program["id"], [{"type": "GROUP", "values": ["T1"]}], "g"), "bl_client")
     by_resource = vtn.post(
         "/events", event_for(program["id"], [{"type": "RESOURCE_NAME", "values": ["home_1_battery"]}], "r"), "bl_client"
     )
-    other = vtn.post("/events", event_for(program["id"], [{"type": "VEN_NAME", "values": ["home_2"]}], "o"), "bl_client")
+    other = aimed([{"type": "VEN_NAME", "values": ["home_2"]}], "o")
     seen = [event["id"] for event in vtn.get("/events", "ven_1")]
     assert seen == [everyone["id"], by_name["id"], by_group["id"], by_resource["id"]]
     assert [event["id"] for event in vtn.get("/events", "ven_2")] == [everyone["id"], other["id"]]
     assert_problem(vtn.client.get(f"{BASE_PATH}/events/{other['id']}", headers=vtn.as_("ven_1")), 403)
     assert len(vtn.get("/events", "bl_client")) == 5
-    assert [e["id"] for e in vtn.get("/events", "bl_client", targetType="GROUP", targetValues=["T1"])] == [by_group["id"]]
+    grouped = vtn.get("/events", "bl_client", targetType="GROUP", targetValues=["T1"])
+    assert [e["id"] for e in grouped] == [by_group["id"]]
     assert [e["id"] for e in vtn.get("/events", "bl_client", skip=1, limit=2)] == [by_name["id"], by_group["id"]]
 
 

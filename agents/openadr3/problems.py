@@ -4,7 +4,8 @@ VtnError                 base: HTTP status, title, detail (rendered as a problem
  ├── BadRequest          the request cannot be served as sent: invalid body or parameter, unknown programID (400)
  ├── Forbidden           no token, a wrong or expired one, or a role or owner that may not do this (403)
  ├── NotFound            no object of this id (404)
- └── Conflict            a name the document wants unique is taken: programName, venName, a VEN's resourceName (409)
+ └── Conflict            a name the document wants unique is taken (409): programName, venName,
+                         a resourceName within its VEN
 
 The token endpoint answers its own 400s in RFC 6749's ``authError`` shape, as the document says.
 """

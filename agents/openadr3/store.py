@@ -47,7 +47,9 @@ class ObjectStore:
     def replace(self, kind: str, object_id: str, body: dict[str, Any]) -> None:
         """Replace an object's body (owner and parent stay)."""
         with self._lock:
-            self._db.execute("UPDATE objects SET body = ? WHERE kind = ? AND id = ?", (json.dumps(body), kind, object_id))
+            self._db.execute(
+                "UPDATE objects SET body = ? WHERE kind = ? AND id = ?", (json.dumps(body), kind, object_id)
+            )
 
     def delete(self, kind: str, object_id: str) -> None:
         """Delete an object and its children (a VEN's resources)."""
