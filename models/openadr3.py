@@ -2,7 +2,8 @@
 
 Field names are the document's own (camelCase, ``URL``, ``client_id``), so a model dumps to the wire as it is.
 Strings, integers and booleans are strict (``"1"`` is not a number here); date-times must carry their offset
-(RFC 3339, as ``format: date-time`` says). ``id``, ``createdDateTime``, ``modificationDateTime`` and
+(RFC 3339, as ``format: date-time`` says); an optional field the document does not mark ``nullable`` may be
+left out but not sent as null. ``id``, ``createdDateTime``, ``modificationDateTime`` and
 ``objectType`` are the VTN's to set: whatever a client sends in them is replaced.
 """
 
@@ -12,7 +13,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 #: The document's ``objectID``: URL safe, 1 to 128 characters.
 OBJECT_ID_PATTERN = r"^[a-zA-Z0-9_-]*$"
@@ -22,6 +23,16 @@ DURATION_PATTERN = (
     r"^(-?)P(?=\d|T\d)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)([DW]))?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$"
 )
 Duration = Annotated[str, Field(strict=True, pattern=DURATION_PATTERN, examples=["PT1H"])]
+
+
+def _not_null(value: object) -> object:
+    if value is None:
+        raise ValueError("may be left out but not null (the document does not make it nullable)")
+    return value
+
+
+#: An optional field the document does not make ``nullable``: absent is fine, an explicit null is not.
+NotNull = BeforeValidator(_not_null)
 Name = Annotated[str, Field(strict=True, min_length=1, max_length=128)]
 Number = Annotated[float, Field(strict=True)]
 
@@ -61,22 +72,22 @@ class IntervalPeriod(_Wire):
     """Start, duration and randomization of an interval or a set of them."""
 
     start: AwareDatetime
-    duration: Duration | None = None
-    randomizeStart: Duration | None = None
+    duration: Annotated[Duration | None, NotNull] = None
+    randomizeStart: Annotated[Duration | None, NotNull] = None
 
 
 class Interval(_Wire):
     """A temporal window and its payloads; ``id`` is the client's number, not a sequence number."""
 
     id: Annotated[int, Field(strict=True, ge=-(2**31), lt=2**31)]
-    intervalPeriod: IntervalPeriod | None = None
+    intervalPeriod: Annotated[IntervalPeriod | None, NotNull] = None
     payloads: list[ValuesMap]
 
 
 class EventPayloadDescriptor(_Wire):
     """Context to interpret event payload values (units, currency)."""
 
-    objectType: Literal["EVENT_PAYLOAD_DESCRIPTOR"] | None = None
+    objectType: Annotated[Literal["EVENT_PAYLOAD_DESCRIPTOR"] | None, NotNull] = None
     payloadType: Name
     units: StrictStr | None = None
     currency: StrictStr | None = None
@@ -85,7 +96,7 @@ class EventPayloadDescriptor(_Wire):
 class ReportPayloadDescriptor(_Wire):
     """Context to interpret report payload values (reading type, units, accuracy, confidence)."""
 
-    objectType: Literal["REPORT_PAYLOAD_DESCRIPTOR"] | None = None
+    objectType: Annotated[Literal["REPORT_PAYLOAD_DESCRIPTOR"] | None, NotNull] = None
     payloadType: Name
     readingType: StrictStr | None = None
     units: StrictStr | None = None
@@ -117,15 +128,15 @@ class ProgramDescription(_Wire):
 class _VtnObject(_Wire):
     """What the VTN provisions on every top-level object."""
 
-    id: ObjectID | None = None
-    createdDateTime: datetime | None = None
-    modificationDateTime: datetime | None = None
+    id: Annotated[ObjectID | None, NotNull] = None
+    createdDateTime: Annotated[datetime | None, NotNull] = None
+    modificationDateTime: Annotated[datetime | None, NotNull] = None
 
 
 class Program(_VtnObject):
     """Program metadata from VTN to VEN."""
 
-    objectType: Literal["PROGRAM"] | None = None
+    objectType: Annotated[Literal["PROGRAM"] | None, NotNull] = None
     programName: Name
     programLongName: StrictStr | None = None
     retailerName: StrictStr | None = None
@@ -133,8 +144,8 @@ class Program(_VtnObject):
     programType: StrictStr | None = None
     country: StrictStr | None = None
     principalSubdivision: StrictStr | None = None
-    timeZoneOffset: Duration | None = None
-    intervalPeriod: IntervalPeriod | None = None
+    timeZoneOffset: Annotated[Duration | None, NotNull] = None
+    intervalPeriod: Annotated[IntervalPeriod | None, NotNull] = None
     programDescriptions: list[ProgramDescription] | None = None
     bindingEvents: StrictBool | None = None
     localPrice: StrictBool | None = None
@@ -145,14 +156,14 @@ class Program(_VtnObject):
 class Event(_VtnObject):
     """A Demand Response request to VENs; ``intervalPeriod``, if present, is the intervals' default."""
 
-    objectType: Literal["EVENT"] | None = None
+    objectType: Annotated[Literal["EVENT"] | None, NotNull] = None
     programID: ObjectID
     eventName: StrictStr | None = None
     priority: Annotated[int, Field(strict=True, ge=0)] | None = None
     targets: list[ValuesMap] | None = None
     reportDescriptors: list[ReportDescriptor] | None = None
     payloadDescriptors: list[EventPayloadDescriptor] | None = None
-    intervalPeriod: IntervalPeriod | None = None
+    intervalPeriod: Annotated[IntervalPeriod | None, NotNull] = None
     intervals: list[Interval]
 
 
@@ -160,14 +171,14 @@ class ReportResource(_Wire):
     """Report data of one resource (``AGGREGATED_REPORT``: of more than one)."""
 
     resourceName: Name
-    intervalPeriod: IntervalPeriod | None = None
+    intervalPeriod: Annotated[IntervalPeriod | None, NotNull] = None
     intervals: list[Interval]
 
 
 class Report(_VtnObject):
     """A VEN's report on an event."""
 
-    objectType: Literal["REPORT"] | None = None
+    objectType: Annotated[Literal["REPORT"] | None, NotNull] = None
     programID: ObjectID
     eventID: ObjectID
     clientName: Name
@@ -188,7 +199,7 @@ class ObjectOperation(_Wire):
 class Subscription(_VtnObject):
     """A client's request to be notified of operations on objects."""
 
-    objectType: Literal["SUBSCRIPTION"] | None = None
+    objectType: Annotated[Literal["SUBSCRIPTION"] | None, NotNull] = None
     clientName: Name
     programID: ObjectID
     objectOperations: list[ObjectOperation]
@@ -198,9 +209,9 @@ class Subscription(_VtnObject):
 class Resource(_VtnObject):
     """An energy device or system controlled by a VEN; ``venID`` is set by the VTN from the path."""
 
-    objectType: Literal["RESOURCE"] | None = None
+    objectType: Annotated[Literal["RESOURCE"] | None, NotNull] = None
     resourceName: Name
-    venID: ObjectID | None = None
+    venID: Annotated[ObjectID | None, NotNull] = None
     attributes: list[ValuesMap] | None = None
     targets: list[ValuesMap] | None = None
 
@@ -208,7 +219,7 @@ class Resource(_VtnObject):
 class Ven(_VtnObject):
     """A client with the ven role; ``resources`` are answered from ``/vens/{venID}/resources``."""
 
-    objectType: Literal["VEN"] | None = None
+    objectType: Annotated[Literal["VEN"] | None, NotNull] = None
     venName: Name
     attributes: list[ValuesMap] | None = None
     targets: list[ValuesMap] | None = None

@@ -397,3 +397,13 @@ def test_served_openapi_declares_the_official_status_codes(vtn):
             if method == "parameters":
                 continue
             assert set(served[path][method]["responses"]) == set(operation["responses"]), (method, path)
+
+
+def test_null_is_refused_where_the_document_does_not_allow_it(vtn):
+    """Schemathesis found ``"duration": null`` accepted; the document makes only some fields nullable."""
+    period = {"start": "2025-06-01T00:00:00Z", "duration": None}
+    response = vtn.client.post(f"{BASE_PATH}/programs", json={**PROGRAM, "intervalPeriod": period},
+                               headers=vtn.as_("bl_client"))
+    assert "duration" in assert_problem(response, 400)["detail"]
+    nullable = vtn.post("/programs", {**PROGRAM, "programType": None, "country": None}, "bl_client")
+    assert "programType" not in nullable
