@@ -11,7 +11,9 @@ from agents.device.battery import BatteryAgent
 
 def create_app(settings: BatterySettings, *, register: bool = True) -> FastAPI:
     """Build a battery agent's app, or with ``--scenario`` one hosting this process's share of its storage systems."""
-    return create_device_app(settings, BatteryAgent, lambda scenario: scenario.batteries, settings_for_battery, "battery", register=register)
+    return create_device_app(
+        settings, BatteryAgent, lambda scenario: scenario.batteries, settings_for_battery, "battery", register=register
+    )
 
 
 def settings_for_battery(settings: BatterySettings, entry) -> BatterySettings:

@@ -43,7 +43,6 @@ from models.schemas import (
     RunStart,
 )
 
-
 GRID_ENDPOINTS = [
     "GET /",
     "GET /health",

@@ -11,7 +11,9 @@ from agents.device.home import HomeAgent
 
 def create_app(settings: HomeSettings, *, register: bool = True) -> FastAPI:
     """Build a home agent's app, or with ``--scenario`` one hosting this process's share of its homes."""
-    return create_device_app(settings, HomeAgent, lambda scenario: scenario.homes, settings_for_home, "home", register=register)
+    return create_device_app(
+        settings, HomeAgent, lambda scenario: scenario.homes, settings_for_home, "home", register=register
+    )
 
 
 def settings_for_home(settings: HomeSettings, home) -> HomeSettings:

@@ -44,10 +44,35 @@ def seed_agents(extra_grid: list[str] | None = None, extra_devices: list[str] | 
     grid = f"http://127.0.0.1:{base}"
     commands = [
         [sys.executable, str(ROOT / "grid_agent_server.py"), "--port", str(base), *common, *(extra_grid or [])],
-        [sys.executable, str(ROOT / "home_agent_server.py"), "--port", str(base + 1), "--grid-url", grid, "--fresh", *common, *(extra_devices or [])],
-        [sys.executable, str(ROOT / "battery_agent_server.py"), "--port", str(base + 2), "--grid-url", grid, "--fresh", *common, *(extra_devices or [])],
+        [
+            sys.executable,
+            str(ROOT / "home_agent_server.py"),
+            "--port",
+            str(base + 1),
+            "--grid-url",
+            grid,
+            "--fresh",
+            *common,
+            *(extra_devices or []),
+        ],
+        [
+            sys.executable,
+            str(ROOT / "battery_agent_server.py"),
+            "--port",
+            str(base + 2),
+            "--grid-url",
+            grid,
+            "--fresh",
+            *common,
+            *(extra_devices or []),
+        ],
     ]
-    processes = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env={**os.environ, "AGENT_TOKEN": ""}) for c in commands]
+    processes = [
+        subprocess.Popen(
+            c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env={**os.environ, "AGENT_TOKEN": ""}
+        )
+        for c in commands
+    ]
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

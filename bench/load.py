@@ -72,13 +72,29 @@ def free_port() -> int:
 
 def start_agent(work: Path, port: int, start: str) -> subprocess.Popen:
     command = [
-        sys.executable, str(ROOT / "home_agent_server.py"), "--port", str(port), "--fresh", "--start", start,
-        "--log-dir", str(work / "logs"), "--state-dir", str(work / "state"), "--log-level", "warning",
-        "--grid-url", f"http://{HOST}:{free_port()}", "--heartbeat-s", "60",  # no grid agent: it stays on its own
+        sys.executable,
+        str(ROOT / "home_agent_server.py"),
+        "--port",
+        str(port),
+        "--fresh",
+        "--start",
+        start,
+        "--log-dir",
+        str(work / "logs"),
+        "--state-dir",
+        str(work / "state"),
+        "--log-level",
+        "warning",
+        "--grid-url",
+        f"http://{HOST}:{free_port()}",
+        "--heartbeat-s",
+        "60",  # no grid agent: it stays on its own
     ]
     env = {k: v for k, v in os.environ.items() if k != "AGENT_TOKEN" and not k.startswith(("EMS_", "OPENAI_"))}
     output = (work / "agent.out").open("w")
-    return subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env
+    )
 
 
 def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
@@ -95,7 +111,9 @@ def wait_healthy(url: str, process: subprocess.Popen, timeout_s: float = 60.0) -
     raise SystemExit(f"the home agent did not answer /health within {timeout_s:g} s")
 
 
-async def client_loop(index: int, url: str, deadline: float, args: argparse.Namespace, tallies: dict[str, Tally], ledger: Ledger) -> None:
+async def client_loop(
+    index: int, url: str, deadline: float, args: argparse.Namespace, tallies: dict[str, Tally], ledger: Ledger
+) -> None:
     rng = random.Random(args.seed * 1000 + index)
     sent: list[dict[str, Any]] = []
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
@@ -190,22 +208,36 @@ def check(work: Path, ledger: Ledger) -> list[str]:
         problems.append(f"{len(ids) - len(set(ids))} command ids recorded more than once")
     recorded = dict(rows)
     if set(recorded) != set(ledger.answers):
-        problems.append(f"{len(set(ledger.answers) - set(recorded))} answered commands not recorded, {len(set(recorded) - set(ledger.answers))} recorded but never answered")
+        problems.append(
+            f"{len(set(ledger.answers) - set(recorded))} answered commands not recorded, {len(set(recorded) - set(ledger.answers))} recorded but never answered"
+        )
     for command_id, answer in ledger.answers.items():
         result = recorded.get(command_id, {}).get("result", {})
         if (result.get("status"), result.get("applied_kw")) != (answer["status"], answer["applied_kw"]):
-            problems.append(f"{command_id}: recorded {result.get('status')} {result.get('applied_kw')}, answered {answer['status']} {answer['applied_kw']}")
+            problems.append(
+                f"{command_id}: recorded {result.get('status')} {result.get('applied_kw')}, answered {answer['status']} {answer['applied_kw']}"
+            )
             break
     log = pd.read_csv(work / "logs" / f"{AGENT_ID}_log.csv")
     if log["step"].tolist() != list(range(1, len(log) + 1)):
         problems.append(f"the step log's steps are not 1..{len(log)} once each")
     applied = sum(1 for a in ledger.answers.values() if a["status"] in ("applied", "partial") and a["applied_kw"] > 0)
     if int(log["commands"].sum()) != applied:
-        problems.append(f"the step log counts {int(log['commands'].sum())} applied commands, the clients were told {applied}")
+        problems.append(
+            f"the step log counts {int(log['commands'].sum())} applied commands, the clients were told {applied}"
+        )
     return problems
 
 
-def report(console: Console, args: argparse.Namespace, tallies: dict[str, Tally], ledger: Ledger, elapsed_s: float, problems: list[str], log_rows: int) -> None:
+def report(
+    console: Console,
+    args: argparse.Namespace,
+    tallies: dict[str, Tally],
+    ledger: Ledger,
+    elapsed_s: float,
+    problems: list[str],
+    log_rows: int,
+) -> None:
     table = Table(title=f"home agent under load: {args.clients} clients, {elapsed_s:.1f} s, loopback")
     for column in ("endpoint", "requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms", "errors"):
         table.add_column(column, justify="left" if column == "endpoint" else "right", no_wrap=True)
@@ -215,8 +247,14 @@ def report(console: Console, args: argparse.Namespace, tallies: dict[str, Tally]
         latencies = np.array(tally.latencies_ms) if tally.latencies_ms else np.array([np.nan])
         p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
         table.add_row(
-            name, f"{len(tally.latencies_ms):,}", f"{len(tally.latencies_ms) / elapsed_s:,.0f}",
-            f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}", f"{latencies.max():.1f}", str(sum(tally.errors.values())),
+            name,
+            f"{len(tally.latencies_ms):,}",
+            f"{len(tally.latencies_ms) / elapsed_s:,.0f}",
+            f"{p50:.1f}",
+            f"{p95:.1f}",
+            f"{p99:.1f}",
+            f"{latencies.max():.1f}",
+            str(sum(tally.errors.values())),
         )
     console.print(table)
     answers = Table(title="/curtail answers and what the agent recorded")
@@ -239,11 +277,22 @@ def report(console: Console, args: argparse.Namespace, tallies: dict[str, Tally]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clients", type=int, default=16, help="concurrent clients, one httpx.AsyncClient each (default 16)")
+    parser.add_argument(
+        "--clients", type=int, default=16, help="concurrent clients, one httpx.AsyncClient each (default 16)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0, help="how long to drive the agent (default 10)")
-    parser.add_argument("--status-share", type=float, default=0.5, help="share of requests that are GET /status (default 0.5)")
-    parser.add_argument("--duplicate-share", type=float, default=0.05, help="share of /curtail requests that repeat an earlier body (default 0.05)")
-    parser.add_argument("--step-every", type=float, default=1.0, help="seconds between POST /simulate; 0 = step once only (default 1)")
+    parser.add_argument(
+        "--status-share", type=float, default=0.5, help="share of requests that are GET /status (default 0.5)"
+    )
+    parser.add_argument(
+        "--duplicate-share",
+        type=float,
+        default=0.05,
+        help="share of /curtail requests that repeat an earlier body (default 0.05)",
+    )
+    parser.add_argument(
+        "--step-every", type=float, default=1.0, help="seconds between POST /simulate; 0 = step once only (default 1)"
+    )
     parser.add_argument("--start", default="2025-07-15T12:00", help="simulated start (default a summer noon)")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
@@ -279,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     report(console, args, tallies, ledger, elapsed_s, problems, log_rows)
     errors = sum(sum(t.errors.values()) for t in tallies.values())
     console.print(f"agent stopped cleanly in {stop_s:.2f} s; files in {work}")
-    return 1 if errors or problems or ledger.duplicate_mismatches or ledger.duplicates_answered != ledger.duplicates_sent else 0
+    return (
+        1
+        if errors or problems or ledger.duplicate_mismatches or ledger.duplicates_answered != ledger.duplicates_sent
+        else 0
+    )
 
 
 if __name__ == "__main__":

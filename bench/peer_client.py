@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _agents import seed_agents  # noqa: E402
+from _agents import seed_agents
 
 
 async def with_httpx(urls: list[tuple[str, dict]], rounds: int) -> tuple[float, float]:
@@ -35,7 +35,9 @@ async def with_aiohttp(urls: list[tuple[str, dict]], rounds: int) -> tuple[float
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
 
         async def one(url: str, body: dict) -> bytes:
-            async with session.post(url, data=json.dumps(body), headers={"Content-Type": "application/json"}) as response:
+            async with session.post(
+                url, data=json.dumps(body), headers={"Content-Type": "application/json"}
+            ) as response:
                 return await response.read()
 
         wall, cpu = time.perf_counter(), time.process_time()
@@ -52,12 +54,17 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {"httpx": [], "aiohttp": []}
     with seed_agents() as (grid, _, _):
         base = int(grid.rsplit(":", 1)[1])
-        urls = [(f"http://127.0.0.1:{base + 1}/batch/simulate", {"agent_ids": ["home_1"]}), (f"http://127.0.0.1:{base + 2}/batch/simulate", {"agent_ids": ["battery_agent_1"]})]
+        urls = [
+            (f"http://127.0.0.1:{base + 1}/batch/simulate", {"agent_ids": ["home_1"]}),
+            (f"http://127.0.0.1:{base + 2}/batch/simulate", {"agent_ids": ["battery_agent_1"]}),
+        ]
         for _ in range(args.repeats):
             for name, run in (("httpx", with_httpx), ("aiohttp", with_aiohttp)):
                 asyncio.run(run(urls, 50))  # warm up the connections
                 results[name].append(asyncio.run(run(urls, args.rounds)))
-    table = Table(title=f"Two concurrent /batch/simulate calls, {args.rounds} rounds x {args.repeats} repeats (medians)")
+    table = Table(
+        title=f"Two concurrent /batch/simulate calls, {args.rounds} rounds x {args.repeats} repeats (medians)"
+    )
     for column in ("client", "wall ms per round", "client CPU ms per round", "CPU ratio to aiohttp"):
         table.add_column(column, justify="right")
     cpu_aiohttp = statistics.median(c for _, c in results["aiohttp"])

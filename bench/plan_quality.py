@@ -98,7 +98,9 @@ class Feeder:
         }
         agents: list[HomeAgent | BatteryAgent] = [
             HomeAgent(
-                HomeSettings(agent_id=f"home_{i + 1}", pv_kwp=self.pv_kwp(i), annual_load_kwh=self.annual_load_kwh(i), **common)
+                HomeSettings(
+                    agent_id=f"home_{i + 1}", pv_kwp=self.pv_kwp(i), annual_load_kwh=self.annual_load_kwh(i), **common
+                )
             )
             for i in range(self.homes)
         ]
@@ -120,7 +122,9 @@ class Result:
     run_s: float = 0.0
     plan_s: float = 0.0
     cost: float | None = None  # the objective both programs weigh with (same weights as every planner)
-    violations_before: int = 0  # steps whose loading was outside limits before any command (the bound: with no coordination)
+    violations_before: int = (
+        0  # steps whose loading was outside limits before any command (the bound: with no coordination)
+    )
     loose_lost_kwh: float | None = None  # the bound's relaxation that lets a battery charge and discharge at once
     alone_outside_kwh: float | None = None  # the bound's view of the feeder with no coordination
     loose_losses_kwh: float | None = None
@@ -188,7 +192,9 @@ def make_ai_planner() -> tuple[PlanFunction, Callable[[], str]] | None:
         return None
     from agents.planners.ai import AiPlanner
 
-    logging.getLogger("agents.planners.ai").setLevel(logging.ERROR)  # its fallbacks are counted below, not logged per step
+    logging.getLogger("agents.planners.ai").setLevel(
+        logging.ERROR
+    )  # its fallbacks are counted below, not logged per step
     ai = AiPlanner(ScriptedChat(), model="scripted-stand-in", timeout_s=5.0)
     loop = asyncio.new_event_loop()
 
@@ -214,7 +220,9 @@ def make_planner(name: str, mpc_options: dict[str, Any]) -> tuple[PlanFunction, 
         mpc = MpcPlanner(**mpc_options)
         settings = ", ".join(f"{k}={v}" for k, v in mpc_options.items())
         return mpc, (
-            lambda: f"{settings}; linear program solved in {mpc.solves:,} cycles, skipped in the others (nothing at stake)"
+            lambda: (
+                f"{settings}; linear program solved in {mpc.solves:,} cycles, skipped in the others (nothing at stake)"
+            )
         )
     if name == "ai":
         return make_ai_planner()
@@ -222,7 +230,9 @@ def make_planner(name: str, mpc_options: dict[str, Any]) -> tuple[PlanFunction, 
 
 
 # -- replay --------------------------------------------------------------------------------------
-def replay(name: str, feeder: Feeder, steps: int, log_dir: Path, state_dir: Path, mpc_options: dict[str, Any]) -> Result:
+def replay(
+    name: str, feeder: Feeder, steps: int, log_dir: Path, state_dir: Path, mpc_options: dict[str, Any]
+) -> Result:
     """Run the grid agent's loop over ``steps`` steps with one planner; the agents run in process."""
     made = make_planner(name, mpc_options)
     if made is None:
@@ -288,7 +298,10 @@ def bound(feeder: Feeder, steps: int) -> Result:
     first = home_data.index_of(datetime.fromisoformat(feeder.start)) if feeder.start else 0
     rows = (first + np.arange(steps)) % len(home_data)
     hours = energy_kwh(1.0, STEP_S)
-    solar = np.array([feeder.pv_kwp(i) / DATA_PV_KWP for i in range(feeder.homes)])[:, None] * home_data.columns["solar_kw"][rows]
+    solar = (
+        np.array([feeder.pv_kwp(i) / DATA_PV_KWP for i in range(feeder.homes)])[:, None]
+        * home_data.columns["solar_kw"][rows]
+    )
     demand = (
         np.array([feeder.annual_load_kwh(i) / DATA_ANNUAL_LOAD_KWH for i in range(feeder.homes)])[:, None]
         * home_data.columns["load_kw"][rows]
@@ -311,7 +324,9 @@ def bound(feeder: Feeder, steps: int) -> Result:
         limit = spec.max_charge_kw
         s = step_battery(
             soc,
-            price_setpoint_kw(price[t], storage.charge_below_price_per_kwh, storage.discharge_above_price_per_kwh, limit),
+            price_setpoint_kw(
+                price[t], storage.charge_below_price_per_kwh, storage.discharge_above_price_per_kwh, limit
+            ),
             STEP_S,
             spec,
         )
@@ -379,7 +394,9 @@ def bound(feeder: Feeder, steps: int) -> Result:
 
 def _losses_kwh(solution, hours: float) -> float:
     """Energy charged minus discharged minus what stayed stored, over every battery of a solution."""
-    return float(solution.battery_power_kw.sum() * hours - (solution.energy_kwh[:, -1] - solution.energy_kwh[:, 0]).sum())
+    return float(
+        solution.battery_power_kw.sum() * hours - (solution.energy_kwh[:, -1] - solution.energy_kwh[:, 0]).sum()
+    )
 
 
 # -- the table -----------------------------------------------------------------------------------
@@ -461,8 +478,12 @@ def print_table(results: list[Result], feeder: Feeder, steps: int, wall_s: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--steps", type=int, default=STEPS_PER_YEAR, help="steps to replay (15 min each; default one year)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=STEPS_PER_YEAR, help="steps to replay (15 min each; default one year)"
+    )
     parser.add_argument(
         "--planners",
         default="rule,optimal,mpc,ai",
@@ -474,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--homes", type=int, default=Feeder.homes, help="homes on the transformer")
     parser.add_argument("--rating-kw", type=float, default=Feeder.rating_kw, help="transformer rating")
-    parser.add_argument("--reverse-limit-kw", type=float, default=Feeder.reverse_limit_kw, help="transformer reverse-flow limit")
+    parser.add_argument(
+        "--reverse-limit-kw", type=float, default=Feeder.reverse_limit_kw, help="transformer reverse-flow limit"
+    )
     parser.add_argument("--horizon-steps", type=int, default=96, help="mpc horizon (steps)")
     parser.add_argument(
         "--mpc-option",
@@ -485,10 +508,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=2, help="planners replayed at once, one process each")
     parser.add_argument(
-        "--log-dir", type=Path, default=None, help="agents' CSV logs go under here (default: a temporary folder, removed)"
+        "--log-dir",
+        type=Path,
+        default=None,
+        help="agents' CSV logs go under here (default: a temporary folder, removed)",
     )
     parser.add_argument(
-        "--state-dir", type=Path, default=None, help="agents' SQLite state goes under here (default: the same temporary folder)"
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="agents' SQLite state goes under here (default: the same temporary folder)",
     )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.planners.split(",") if n.strip()]
@@ -506,7 +535,9 @@ def main(argv: list[str] | None = None) -> int:
         MpcPlanner(**mpc_options)
     except (TypeError, ValueError) as exc:
         parser.error(f"--mpc-option: {exc}")
-    feeder = Feeder(homes=args.homes, rating_kw=args.rating_kw, reverse_limit_kw=args.reverse_limit_kw, start=args.start)
+    feeder = Feeder(
+        homes=args.homes, rating_kw=args.rating_kw, reverse_limit_kw=args.reverse_limit_kw, start=args.start
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="plan_quality_") as tmp:
         log_root = args.log_dir or Path(tmp)

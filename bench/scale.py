@@ -23,9 +23,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _agents import free_port_block  # noqa: E402
+from _agents import free_port_block
 
-from agents.coordinator import Coordinator, CoordinatorSettings  # noqa: E402
+from agents.coordinator import Coordinator, CoordinatorSettings
 
 CLOCK_TICKS = __import__("os").sysconf("SC_CLK_TCK")
 
@@ -53,8 +53,17 @@ def run_size(homes: int, cycles: int, planner: str, start: str | None) -> dict:
     work = Path(tempfile.mkdtemp(prefix=f"ems-scale-{homes}-"))
     n_ports = 3 + homes // 250 + 2
     settings = CoordinatorSettings(
-        homes=homes, cycles=0, interval=0, exit=True, base_port=free_port_block(n_ports), planner=planner,
-        log_dir=work / "logs", state_dir=work / "state", log_level="warning", startup_timeout_s=120, start=start,
+        homes=homes,
+        cycles=0,
+        interval=0,
+        exit=True,
+        base_port=free_port_block(n_ports),
+        planner=planner,
+        log_dir=work / "logs",
+        state_dir=work / "state",
+        log_level="warning",
+        startup_timeout_s=120,
+        start=start,
     )
     coordinator = Coordinator(settings, console=Console(quiet=True))
     try:
@@ -95,7 +104,9 @@ def main() -> None:
     parser.add_argument("--homes", type=int, nargs="+", default=[1, 10, 100, 1000])
     parser.add_argument("--cycles", type=int, default=96)
     parser.add_argument("--planner", default="optimal")
-    parser.add_argument("--start", default="2025-07-15T11:00", help="Simulated start (default a sunny midday: reverse flow to fix)")
+    parser.add_argument(
+        "--start", default="2025-07-15T11:00", help="Simulated start (default a sunny midday: reverse flow to fix)"
+    )
     args = parser.parse_args()
     rows = []
     for homes in args.homes:
@@ -103,11 +114,18 @@ def main() -> None:
         print(f"done: {homes} homes", file=sys.stderr)
     table = Table(title=f"{args.cycles} cycles at --interval 0, planner {args.planner}, from {args.start}")
     columns = [
-        ("homes", "homes", "{}"), ("processes", "processes", "{}"), ("agents stepped", "agents", "{}"),
-        ("cycle median ms", "median_ms", "{:.1f}"), ("cycle p95 ms", "p95_ms", "{:.1f}"),
-        ("step ms", "step_ms", "{:.1f}"), ("plan ms", "plan_ms", "{:.2f}"), ("act ms", "act_ms", "{:.1f}"),
-        ("commands/cycle", "commands", "{:.1f}"), ("RSS all MB", "rss_mb", "{:.0f}"),
-        ("CPU ms/home-cycle", "cpu_ms_per_home_cycle", "{:.3f}"), ("unreachable", "unreachable", "{}"),
+        ("homes", "homes", "{}"),
+        ("processes", "processes", "{}"),
+        ("agents stepped", "agents", "{}"),
+        ("cycle median ms", "median_ms", "{:.1f}"),
+        ("cycle p95 ms", "p95_ms", "{:.1f}"),
+        ("step ms", "step_ms", "{:.1f}"),
+        ("plan ms", "plan_ms", "{:.2f}"),
+        ("act ms", "act_ms", "{:.1f}"),
+        ("commands/cycle", "commands", "{:.1f}"),
+        ("RSS all MB", "rss_mb", "{:.0f}"),
+        ("CPU ms/home-cycle", "cpu_ms_per_home_cycle", "{:.3f}"),
+        ("unreachable", "unreachable", "{}"),
     ]
     for title, _, _ in columns:
         table.add_column(title, justify="right")

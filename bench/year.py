@@ -20,10 +20,10 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _agents import free_port_block  # noqa: E402
-from scale import cpu_s, rss_mb  # noqa: E402
+from _agents import free_port_block
+from scale import cpu_s, rss_mb
 
-from agents.coordinator import Coordinator, CoordinatorSettings  # noqa: E402
+from agents.coordinator import Coordinator, CoordinatorSettings
 
 
 def main() -> None:
@@ -33,8 +33,14 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ems-year-"))
     settings = CoordinatorSettings(
-        cycles=args.cycles, interval=0, exit=True, base_port=free_port_block(3), planner=args.planner,
-        log_dir=work / "logs", state_dir=work / "state", log_level="warning",
+        cycles=args.cycles,
+        interval=0,
+        exit=True,
+        base_port=free_port_block(3),
+        planner=args.planner,
+        log_dir=work / "logs",
+        state_dir=work / "state",
+        log_level="warning",
     )
     coordinator = Coordinator(settings, console=Console(quiet=True))
     try:
@@ -58,7 +64,7 @@ def main() -> None:
     table.add_row("cycles per second", f"{len(cycles) / (done - up):.0f}")
     table.add_row("simulated", f"{cycles[0]['timestamp']} to {cycles[-1]['timestamp']}")
     table.add_row("median cycle in the grid agent (ms)", f"{statistics.median(c['duration_ms'] for c in cycles):.2f}")
-    table.add_row("cycles with commands", str(sum(bool(c['actions']) for c in cycles)))
+    table.add_row("cycles with commands", str(sum(bool(c["actions"]) for c in cycles)))
     table.add_row("agents unreachable (agent-cycles)", str(sum(len(c["unreachable"]) for c in cycles)))
     for name in pids:
         table.add_row(f"CPU s, {name}", f"{cpu[name]:.1f}")

@@ -29,9 +29,7 @@ INV_AC_W = 5500.0
 INV_ETA_NOM = 0.96
 ALBEDO = 0.2  # the TMY3 albedo column is empty (all 0) for this station
 TRANSPOSITION_MODEL = "perez"
-CELL_TEMP_PARAMS = pvlib.temperature.TEMPERATURE_MODEL_PARAMETERS["sapm"][
-    "close_mount_glass_glass"
-]
+CELL_TEMP_PARAMS = pvlib.temperature.TEMPERATURE_MODEL_PARAMETERS["sapm"]["close_mount_glass_glass"]
 
 ANNUAL_LOAD_KWH = 4500.0
 
@@ -87,18 +85,18 @@ def tmy_to_year(tmy: pd.DataFrame, year: int = YEAR) -> pd.DataFrame:
     """
     date = pd.to_datetime(tmy["Date (MM/DD/YYYY)"], format="%m/%d/%Y")
     hour_ending = tmy["Time (HH:MM)"].str.slice(0, 2).astype(int)
-    centre = pd.to_datetime(
-        pd.DataFrame({"year": year, "month": date.dt.month, "day": date.dt.day})
-    ) + pd.to_timedelta(hour_ending - 1, unit="h") + pd.Timedelta(minutes=30)
+    centre = (
+        pd.to_datetime(pd.DataFrame({"year": year, "month": date.dt.month, "day": date.dt.day}))
+        + pd.to_timedelta(hour_ending - 1, unit="h")
+        + pd.Timedelta(minutes=30)
+    )
     out = tmy.set_axis(pd.DatetimeIndex(centre)).sort_index()
     if not out.index.is_unique or len(out) != 8760:
         raise ValueError("TMY does not map onto 8760 distinct hours")
     return out
 
 
-def interpolate_periodic(
-    hourly: pd.DataFrame, times: pd.DatetimeIndex, year: int = YEAR
-) -> pd.DataFrame:
+def interpolate_periodic(hourly: pd.DataFrame, times: pd.DatetimeIndex, year: int = YEAR) -> pd.DataFrame:
     """Linearly interpolate hourly columns at `times`, wrapping Dec 31 -> Jan 1."""
     origin = pd.Timestamp(year, 1, 1)
     period = (pd.Timestamp(year + 1, 1, 1) - origin).total_seconds()
@@ -116,7 +114,10 @@ def load_weather(index: pd.DatetimeIndex) -> tuple[pd.DataFrame, pvlib.location.
     hourly = tmy_to_year(tmy)[["ghi", "dni", "dhi", "temp_air", "wind_speed"]]
     weather = interpolate_periodic(hourly, index + SAMPLE_OFFSET)
     site = pvlib.location.Location(  # tz=-5.0 -> fixed offset "Etc/GMT+5" (no DST)
-        meta["latitude"], meta["longitude"], tz=meta["TZ"], altitude=meta["altitude"],
+        meta["latitude"],
+        meta["longitude"],
+        tz=meta["TZ"],
+        altitude=meta["altitude"],
         name=meta["Name"].strip('"'),
     )
     return weather.set_axis(index), site
@@ -141,25 +142,27 @@ def pv_ac_kw(weather: pd.DataFrame, solpos: pd.DataFrame) -> pd.Series:
     dni_extra = pvlib.irradiance.get_extra_radiation(weather.index.dayofyear)
     airmass = pvlib.atmosphere.get_relative_airmass(solpos["apparent_zenith"])
     poa = pvlib.irradiance.get_total_irradiance(
-        PV_TILT_DEG, PV_AZIMUTH_DEG,
-        solpos["apparent_zenith"], solpos["azimuth"],
-        weather["dni"], weather["ghi"], weather["dhi"],
-        dni_extra=dni_extra, airmass=airmass, albedo=ALBEDO,
+        PV_TILT_DEG,
+        PV_AZIMUTH_DEG,
+        solpos["apparent_zenith"],
+        solpos["azimuth"],
+        weather["dni"],
+        weather["ghi"],
+        weather["dhi"],
+        dni_extra=dni_extra,
+        airmass=airmass,
+        albedo=ALBEDO,
         model=TRANSPOSITION_MODEL,
     )
     poa_global = poa["poa_global"].fillna(0.0).clip(lower=0.0)
-    temp_cell = pvlib.temperature.sapm_cell(
-        poa_global, weather["temp_air"], weather["wind_speed"], **CELL_TEMP_PARAMS
-    )
+    temp_cell = pvlib.temperature.sapm_cell(poa_global, weather["temp_air"], weather["wind_speed"], **CELL_TEMP_PARAMS)
     pdc = pvlib.pvsystem.pvwatts_dc(poa_global, temp_cell, PV_DC_W, PV_GAMMA_PDC)
     pac = pvlib.inverter.pvwatts(pdc, INV_AC_W / INV_ETA_NOM, eta_inv_nom=INV_ETA_NOM)
     pac = pd.Series(pac, index=weather.index).fillna(0.0).clip(lower=0.0)
     return (pac / 1000.0).rename("solar_kw")
 
 
-def household_load_kw(
-    index: pd.DatetimeIndex, annual_kwh: float = ANNUAL_LOAD_KWH
-) -> pd.Series:
+def household_load_kw(index: pd.DatetimeIndex, annual_kwh: float = ANNUAL_LOAD_KWH) -> pd.Series:
     """BDEW h0 demand in kW (demandlib gives kWh per quarter hour, hence x4)."""
     # ElecSlp calls warnings.simplefilter("error") globally; contain it.
     with warnings.catch_warnings():
@@ -249,7 +252,9 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--out-dir", type=Path, default=Path(__file__).resolve().parent,
+        "--out-dir",
+        type=Path,
+        default=Path(__file__).resolve().parent,
         help="output folder (default: the folder of this script)",
     )
     args = parser.parse_args(argv)
@@ -257,8 +262,7 @@ def main(argv: list[str] | None = None) -> None:
     home, battery = build_frames()
     write_text(args.out_dir / "historical_data.csv", format_csv(home, HOME_DECIMALS))
     write_text(args.out_dir / "battery_historical_data.csv", format_csv(battery, BATTERY_DECIMALS))
-    print(f"wrote {len(home)} rows each to historical_data.csv and "
-          f"battery_historical_data.csv in {args.out_dir}")
+    print(f"wrote {len(home)} rows each to historical_data.csv and battery_historical_data.csv in {args.out_dir}")
 
 
 if __name__ == "__main__":

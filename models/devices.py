@@ -33,8 +33,15 @@ class BatterySpec:
     soc_max_fraction: float = 0.95
 
     def __post_init__(self) -> None:
-        for name in ("capacity_kwh", "max_charge_kw", "max_discharge_kw", "charge_efficiency_fraction",
-                     "discharge_efficiency_fraction", "soc_min_fraction", "soc_max_fraction"):
+        for name in (
+            "capacity_kwh",
+            "max_charge_kw",
+            "max_discharge_kw",
+            "charge_efficiency_fraction",
+            "discharge_efficiency_fraction",
+            "soc_min_fraction",
+            "soc_max_fraction",
+        ):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"invalid battery parameter {name}={getattr(self, name)!r}")
         checks = {

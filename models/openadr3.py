@@ -239,7 +239,11 @@ class AuthError(_Wire):
     """An RFC 6749 error of ``/auth/token`` (400)."""
 
     error: Literal[
-        "invalid_request", "invalid_client", "invalid_grant", "invalid_scope", "unauthorized_client",
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "invalid_scope",
+        "unauthorized_client",
         "unsupported_grant_type",
     ]
     error_description: str | None = None

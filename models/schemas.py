@@ -49,7 +49,10 @@ def _no_numbers_for_time(value: object) -> object:
 SimulatedTime = Annotated[
     datetime,
     BeforeValidator(_no_numbers_for_time),
-    WithJsonSchema({"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$"}, mode="serialization"),
+    WithJsonSchema(
+        {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$"},
+        mode="serialization",
+    ),
 ]
 
 
@@ -200,7 +203,9 @@ class AgentStatus(BaseModel):
     price_per_kwh: Number | None = None
     temp_air_c: Number | None = None
     flexibility: Flexibility = Field(default_factory=Flexibility)
-    control: Literal["local", "grid"] = Field("local", description="grid while a command holds this step, else local policy")
+    control: Literal["local", "grid"] = Field(
+        "local", description="grid while a command holds this step, else local policy"
+    )
     control_reason: str | None = Field(None, description="Why the agent last went back to its local policy")
     active_commands: list[ActiveCommand] = Field(default_factory=list)
 
@@ -232,16 +237,28 @@ class CurtailCommand(BaseModel):
     # "not both" in the schema too, so that a client generated from it never sends what the validator refuses
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"not": {"required": ["duration_s", "valid_until"], "properties": {"duration_s": {"type": "number"}, "valid_until": {"type": "string"}}}},
+        json_schema_extra={
+            "not": {
+                "required": ["duration_s", "valid_until"],
+                "properties": {"duration_s": {"type": "number"}, "valid_until": {"type": "string"}},
+            }
+        },
     )
 
     command_id: str = Field(min_length=1, max_length=128, description="Client-chosen id; a repeat is not re-applied")
     action: CurtailAction
     power_kw: StrictNonNegativeKw
     duration_s: Number | None = Field(
-        None, gt=0, le=MAX_COMMAND_DURATION_S, allow_inf_nan=False, strict=True, description="How long it holds, in simulated seconds (at most 366 days); default: this step only"
+        None,
+        gt=0,
+        le=MAX_COMMAND_DURATION_S,
+        allow_inf_nan=False,
+        strict=True,
+        description="How long it holds, in simulated seconds (at most 366 days); default: this step only",
     )
-    valid_until: SimulatedTime | None = Field(None, description="Simulated time it ends (instead of duration_s); an expired command is rejected")
+    valid_until: SimulatedTime | None = Field(
+        None, description="Simulated time it ends (instead of duration_s); an expired command is rejected"
+    )
 
     @model_validator(mode="after")
     def _one_end(self) -> CurtailCommand:
@@ -278,7 +295,10 @@ class AgentReport(BaseModel):
 
     url: str = Field(min_length=1, max_length=512, pattern=r"^https?://", description="Base URL the grid agent calls")
     batch_url: str | None = Field(
-        None, max_length=512, pattern=r"^https?://", description="Base URL of the process hosting the agent, if it serves /batch/simulate and /batch/curtail"
+        None,
+        max_length=512,
+        pattern=r"^https?://",
+        description="Base URL of the process hosting the agent, if it serves /batch/simulate and /batch/curtail",
     )
     status: AgentStatus
 
@@ -379,7 +399,9 @@ class TransformerReport(BaseModel):
     state_after: TransformerState
     unfixed_kw: float = Field(description="How far the loading is still outside its limits after acting")
     agents_reporting: int = Field(0, description="Agents whose net power this loading sums")
-    agents_unreachable: int = Field(0, description="Registered agents on this transformer that did not answer (not in the loading)")
+    agents_unreachable: int = Field(
+        0, description="Registered agents on this transformer that did not answer (not in the loading)"
+    )
     loading_percent_before: float | None = Field(
         None, description="AC loading against the rated apparent power, by the power flow before planning (network)"
     )
@@ -502,9 +524,7 @@ class CoordinateBatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cycles: Count = Field(
-        ge=1, le=BATCH_CYCLES_MAX, description=f"At most {BATCH_CYCLES_MAX}; longer runs: POST /runs"
-    )
+    cycles: Count = Field(ge=1, le=BATCH_CYCLES_MAX, description=f"At most {BATCH_CYCLES_MAX}; longer runs: POST /runs")
 
 
 class CoordinationBatch(BaseModel):

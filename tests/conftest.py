@@ -16,10 +16,10 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from agents import battery, grid, home
+from agents.common.settings import BatterySettings, GridSettings, HomeSettings
 from agents.device.agent import DeviceAgent
 from agents.device.battery import BatteryAgent
 from agents.device.home import HomeAgent
-from agents.common.settings import BatterySettings, GridSettings, HomeSettings
 from models.schemas import AgentReport
 
 HOME_ID = "home_1"
@@ -192,7 +192,10 @@ def bearer(token: str | None) -> dict[str, str]:
 @asynccontextmanager
 async def running(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Run an app's lifespan (start-up, then shutdown on exit) and give a client to it."""
-    async with LifespanManager(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client,
+    ):
         yield client
 
 
@@ -247,7 +250,9 @@ class Feeder:
         """POST the device's current status to the grid agent, as its heartbeat does."""
         status = (await self.devices[agent_id].get("/status")).json()
         report = AgentReport.model_validate({"url": url or f"http://{agent_id}", "status": status})
-        return await self.client.post(f"/agents/{agent_id}/status", json=report.model_dump(mode="json"), headers=self.headers)
+        return await self.client.post(
+            f"/agents/{agent_id}/status", json=report.model_dump(mode="json"), headers=self.headers
+        )
 
     async def coordinate(self) -> dict[str, Any]:
         """Run one cycle and return its result, which must be 200."""
@@ -282,17 +287,32 @@ async def make_feeder(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[F
             starts = {"start": start} if start else {}
             home_app = _home_app(make_home_settings(tmp_path, **starts, **(home or {})))
             battery_app = _battery_app(make_battery_settings(tmp_path, **starts, **(battery or {})))
-            router = HostRouter({HOME_ID: httpx.ASGITransport(app=home_app), BATTERY_ID: httpx.ASGITransport(app=battery_app)})
+            router = HostRouter(
+                {HOME_ID: httpx.ASGITransport(app=home_app), BATTERY_ID: httpx.ASGITransport(app=battery_app)}
+            )
             grid_settings = make_grid_settings(tmp_path, **(grid or {}))
             grid_app = _grid_app(grid_settings, router)
             for app in (home_app, battery_app, grid_app):
                 await stack.enter_async_context(LifespanManager(app))
             devices = {
-                agent_id: await stack.enter_async_context(httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{agent_id}"))
+                agent_id: await stack.enter_async_context(
+                    httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=f"http://{agent_id}")
+                )
                 for agent_id, app in ((HOME_ID, home_app), (BATTERY_ID, battery_app))
             }
-            client = await stack.enter_async_context(httpx.AsyncClient(transport=httpx.ASGITransport(app=grid_app), base_url="http://grid"))
-            feeder = Feeder(grid_app, home_app, battery_app, client, devices, router, grid_settings.log_dir, bearer(os.environ.get("AGENT_TOKEN")))
+            client = await stack.enter_async_context(
+                httpx.AsyncClient(transport=httpx.ASGITransport(app=grid_app), base_url="http://grid")
+            )
+            feeder = Feeder(
+                grid_app,
+                home_app,
+                battery_app,
+                client,
+                devices,
+                router,
+                grid_settings.log_dir,
+                bearer(os.environ.get("AGENT_TOKEN")),
+            )
             if register:
                 for agent_id in (HOME_ID, BATTERY_ID):
                     response = await feeder.register(agent_id)

@@ -39,7 +39,9 @@ async def stepped(serve_app, make_app, start: str, **overrides) -> httpx.AsyncCl
     return c
 
 
-async def curtail(client: httpx.AsyncClient, action: str, power_kw: float, command_id: str | None = None, **kwargs) -> httpx.Response:
+async def curtail(
+    client: httpx.AsyncClient, action: str, power_kw: float, command_id: str | None = None, **kwargs
+) -> httpx.Response:
     body = {"command_id": command_id or f"{action}-{power_kw}", "action": action, "power_kw": power_kw}
     return await client.post("/curtail", json=body, **kwargs)
 
@@ -57,7 +59,11 @@ async def test_status_reports_what_a_planner_needs_of_the_battery(serve_app, mak
 
 
 # -- /simulate and the local policy --------------------------------------------------------------
-@pytest.mark.parametrize(("start", "power_kw"), [(BATTERY_CHEAP_START, 25.0), (BATTERY_IDLE_START, 0.0), (BATTERY_DEAR_START, -25.0)], ids=["cheap", "middling", "dear"])
+@pytest.mark.parametrize(
+    ("start", "power_kw"),
+    [(BATTERY_CHEAP_START, 25.0), (BATTERY_IDLE_START, 0.0), (BATTERY_DEAR_START, -25.0)],
+    ids=["cheap", "middling", "dear"],
+)
 async def test_price_policy_sets_the_power(serve_app, make_app, start, power_kw):
     c = await stepped(serve_app, make_app, start)
     body = (await c.get("/status")).json()
@@ -118,5 +124,3 @@ async def test_charge_into_a_nearly_full_battery_is_partial_by_energy(serve_app,
 def test_home_data_file_is_not_battery_data(tmp_path, home_csv):
     with pytest.raises(StartupError, match="price_per_kwh"):
         create_app(make_battery_settings(tmp_path, data_file=home_csv), register=False)
-
-

@@ -113,7 +113,11 @@ def test_make_lab_refuses_clashing_names(tmp_path, capsys, args, message):
 def test_certs_runs_as_a_module(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "agents.common.certs", "--out", str(tmp_path), "--hosts", "localhost,127.0.0.1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "localhost.pem").exists() and (tmp_path / "localhost-key.pem").exists()

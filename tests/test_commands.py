@@ -58,7 +58,12 @@ async def test_command_without_duration_holds_for_this_step_only(home):
 async def test_expired_command_is_rejected_with_the_reason(home):
     c = await home()
     before = (await c.get("/status")).json()
-    answer = (await c.post("/curtail", json={"command_id": "late", "action": "shed_load", "power_kw": 0.2, "valid_until": "2025-06-01T00:15:00"})).json()
+    answer = (
+        await c.post(
+            "/curtail",
+            json={"command_id": "late", "action": "shed_load", "power_kw": 0.2, "valid_until": "2025-06-01T00:15:00"},
+        )
+    ).json()
     assert answer["status"] == "rejected"
     assert answer["applied_kw"] == 0.0
     assert answer["reason"] == "expired: valid until 2025-06-01T00:15:00, the agent is at 2025-06-01T00:30:00"
@@ -67,7 +72,12 @@ async def test_expired_command_is_rejected_with_the_reason(home):
 
 async def test_valid_until_later_holds_until_then(home):
     c = await home()
-    answer = (await c.post("/curtail", json={"command_id": "until", "action": "shed_load", "power_kw": 0.2, "valid_until": "2025-06-01T01:00:00"})).json()
+    answer = (
+        await c.post(
+            "/curtail",
+            json={"command_id": "until", "action": "shed_load", "power_kw": 0.2, "valid_until": "2025-06-01T01:00:00"},
+        )
+    ).json()
     assert answer["status"] == "applied"
     assert (await c.post("/simulate")).json()["load"]["shed_kw"] == approx(0.2)
     assert (await c.post("/simulate")).json()["load"]["shed_kw"] == 0.0
@@ -94,7 +104,9 @@ async def test_bad_command_end_is_422_naming_the_field(home, extra, field):
 
 async def test_silent_grid_agent_makes_the_agent_fail_safe(home):
     c = await home(fail_safe_after_s=0.2)
-    await c.post("/curtail", json={"command_id": "hold", "action": "discharge_battery", "power_kw": 4.0, "duration_s": 3600})
+    await c.post(
+        "/curtail", json={"command_id": "hold", "action": "discharge_battery", "power_kw": 4.0, "duration_s": 3600}
+    )
     held = (await c.get("/status")).json()
     assert held["control"] == "grid"
     assert held["battery"]["power_kw"] == approx(-1.0)  # 3 kW charging shifted by 4 kW
@@ -169,7 +181,9 @@ async def test_resumed_agent_keeps_its_active_commands(tmp_path, home_csv, serve
 
     async with running(first) as c:
         await c.post("/simulate")
-        await c.post("/curtail", json={"command_id": "hold", "action": "curtail_solar", "power_kw": 1.0, "duration_s": 3600})
+        await c.post(
+            "/curtail", json={"command_id": "hold", "action": "curtail_solar", "power_kw": 1.0, "duration_s": 3600}
+        )
     resumed = await serve_app(create_app(settings.model_copy(update={"fresh": False}), register=False))
     status = (await resumed.get("/status")).json()
     assert [a["command_id"] for a in status["active_commands"]] == ["hold"]

@@ -12,7 +12,10 @@ from agents.cycle.history import CycleHistory
 from tests.conftest import BATTERY_ID, HOME_ID
 
 #: Attributes and CSS through which a page could load something.
-LOADS = re.compile(r"""(?:src|href|action|poster|data)\s*=\s*["']?([^"'\s>]+)|url\(\s*["']?([^"')]+)|@import\s+["']([^"']+)""", re.IGNORECASE)
+LOADS = re.compile(
+    r"""(?:src|href|action|poster|data)\s*=\s*["']?([^"'\s>]+)|url\(\s*["']?([^"')]+)|@import\s+["']([^"']+)""",
+    re.IGNORECASE,
+)
 
 
 async def test_dashboard_page_loads_nothing_from_elsewhere(feeder):
@@ -31,7 +34,16 @@ async def test_dashboard_page_loads_nothing_from_elsewhere(feeder):
 
 async def test_dashboard_page_has_ids_for_the_live_numbers(feeder):
     html = (await feeder.client.get("/dashboard")).text
-    for element_id in ("cycle", "sim-time", "planner", "agents-healthy", "fallback-reason", "actions", "agents", "soc-chart"):
+    for element_id in (
+        "cycle",
+        "sim-time",
+        "planner",
+        "agents-healthy",
+        "fallback-reason",
+        "actions",
+        "agents",
+        "soc-chart",
+    ):
         assert f'id="{element_id}"' in html
     assert '"loading-" + tid' in html  # one live loading figure per transformer, id="loading-T1"
 
@@ -117,6 +129,19 @@ def test_cycle_history_is_bounded():
 
     history = CycleHistory(limit=5)
     for cycle in range(1, 9):
-        history.append(CoordinationResult(cycle=cycle, timestamp=None, planner="rule", transformers=[], actions=[], unreachable=[], agents_stepped=0, duration_ms=1.0, phase_ms={}), [])
+        history.append(
+            CoordinationResult(
+                cycle=cycle,
+                timestamp=None,
+                planner="rule",
+                transformers=[],
+                actions=[],
+                unreachable=[],
+                agents_stepped=0,
+                duration_ms=1.0,
+                phase_ms={},
+            ),
+            [],
+        )
     assert [row["cycle"] for row in history.since(0)] == [4, 5, 6, 7, 8]
     assert [row["cycle"] for row in history.since(6)] == [7, 8]

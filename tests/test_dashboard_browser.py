@@ -17,7 +17,16 @@ pytestmark = pytest.mark.e2e
 
 #: Debian's Chromium (apt-get install chromium chromium-driver; .ci/run does it). Playwright's own browser download is not used.
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WAIT_MS = 15_000
 
 
@@ -32,7 +41,9 @@ def browser() -> Iterator[Any]:
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium chromium-driver (.ci/run installs it)")
     with sync_playwright() as playwright:
         try:
-            launched = playwright.chromium.launch(executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")), args=CHROMIUM_ARGS)
+            launched = playwright.chromium.launch(
+                executable_path=str(CHROMIUM if CHROMIUM.exists() else shutil.which("chromium")), args=CHROMIUM_ARGS
+            )
         except Error as exc:
             pytest.skip(f"Chromium is installed but cannot be launched here: {str(exc).splitlines()[0]}")
         try:
@@ -54,8 +65,18 @@ def expect(locator: Any) -> Any:
 
 def test_dashboard_shows_live_numbers_that_match_status(spawn, browser, tmp_path):
     grid_port = free_port()
-    grid = spawn("grid_agent_server.py", "--planner", "ai", port=grid_port)  # no OpenAI key here: it falls back, and says why
-    device_flags = ("--grid-url", f"http://{HOST}:{grid_port}", "--heartbeat-s", "0.5", "--fresh", "--start", "2025-07-15T17:00")
+    grid = spawn(
+        "grid_agent_server.py", "--planner", "ai", port=grid_port
+    )  # no OpenAI key here: it falls back, and says why
+    device_flags = (
+        "--grid-url",
+        f"http://{HOST}:{grid_port}",
+        "--heartbeat-s",
+        "0.5",
+        "--fresh",
+        "--start",
+        "2025-07-15T17:00",
+    )
     home = spawn("home_agent_server.py", *device_flags)
     battery = spawn("battery_agent_server.py", *device_flags)
     for agent in (grid, home, battery):
@@ -67,7 +88,9 @@ def test_dashboard_shows_live_numbers_that_match_status(spawn, browser, tmp_path
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     elsewhere: list[str] = []
     errors: list[str] = []
-    page.on("request", lambda request: None if request.url.startswith(grid.url + "/") else elsewhere.append(request.url))
+    page.on(
+        "request", lambda request: None if request.url.startswith(grid.url + "/") else elsewhere.append(request.url)
+    )
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.goto(f"{grid.url}/dashboard?poll_ms=200")
@@ -104,7 +127,9 @@ def test_dashboard_shows_live_numbers_that_match_status(spawn, browser, tmp_path
     assert page.inner_text("#cycle") == "4"
     assert number(page, "#loading-T1") == approx(t["loading_after_kw"], abs=0.005)
     assert page.inner_text("#sim-time") == result["timestamp"].replace("T", " ")[:16]
-    expect(page.locator("#chart-T1 .scatterlayer .trace:first-child .points path")).to_have_count(4, timeout=WAIT_MS)  # the loading line's markers
+    expect(page.locator("#chart-T1 .scatterlayer .trace:first-child .points path")).to_have_count(
+        4, timeout=WAIT_MS
+    )  # the loading line's markers
 
     shot = tmp_path / "dashboard.png"
     page.screenshot(path=str(shot), full_page=True)

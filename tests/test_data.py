@@ -112,7 +112,9 @@ def test_timeseries_index_of_row_at_or_before(series, when, expected):
     assert series.index_of(when) == expected
 
 
-@pytest.mark.parametrize("when", [START - timedelta(seconds=1), START + timedelta(minutes=45), START + timedelta(days=2)])
+@pytest.mark.parametrize(
+    "when", [START - timedelta(seconds=1), START + timedelta(minutes=45), START + timedelta(days=2)]
+)
 def test_timeseries_index_of_outside_data_raises(series, when):
     with pytest.raises(ValueError, match="outside the data"):
         series.index_of(when)
@@ -145,7 +147,9 @@ def test_load_timeseries_missing_column_raises(tmp_path):
 
 
 def test_load_timeseries_missing_timestamp_column_raises(tmp_path):
-    path = write_csv(tmp_path, ["time,solar_kw,load_kw,temp_air_c", "2025-06-01T00:00:00,0,1,2", "2025-06-01T00:15:00,0,1,2"])
+    path = write_csv(
+        tmp_path, ["time,solar_kw,load_kw,temp_air_c", "2025-06-01T00:00:00,0,1,2", "2025-06-01T00:15:00,0,1,2"]
+    )
     with pytest.raises(StartupError, match="line 1.*timestamp"):
         load_home(path)
 
@@ -154,40 +158,62 @@ def test_load_timeseries_missing_timestamp_column_raises(tmp_path):
     ("rows", "line", "column", "problem"),
     [
         (
-            ["2025-06-01T00:00:00,0.0,0.5,12.5", "2025-06-01T00:15:00,0.0,abc,12.5", "2025-06-01T00:30:00,0.0,0.5,12.5"],
-            3, "load_kw", "not a finite number",
+            [
+                "2025-06-01T00:00:00,0.0,0.5,12.5",
+                "2025-06-01T00:15:00,0.0,abc,12.5",
+                "2025-06-01T00:30:00,0.0,0.5,12.5",
+            ],
+            3,
+            "load_kw",
+            "not a finite number",
         ),
         (
             ["2025-06-01T00:00:00,0.0,0.5,12.5", "2025-06-01T00:15:00,0.0,0.5,12.5", "2025-06-01T00:30:00,0.0,0.5,nan"],
-            4, "temp_air_c", "not a finite number",
+            4,
+            "temp_air_c",
+            "not a finite number",
         ),
         (
             ["2025-06-01T00:00:00,0.0,0.5,12.5", "2025-06-01T00:15:00,inf,0.5,12.5"],
-            3, "solar_kw", "not a finite number",
+            3,
+            "solar_kw",
+            "not a finite number",
         ),
         (
             ["2025-06-01T00:00:00,,0.5,12.5", "2025-06-01T00:15:00,0.0,0.5,12.5"],
-            2, "solar_kw", "not a finite number",
+            2,
+            "solar_kw",
+            "not a finite number",
         ),
         (
             ["2025-06-01T00:00:00,0.0,0.5,12.5", "2025-06-01T00:15:00,-0.2,0.5,12.5"],
-            3, "solar_kw", "must not be negative",
+            3,
+            "solar_kw",
+            "must not be negative",
         ),
         (
             ["2025-06-01T00:00:00,0.0,0.5,12.5", "2025-06-01T00:15:00,0.0,0.5,12.5", "2025-06-01T00:30:00,0.0,-1,12.5"],
-            4, "load_kw", "must not be negative",
+            4,
+            "load_kw",
+            "must not be negative",
         ),
         (
             ["2025-06-01T00:00:00,0.0,0.5,12.5", "yesterday,0.0,0.5,12.5"],
-            3, "timestamp", "not an ISO 8601 timestamp",
+            3,
+            "timestamp",
+            "not an ISO 8601 timestamp",
         ),
         (
             ["2025-06-01T00:00:00,0.0,0.5,12.5", "2025-13-01T00:15:00,0.0,0.5,12.5"],
-            3, "timestamp", "not an ISO 8601 timestamp",
+            3,
+            "timestamp",
+            "not an ISO 8601 timestamp",
         ),
         (
             ["2025-06-01T00:00:00,0.0,0.5,12.5", ",0.0,0.5,12.5"],
-            3, "timestamp", "not an ISO 8601 timestamp",
+            3,
+            "timestamp",
+            "not an ISO 8601 timestamp",
         ),
         (
             [
@@ -196,24 +222,43 @@ def test_load_timeseries_missing_timestamp_column_raises(tmp_path):
                 "2025-06-01T00:30:00,0.0,0.5,12.5",
                 "2025-06-01T00:50:00,0.0,0.5,12.5",
             ],
-            5, "timestamp", "evenly spaced",
+            5,
+            "timestamp",
+            "evenly spaced",
         ),
         (
             ["2025-06-01T00:15:00,0.0,0.5,12.5", "2025-06-01T00:00:00,0.0,0.5,12.5"],
-            3, "timestamp", "must increase",
+            3,
+            "timestamp",
+            "must increase",
         ),
         (
             ["2025-06-01T00:00:00,0.0,0.5,12.5", "2025-06-01T00:00:00,0.0,0.5,12.5"],
-            3, "timestamp", "must increase",
+            3,
+            "timestamp",
+            "must increase",
         ),
         (  # a short row: its missing cells are empty
             ["2025-06-01T00:00:00,0.0,0.5,12.5", "2025-06-01T00:15:00,0.0,0.5", "2025-06-01T00:30:00,0.0,0.5,12.5"],
-            3, "temp_air_c", "not a finite number",
+            3,
+            "temp_air_c",
+            "not a finite number",
         ),
     ],
     ids=[
-        "non-number", "nan", "inf", "empty-cell", "negative-solar", "negative-load", "bad-timestamp",
-        "bad-month", "empty-timestamp", "uneven-spacing", "decreasing", "repeated", "short-row",
+        "non-number",
+        "nan",
+        "inf",
+        "empty-cell",
+        "negative-solar",
+        "negative-load",
+        "bad-timestamp",
+        "bad-month",
+        "empty-timestamp",
+        "uneven-spacing",
+        "decreasing",
+        "repeated",
+        "short-row",
     ],
 )
 def test_load_timeseries_bad_value_names_file_line_column(tmp_path, rows, line, column, problem):

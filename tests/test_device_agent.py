@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 from pytest import approx
 
-from agents.device.agent import DeviceAgent
 from agents.common.errors import ConflictError
-from agents.device.home import HomeAgent
 from agents.common.settings import StartupError
+from agents.device.agent import DeviceAgent
+from agents.device.home import HomeAgent
 from models.schemas import AgentStatus, CommandStatus, CurtailCommand
 from tests.conftest import (
     BATTERY_KIND,

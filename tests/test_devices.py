@@ -276,7 +276,9 @@ def test_step_battery_energy_balance(spec, soc, requests, step_s):
     results = _run(spec, soc, requests, step_s)
     charge_kwh = [energy_kwh(r.power_kw, step_s) for r in results if r.power_kw > 0]
     discharge_kwh = [-energy_kwh(r.power_kw, step_s) for r in results if r.power_kw < 0]
-    expected_kwh = sum(charge_kwh) * spec.charge_efficiency_fraction - sum(discharge_kwh) / spec.discharge_efficiency_fraction
+    expected_kwh = (
+        sum(charge_kwh) * spec.charge_efficiency_fraction - sum(discharge_kwh) / spec.discharge_efficiency_fraction
+    )
     stored_kwh = spec.capacity_kwh * (results[-1].soc_fraction - soc_start)
     tolerance = ENERGY_TOL_KWH * max(spec.capacity_kwh, 1.0) * len(results)
     assert stored_kwh == pytest.approx(expected_kwh, abs=tolerance)
@@ -290,8 +292,15 @@ def test_step_battery_energy_balance(spec, soc, requests, step_s):
 def test_step_battery_energy_hand_computed_charge_hits_the_top():
     """9.5 of 10 kWh, 95 % charging: 0.5 kWh of room takes 0.5 / (0.95 x 0.25 h) = 2.105 kW of a 5 kW request."""
     result = step_battery_energy(
-        9.5, 5.0, QUARTER_HOUR_S, energy_min_kwh=1.0, energy_max_kwh=10.0, max_charge_kw=5.0, max_discharge_kw=5.0,
-        charge_efficiency_fraction=0.95, discharge_efficiency_fraction=0.9,
+        9.5,
+        5.0,
+        QUARTER_HOUR_S,
+        energy_min_kwh=1.0,
+        energy_max_kwh=10.0,
+        max_charge_kw=5.0,
+        max_discharge_kw=5.0,
+        charge_efficiency_fraction=0.95,
+        discharge_efficiency_fraction=0.9,
     )
     assert result.power_kw == pytest.approx(0.5 / (0.95 * HOURS), abs=1e-12)
     assert result.energy_kwh == pytest.approx(10.0, abs=1e-12)
@@ -412,7 +421,9 @@ def test_battery_module_shift_beyond_headroom_applies_headroom(spec, soc, setpoi
     up = BatteryModule(spec, QUARTER_HOUR_S, soc_fraction=soc)
     up.set_power(setpoint)
     charge_headroom = up.charge_headroom_kw
-    assert up.shift(charge_headroom + extra_kw) == pytest.approx(charge_headroom, abs=1e-9 * max(1.0, spec.max_charge_kw))
+    assert up.shift(charge_headroom + extra_kw) == pytest.approx(
+        charge_headroom, abs=1e-9 * max(1.0, spec.max_charge_kw)
+    )
     down = BatteryModule(spec, QUARTER_HOUR_S, soc_fraction=soc)
     down.set_power(setpoint)
     discharge_headroom = down.discharge_headroom_kw

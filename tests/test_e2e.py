@@ -59,7 +59,11 @@ def free_port_block(count: int = 3) -> int:
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a child: no token, OpenAI key or EMS_* settings from outside; unbuffered output."""
-    env = {k: v for k, v in os.environ.items() if k not in ("AGENT_TOKEN", "OPENWEATHERMAP_API_KEY") and not k.startswith(("EMS_", "OPENAI_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("AGENT_TOKEN", "OPENWEATHERMAP_API_KEY") and not k.startswith(("EMS_", "OPENAI_"))
+    }
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -115,14 +119,18 @@ class Agent:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                pytest.fail(f"{self.script} exited with {self.process.returncode} during start-up:\n{self.text()[-2000:]}")
+                pytest.fail(
+                    f"{self.script} exited with {self.process.returncode} during start-up:\n{self.text()[-2000:]}"
+                )
             try:
                 if httpx.get(f"{self.url}/health", timeout=1.0).json().get("status") == "ok":
                     return
             except (httpx.HTTPError, ValueError):
                 pass
             time.sleep(0.1)
-        pytest.fail(f"{self.script} did not answer /health on port {self.port} within {timeout_s:g} s:\n{self.text()[-2000:]}")
+        pytest.fail(
+            f"{self.script} did not answer /health on port {self.port} within {timeout_s:g} s:\n{self.text()[-2000:]}"
+        )
 
 
 @pytest.fixture
@@ -134,8 +142,20 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
         port = port or free_port()
         output = tmp_path / f"{Path(script).stem}-{len(started)}.out"
         with output.open("w", encoding="utf-8") as sink:
-            command = [sys.executable, script, "--port", str(port), "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state"), *args]
-            process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env())
+            command = [
+                sys.executable,
+                script,
+                "--port",
+                str(port),
+                "--log-dir",
+                str(tmp_path / "logs"),
+                "--state-dir",
+                str(tmp_path / "state"),
+                *args,
+            ]
+            process = subprocess.Popen(
+                command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env()
+            )
         agent = Agent(script, port, process, output)
         started.append(agent)
         return agent
@@ -255,7 +275,11 @@ def test_coordinator_runs_cycles_and_leaves_nothing_behind(tmp_path, leftover_pi
     base = free_port_block()
     process = subprocess.Popen(
         coordinator_command(tmp_path, base, "--cycles", "3", "--interval", "0", "--exit"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(COLUMNS="200"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(COLUMNS="200"),
     )
     try:
         out, err = process.communicate(timeout=60)
@@ -295,7 +319,11 @@ def test_coordinator_ctrl_c_stops_its_run_and_outsiders_learn_how_to_set_the_tok
     grid = f"http://{HOST}:{base}"
     process = subprocess.Popen(
         coordinator_command(tmp_path, base, "--cycles", "1000000", "--interval", "0"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(COLUMNS="200"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env(COLUMNS="200"),
     )
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(process.stdout), daemon=True)
@@ -332,7 +360,11 @@ def test_coordinator_stops_its_agents_on_ctrl_c(tmp_path, leftover_pids):
     base = free_port_block()
     process = subprocess.Popen(
         coordinator_command(tmp_path, base, "--cycles", "1", "--interval", "0"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(COLUMNS="200"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=child_env(COLUMNS="200"),
     )
     lines: queue.Queue[str | None] = queue.Queue()
 
@@ -354,7 +386,9 @@ def test_coordinator_stops_its_agents_on_ctrl_c(tmp_path, leftover_pids):
             except queue.Empty:
                 continue
             if line is None:
-                pytest.fail(f"the coordinator exited with {process.wait()} before waiting for Ctrl+C:\n" + "".join(seen))
+                pytest.fail(
+                    f"the coordinator exited with {process.wait()} before waiting for Ctrl+C:\n" + "".join(seen)
+                )
             seen.append(line)
         pids = child_pids("".join(seen))
         leftover_pids.extend(pids.values())
@@ -381,7 +415,14 @@ def test_coordinator_refuses_a_busy_port(tmp_path, offset, name):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
         holder.bind((HOST, base + offset))
         holder.listen()
-        result = subprocess.run(coordinator_command(tmp_path, base, "--exit"), cwd=ROOT, capture_output=True, text=True, timeout=30, env=child_env(COLUMNS="200"))
+        result = subprocess.run(
+            coordinator_command(tmp_path, base, "--exit"),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=child_env(COLUMNS="200"),
+        )
     text = result.stdout + result.stderr
     assert result.returncode == 1
     assert "Traceback" not in text
@@ -401,7 +442,9 @@ def test_coordinator_busy_port_error_is_one_line_on_stderr_when_piped(tmp_path):
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as holder:
         holder.bind((HOST, base))
         holder.listen()
-        result = subprocess.run(coordinator_command(tmp_path, base, "--exit"), cwd=ROOT, capture_output=True, text=True, timeout=30, env=env)
+        result = subprocess.run(
+            coordinator_command(tmp_path, base, "--exit"), cwd=ROOT, capture_output=True, text=True, timeout=30, env=env
+        )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -416,8 +459,23 @@ def test_bad_data_file_is_a_one_line_error(tmp_path):
         encoding="utf-8",
     )
     result = subprocess.run(
-        [sys.executable, "home_agent_server.py", "--port", str(free_port()), "--data-file", str(bad), "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")],
-        cwd=ROOT, capture_output=True, text=True, timeout=30, env=child_env(),
+        [
+            sys.executable,
+            "home_agent_server.py",
+            "--port",
+            str(free_port()),
+            "--data-file",
+            str(bad),
+            "--log-dir",
+            str(tmp_path / "logs"),
+            "--state-dir",
+            str(tmp_path / "state"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(),
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
@@ -432,8 +490,21 @@ def test_agent_on_a_busy_port_is_a_one_line_error(tmp_path):
         holder.listen()
         port = holder.getsockname()[1]
         result = subprocess.run(
-            [sys.executable, "battery_agent_server.py", "--port", str(port), "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")],
-            cwd=ROOT, capture_output=True, text=True, timeout=30, env=child_env(),
+            [
+                sys.executable,
+                "battery_agent_server.py",
+                "--port",
+                str(port),
+                "--log-dir",
+                str(tmp_path / "logs"),
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=child_env(),
         )
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
@@ -442,8 +513,21 @@ def test_agent_on_a_busy_port_is_a_one_line_error(tmp_path):
 
 def test_bad_flag_names_the_flag(tmp_path):
     result = subprocess.run(
-        [sys.executable, "grid_agent_server.py", "--port", str(free_port()), "--planner", "psychic", "--log-dir", str(tmp_path / "logs")],
-        cwd=ROOT, capture_output=True, text=True, timeout=30, env=child_env(),
+        [
+            sys.executable,
+            "grid_agent_server.py",
+            "--port",
+            str(free_port()),
+            "--planner",
+            "psychic",
+            "--log-dir",
+            str(tmp_path / "logs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(),
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -66,7 +66,9 @@ def step_log(tmp_path: Path, agent_id: str) -> pd.DataFrame:
     return pd.read_csv(tmp_path / "logs" / f"{agent_id}_log.csv")
 
 
-def start_feeder(spawn: Callable[..., Agent], *grid_flags: str, fresh: bool = True) -> tuple[Agent, Agent, Agent, tuple[str, ...]]:
+def start_feeder(
+    spawn: Callable[..., Agent], *grid_flags: str, fresh: bool = True
+) -> tuple[Agent, Agent, Agent, tuple[str, ...]]:
     """A grid agent, a home and a storage system on free ports, registered; returns them and the device flags."""
     grid_port = free_port()
     grid = spawn("grid_agent_server.py", *grid_flags, port=grid_port)
@@ -87,7 +89,15 @@ def kill9(agent: Agent) -> None:
 
 def report(agent_id: str, url: str, **overrides: Any) -> dict[str, Any]:
     """A registration body for an agent the test plays itself."""
-    status = {"agent_id": agent_id, "agent_type": "battery", "transformer_id": "T1", "step": 1, "timestamp": "2025-07-15T17:00:00", "step_s": 900.0, "net_power_kw": 0.0}
+    status = {
+        "agent_id": agent_id,
+        "agent_type": "battery",
+        "transformer_id": "T1",
+        "step": 1,
+        "timestamp": "2025-07-15T17:00:00",
+        "step_s": 900.0,
+        "net_power_kw": 0.0,
+    }
     return {"url": url, "status": {**status, **overrides}}
 
 
@@ -134,14 +144,26 @@ def test_home_killed_mid_run_resumes_at_the_same_step_and_soc(spawn, tmp_path):
 def test_devices_run_on_local_policy_without_the_grid_agent_and_re_register(spawn):
     grid_port = free_port()
     grid = spawn("grid_agent_server.py", port=grid_port)
-    device_flags = ("--grid-url", f"http://{HOST}:{grid_port}", *HEARTBEAT, "--start", START, "--fail-safe-after-s", "1")
+    device_flags = (
+        "--grid-url",
+        f"http://{HOST}:{grid_port}",
+        *HEARTBEAT,
+        "--start",
+        START,
+        "--fail-safe-after-s",
+        "1",
+    )
     home = spawn("home_agent_server.py", *device_flags, "--fresh")
     battery = spawn("battery_agent_server.py", *device_flags, "--fresh")
     for agent in (grid, home, battery):
         agent.wait_healthy()
     assert wait_until(lambda: registered(grid, "home_1", "battery_agent_1"), REGISTER_TIMEOUT_S)
     assert coordinate(grid)["cycle"] == 1
-    held = httpx.post(f"{home.url}/curtail", json={"command_id": "hold-1h", "action": "shed_load", "power_kw": 0.1, "duration_s": 3600}, timeout=2.0).json()
+    held = httpx.post(
+        f"{home.url}/curtail",
+        json={"command_id": "hold-1h", "action": "shed_load", "power_kw": 0.1, "duration_s": 3600},
+        timeout=2.0,
+    ).json()
     assert held["status"] == "applied" and held["agent_status"]["control"] == "grid"
 
     kill9(grid)
@@ -221,7 +243,7 @@ def stuck_on_curtail(agent_id: str, status_body: dict[str, Any]) -> Iterator[int
     stopping = threading.Event()
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name); the registration's probe
+        def do_GET(self) -> None:
             body = json.dumps({"status": "ok", "agent_id": agent_id, "agent_type": "battery"}).encode()
             self.send_response(200 if self.path == "/health" else 404)
             self.send_header("content-type", "application/json")
@@ -229,7 +251,7 @@ def stuck_on_curtail(agent_id: str, status_body: dict[str, Any]) -> Iterator[int
             self.end_headers()
             self.wfile.write(body)
 
-        def do_POST(self) -> None:  # noqa: N802 (the stdlib's name)
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("content-length") or 0))
             if self.path == "/simulate":
                 body = json.dumps(status_body).encode()
@@ -261,15 +283,28 @@ def test_hung_agents_cost_a_cycle_one_timeout_per_phase(spawn):
     timeout_s = 1.0
     grid_port = free_port()
     grid = spawn("grid_agent_server.py", "--step-timeout-s", str(timeout_s), port=grid_port)
-    home = spawn("home_agent_server.py", "--grid-url", f"http://{HOST}:{grid_port}", *HEARTBEAT, "--start", START, "--fresh")
+    home = spawn(
+        "home_agent_server.py", "--grid-url", f"http://{HOST}:{grid_port}", *HEARTBEAT, "--start", START, "--fresh"
+    )
     grid.wait_healthy()
     home.wait_healthy()
     assert wait_until(lambda: registered(grid, "home_1"), REGISTER_TIMEOUT_S)
     # stuck_1 reports a 200 kW charge on T1 that only it can undo, so the plan sends it a command
-    stuck_status = report("stuck_1", "http://x", net_power_kw=200.0, battery={
-        "soc_fraction": 0.5, "power_kw": 200.0, "capacity_kwh": 1000.0, "max_charge_kw": 200.0, "max_discharge_kw": 200.0,
-        "soc_min_fraction": 0.1, "soc_max_fraction": 0.95,
-    }, flexibility={"discharge_battery_kw": 400.0})["status"]
+    stuck_status = report(
+        "stuck_1",
+        "http://x",
+        net_power_kw=200.0,
+        battery={
+            "soc_fraction": 0.5,
+            "power_kw": 200.0,
+            "capacity_kwh": 1000.0,
+            "max_charge_kw": 200.0,
+            "max_discharge_kw": 200.0,
+            "soc_min_fraction": 0.1,
+            "soc_max_fraction": 0.95,
+        },
+        flexibility={"discharge_battery_kw": 400.0},
+    )["status"]
 
     with silent_server() as silent_port, stuck_on_curtail("stuck_1", stuck_status) as stuck_port:
         for agent_id, url, body in (

@@ -11,10 +11,10 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from agents.battery import create_app as create_battery_app
-from agents.grid import create_app as create_grid_app
-from agents.home import create_app as create_home_app
 from agents.common.scenario import HomeSpec, Scenario, generate_feeder, load_scenario
 from agents.common.settings import StartupError
+from agents.grid import create_app as create_grid_app
+from agents.home import create_app as create_home_app
 from models.schemas import AgentReport
 from tests.conftest import HostRouter, make_battery_settings, make_grid_settings, make_home_settings
 from tests.test_e2e import ROOT, child_env, coordinator_command, free_port_block
@@ -77,12 +77,24 @@ def test_load_scenario_homes_and_batteries(scenario_file):
     ("replace", "by", "message"),
     [
         ('id = "h2"', 'id = "h1"', "homes[1].id 'h1' is used twice"),
-        ('transformer = "T2"\nannual', 'transformer = "T9"\nannual', "homes[2].transformer 'T9' is not one of the scenario's transformers"),
+        (
+            'transformer = "T2"\nannual',
+            'transformer = "T9"\nannual',
+            "homes[2].transformer 'T9' is not one of the scenario's transformers",
+        ),
         ("pv_kwp = 9.0", 'pv_kwp = "9"', "homes[1].pv_kwp: Input should be a valid number (got '9')"),
-        ("solar_shift_steps = 2", "solar_shift_steps = 20", "homes[1].solar_shift_steps: Input should be less than or equal to 8"),
+        (
+            "solar_shift_steps = 2",
+            "solar_shift_steps = 20",
+            "homes[1].solar_shift_steps: Input should be less than or equal to 8",
+        ),
         ("capacity_kwh = 30.0", "capacity_kwh = -1.0", "batteries[0].capacity_kwh: Input should be greater than 0"),
         ('id = "store_T1"', 'id = "h3"', "batteries[0].id 'h3' is used twice"),
-        ("pv_kwp = 6.0\nbattery_kwh", "pv_kwp = 6.0\ncolour = 'red'\nbattery_kwh", "homes[0].colour: Extra inputs are not permitted"),
+        (
+            "pv_kwp = 6.0\nbattery_kwh",
+            "pv_kwp = 6.0\ncolour = 'red'\nbattery_kwh",
+            "homes[0].colour: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_load_scenario_bad_entry_names_it(tmp_path, replace, by, message):
@@ -107,7 +119,9 @@ def test_generate_feeder_is_deterministic_and_plausible():
     assert len({(h.pv_kwp, h.annual_load_kwh, h.solar_shift_steps) for h in first.homes}) > 150  # homes differ
     assert 0.5 < sum(h.pv_kwp > 0 for h in first.homes) / 200 < 0.9
     assert generate_feeder(1000).transformers[-1].id == "T10"
-    assert [(h.pv_kwp, h.annual_load_kwh) for h in generate_feeder(10).homes] == [(h.pv_kwp, h.annual_load_kwh) for h in first.homes[:10]]
+    assert [(h.pv_kwp, h.annual_load_kwh) for h in generate_feeder(10).homes] == [
+        (h.pv_kwp, h.annual_load_kwh) for h in first.homes[:10]
+    ]
 
 
 def test_generated_feeder_round_trips_through_toml(tmp_path):
@@ -124,8 +138,13 @@ def test_generate_feeder_refuses_no_homes():
 
 # -- one process hosting many agents ----------------------------------------------------------------
 async def test_host_serves_each_home_under_its_path_and_in_batches(tmp_path, scenario_file):
-    app = create_home_app(make_home_settings(tmp_path, scenario=scenario_file, start="2025-07-15T12:00"), register=False)
-    async with LifespanManager(app), httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://homes") as c:
+    app = create_home_app(
+        make_home_settings(tmp_path, scenario=scenario_file, start="2025-07-15T12:00"), register=False
+    )
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://homes") as c,
+    ):
         root = (await c.get("/")).json()
         assert root["agent_ids"] == ["h1", "h2", "h3"]
         assert (await c.get("/health")).json()["status"] == "ok"
@@ -137,13 +156,25 @@ async def test_host_serves_each_home_under_its_path_and_in_batches(tmp_path, sce
         assert stepped["errors"] == [{"agent_id": "nobody", "command_id": None, "error": "not hosted here"}]
         assert by_id["h2"]["solar"]["capacity_kwp"] == 9.0 and by_id["h2"]["transformer_id"] == "T1"
         assert by_id["h3"]["battery"] is None
-        assert by_id["h3"]["load"]["demand_kw"] == pytest.approx(2 * by_id["h1"]["load"]["demand_kw"])  # 9,000 against 4,500 kWh
+        assert by_id["h3"]["load"]["demand_kw"] == pytest.approx(
+            2 * by_id["h1"]["load"]["demand_kw"]
+        )  # 9,000 against 4,500 kWh
         assert (await c.get("/agents/h1/status")).json()["step"] == 1
 
         command = {"command_id": "c1", "action": "curtail_solar", "power_kw": 1.0}
         single = (await c.post("/agents/h2/curtail", json=command)).json()
         assert single["status"] == "applied"
-        batch = (await c.post("/batch/curtail", json={"commands": [{"agent_id": "h2", "command": command}, {"agent_id": "h1", "command": {**command, "command_id": "c2"}}]})).json()
+        batch = (
+            await c.post(
+                "/batch/curtail",
+                json={
+                    "commands": [
+                        {"agent_id": "h2", "command": command},
+                        {"agent_id": "h1", "command": {**command, "command_id": "c2"}},
+                    ]
+                },
+            )
+        ).json()
         assert [r["status"] for r in batch["results"]] == ["duplicate", "applied"]
         assert (await c.get("/agents/h2/status")).json()["solar"]["curtailed_kw"] == pytest.approx(1.0)
     for home in ("h1", "h2", "h3"):
@@ -167,7 +198,10 @@ def test_empty_shard_is_a_startup_error(tmp_path, scenario_file):
 
 
 async def test_solar_shift_moves_the_profile(tmp_path):
-    scenario = Scenario(transformers=[], homes=[HomeSpec(id="a", transformer="T1"), HomeSpec(id="b", transformer="T1", solar_shift_steps=2)])
+    scenario = Scenario(
+        transformers=[],
+        homes=[HomeSpec(id="a", transformer="T1"), HomeSpec(id="b", transformer="T1", solar_shift_steps=2)],
+    )
     path = tmp_path / "s.toml"
     path.write_text(scenario.to_toml(), encoding="utf-8")
     app = create_home_app(make_home_settings(tmp_path, scenario=path, start="2025-07-15T08:00"), register=False)
@@ -181,14 +215,20 @@ async def test_solar_shift_moves_the_profile(tmp_path):
 
 # -- the grid agent in front of hosting processes ------------------------------------------------------
 async def test_grid_steps_and_commands_hosted_agents_in_batches(tmp_path, scenario_file):
-    homes = create_home_app(make_home_settings(tmp_path, scenario=scenario_file, start="2025-07-15T12:00"), register=False)
-    storage = create_battery_app(make_battery_settings(tmp_path, scenario=scenario_file, start="2025-07-15T12:00"), register=False)
+    homes = create_home_app(
+        make_home_settings(tmp_path, scenario=scenario_file, start="2025-07-15T12:00"), register=False
+    )
+    storage = create_battery_app(
+        make_battery_settings(tmp_path, scenario=scenario_file, start="2025-07-15T12:00"), register=False
+    )
     router = HostRouter({"homes": httpx.ASGITransport(app=homes), "storage": httpx.ASGITransport(app=storage)})
     grid = create_grid_app(make_grid_settings(tmp_path, scenario=scenario_file), transport=router)
     async with LifespanManager(homes), LifespanManager(storage), LifespanManager(grid):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=grid), base_url="http://grid") as c:
             reports = [
-                AgentReport(url=f"http://{host}/agents/{agent.agent_id}", batch_url=f"http://{host}", status=agent.status()).model_dump(mode="json")
+                AgentReport(
+                    url=f"http://{host}/agents/{agent.agent_id}", batch_url=f"http://{host}", status=agent.status()
+                ).model_dump(mode="json")
                 for host, app in (("homes", homes), ("storage", storage))
                 for agent in app.state.agents.values()
             ]
@@ -214,7 +254,12 @@ async def test_grid_lists_every_agent_of_a_failed_host_as_unreachable(tmp_path, 
     grid = create_grid_app(make_grid_settings(tmp_path, scenario=scenario_file), transport=router)
     async with LifespanManager(homes), LifespanManager(grid):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=grid), base_url="http://grid") as c:
-            reports = [AgentReport(url=f"http://homes/agents/{a.agent_id}", batch_url="http://homes", status=a.status()).model_dump(mode="json") for a in homes.state.agents.values()]
+            reports = [
+                AgentReport(
+                    url=f"http://homes/agents/{a.agent_id}", batch_url="http://homes", status=a.status()
+                ).model_dump(mode="json")
+                for a in homes.state.agents.values()
+            ]
             await c.post("/registrations", json={"reports": reports})
             router.take_down("homes")
             result = (await c.post("/coordinate")).json()
@@ -229,7 +274,9 @@ async def test_grid_lists_every_agent_of_a_failed_host_as_unreachable(tmp_path, 
 @pytest.mark.e2e
 def test_coordinator_runs_a_generated_feeder_over_several_processes(tmp_path):
     base = free_port_block(6)
-    command = coordinator_command(tmp_path, base, "--homes", "12", "--homes-per-process", "5", "--cycles", "4", "--interval", "0", "--exit")
+    command = coordinator_command(
+        tmp_path, base, "--homes", "12", "--homes-per-process", "5", "--cycles", "4", "--interval", "0", "--exit"
+    )
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=child_env())
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.count("up homes") == 3  # ceil(12 / 5) home processes
@@ -238,6 +285,8 @@ def test_coordinator_runs_a_generated_feeder_over_several_processes(tmp_path):
     assert len(scenario.homes) == 12
     grid_log = pd.read_csv(tmp_path / "logs" / "grid_agent_log.csv")
     assert grid_log["cycle"].max() == 4
-    assert (grid_log["agents_reporting"].groupby(grid_log["cycle"]).sum() == 13).all()  # 12 homes and the storage system
+    assert (
+        grid_log["agents_reporting"].groupby(grid_log["cycle"]).sum() == 13
+    ).all()  # 12 homes and the storage system
     for home in scenario.homes:
         assert len(pd.read_csv(tmp_path / "logs" / f"{home.id}_log.csv")) == 4

@@ -48,6 +48,7 @@ EXAMPLES = 30
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 load_all_checks()
 
+
 def fuzz_settings(examples: int = EXAMPLES) -> settings:
     return settings(
         max_examples=examples,
@@ -105,7 +106,11 @@ def within_cross_field_rules(case: schemathesis.Case) -> None:
     body = case.body if isinstance(case.body, dict) else None
     if body is None:
         return
-    if case.operation.label == "POST /agents/{agent_id}/status" and isinstance(body.get("status"), dict) and isinstance(body["status"].get("agent_id"), str):
+    if (
+        case.operation.label == "POST /agents/{agent_id}/status"
+        and isinstance(body.get("status"), dict)
+        and isinstance(body["status"].get("agent_id"), str)
+    ):
         case.path_parameters = {**(case.path_parameters or {}), "agent_id": body["status"]["agent_id"]}
     if case.operation.label == "POST /agents/{agent_id}/status":
         case.body = body = _reachable(body)
@@ -153,7 +158,7 @@ def fuzz(app: Any, *, before_each: Callable[[], None] | None = None, examples: i
                 run()
             except Unsatisfiable:
                 pass  # nothing of this operation can be made invalid (no parameters, no body)
-            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 (collected, then reported together)
+            except (Exception, BaseExceptionGroup) as exc:
                 failures.append(f"{operation.label} [{mode.value}]:\n{describe(exc)}")
     return failures
 
@@ -165,7 +170,9 @@ def device_apps(tmp_path: Path) -> dict[str, Any]:
     home_csv.write_text(HOME_CSV, encoding="utf-8")
     battery_csv.write_text(BATTERY_CSV, encoding="utf-8")
     apps = {
-        HOME_ID: home.create_app(make_home_settings(tmp_path, data_file=home_csv, start=HOME_DAY_START), register=False),
+        HOME_ID: home.create_app(
+            make_home_settings(tmp_path, data_file=home_csv, start=HOME_DAY_START), register=False
+        ),
         BATTERY_ID: battery.create_app(make_battery_settings(tmp_path, data_file=battery_csv), register=False),
     }
     for app in apps.values():
@@ -256,7 +263,9 @@ async def test_registration_refuses_lax_json_types(make_feeder, field, value):
 async def test_command_refuses_a_number_for_valid_until(tmp_path, serve_app):
     app = device_apps(tmp_path)[HOME_ID]
     client = await serve_app(app)
-    response = await client.post("/curtail", json={"command_id": "unix", "action": "shed_load", "power_kw": 0.1, "valid_until": 1_750_000_000})
+    response = await client.post(
+        "/curtail", json={"command_id": "unix", "action": "shed_load", "power_kw": 0.1, "valid_until": 1_750_000_000}
+    )
     assert response.status_code == 422, response.text
 
 

@@ -106,7 +106,9 @@ async def test_mismatched_agent_id_is_refused_naming_both(feeder):
 async def test_bad_registration_body_is_422(make_feeder, change, field):
     feeder = await make_feeder(register=False)
     status = await feeder.device_status(HOME_ID)
-    response = await feeder.client.post(f"/agents/{HOME_ID}/status", json={"url": "http://home_1", "status": status, **change})
+    response = await feeder.client.post(
+        f"/agents/{HOME_ID}/status", json={"url": "http://home_1", "status": status, **change}
+    )
     assert response.status_code == 422
     body = response.json()
     assert body["error"] == "validation_error"
@@ -116,10 +118,12 @@ async def test_bad_registration_body_is_422(make_feeder, change, field):
 
 @pytest.mark.parametrize("agent_id", [".", "..", ".hidden"])
 async def test_agent_id_with_a_leading_dot_is_422(make_feeder, agent_id):
-    """"." and ".." cannot be a path segment: clients fold /agents/./status into /agents/status."""
+    """ "." and ".." cannot be a path segment: clients fold /agents/./status into /agents/status."""
     feeder = await make_feeder(register=False)
     status = {**(await feeder.device_status(HOME_ID)), "agent_id": agent_id}
-    response = await feeder.client.post("/registrations", json={"reports": [{"url": "http://home_1", "status": status}]})
+    response = await feeder.client.post(
+        "/registrations", json={"reports": [{"url": "http://home_1", "status": status}]}
+    )
     assert response.status_code == 422
     assert any(d["field"].endswith("status.agent_id") for d in response.json()["detail"])
     assert await feeder.agents() == {}
@@ -127,7 +131,9 @@ async def test_agent_id_with_a_leading_dot_is_422(make_feeder, agent_id):
 
 async def test_registration_with_nan_net_power_is_422(make_feeder):
     feeder = await make_feeder(register=False)
-    raw = AgentReport.model_validate({"url": "http://home_1", "status": await feeder.device_status(HOME_ID)}).model_dump_json()
+    raw = AgentReport.model_validate(
+        {"url": "http://home_1", "status": await feeder.device_status(HOME_ID)}
+    ).model_dump_json()
     raw = raw.replace('"net_power_kw":0.0', '"net_power_kw":NaN')
     assert "NaN" in raw
     response = await feeder.client.post(f"/agents/{HOME_ID}/status", content=raw.encode(), headers=JSON)
@@ -148,14 +154,30 @@ async def test_registration_under_an_id_unsafe_in_paths_is_refused(make_feeder, 
 # -- the cycle -----------------------------------------------------------------------------------
 async def test_coordinate_result_has_the_contract_fields(feeder):
     result = await feeder.coordinate()
-    assert {"cycle", "timestamp", "planner", "fallback_reason", "transformers", "actions", "unreachable", "duration_ms"} <= set(result)
+    assert {
+        "cycle",
+        "timestamp",
+        "planner",
+        "fallback_reason",
+        "transformers",
+        "actions",
+        "unreachable",
+        "duration_ms",
+    } <= set(result)
     assert result["cycle"] == 1
     assert result["planner"] == "optimal"
     assert result["fallback_reason"] is None
     assert result["unreachable"] == []
     assert result["duration_ms"] > 0
     t = transformer(result)
-    assert {"transformer_id", "rating_kw", "loading_before_kw", "loading_after_kw", "state_before", "state_after"} <= set(t)
+    assert {
+        "transformer_id",
+        "rating_kw",
+        "loading_before_kw",
+        "loading_after_kw",
+        "state_before",
+        "state_after",
+    } <= set(t)
     for action in result["actions"]:
         assert {"agent_id", "action", "requested_kw", "applied_kw"} <= set(action)
 
@@ -311,8 +333,12 @@ async def test_agent_answering_garbage_is_unreachable_not_a_crash(make_feeder):
     feeder.router.routes["liar"] = garbage
     status = await feeder.device_status(HOME_ID)
     liar = {**status, "agent_id": "home_9"}
-    assert (await feeder.client.post("/agents/home_9/status", json={"url": "http://liar", "status": liar})).status_code == 200
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=feeder.grid_app, raise_app_exceptions=False), base_url="http://grid") as c:
+    assert (
+        await feeder.client.post("/agents/home_9/status", json={"url": "http://liar", "status": liar})
+    ).status_code == 200
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=feeder.grid_app, raise_app_exceptions=False), base_url="http://grid"
+    ) as c:
         response = await c.post("/coordinate")
     assert response.status_code == 200
     assert response.json()["unreachable"] == ["home_9"]
@@ -321,7 +347,9 @@ async def test_agent_answering_garbage_is_unreachable_not_a_crash(make_feeder):
 async def test_agent_registered_at_another_agents_url_is_not_double_counted(feeder):
     status = await feeder.device_status(HOME_ID)
     misdirected = {**status, "agent_id": "home_2"}
-    assert (await feeder.client.post("/agents/home_2/status", json={"url": f"http://{HOME_ID}", "status": misdirected})).status_code == 200
+    assert (
+        await feeder.client.post("/agents/home_2/status", json={"url": f"http://{HOME_ID}", "status": misdirected})
+    ).status_code == 200
     result = await feeder.coordinate()
     assert (await feeder.device_status(HOME_ID))["step"] == 1
     assert "home_2" in result["unreachable"]
@@ -401,7 +429,9 @@ async def test_token_guards_coordinate_and_registration(monkeypatch, make_feeder
     for headers in ({}, bearer("wrong")):
         for response in (
             await feeder.client.post("/coordinate", headers=headers),
-            await feeder.client.post(f"/agents/{HOME_ID}/status", json={"url": "http://home_1", "status": status}, headers=headers),
+            await feeder.client.post(
+                f"/agents/{HOME_ID}/status", json={"url": "http://home_1", "status": status}, headers=headers
+            ),
         ):
             assert response.status_code == 401
             assert response.json()["error"] == "unauthorized"
@@ -427,8 +457,18 @@ async def test_grid_agent_calls_agents_at_their_registered_url(tmp_path):
 
     app = create_app(make_grid_settings(tmp_path), transport=HostRouter({"elsewhere": httpx.MockTransport(agent)}))
     async with running(app) as c:
-        status = {"agent_id": "home_5", "agent_type": "home", "transformer_id": "T1", "step": 0, "timestamp": None, "step_s": 900, "net_power_kw": 0}
-        assert (await c.post("/agents/home_5/status", json={"url": "http://elsewhere:9999/site", "status": status})).status_code == 200
+        status = {
+            "agent_id": "home_5",
+            "agent_type": "home",
+            "transformer_id": "T1",
+            "step": 0,
+            "timestamp": None,
+            "step_s": 900,
+            "net_power_kw": 0,
+        }
+        assert (
+            await c.post("/agents/home_5/status", json={"url": "http://elsewhere:9999/site", "status": status})
+        ).status_code == 200
         result = (await c.post("/coordinate")).json()
     assert seen == ["http://elsewhere:9999/site/simulate"]
     assert result["unreachable"] == ["home_5"]

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from pytest import approx
 
-from agents.home import create_app
 from agents.common.settings import StartupError
+from agents.home import create_app
 from tests.conftest import HOME_DAY_START, make_home_settings
 
 
@@ -41,7 +41,9 @@ async def day_client(make_app, serve_app) -> httpx.AsyncClient:
     return c
 
 
-async def curtail(client: httpx.AsyncClient, action: str, power_kw: float, command_id: str | None = None, **kwargs) -> httpx.Response:
+async def curtail(
+    client: httpx.AsyncClient, action: str, power_kw: float, command_id: str | None = None, **kwargs
+) -> httpx.Response:
     body = {"command_id": command_id or f"{action}-{power_kw}", "action": action, "power_kw": power_kw}
     return await client.post("/curtail", json=body, **kwargs)
 
@@ -131,7 +133,13 @@ async def test_home_without_battery_rejects_battery_commands(make_app, serve_app
 
 # -- start-up errors of the home's data file -----------------------------------------------------
 def test_uneven_timestamps_name_the_first_uneven_line(tmp_path):
-    rows = ["timestamp,solar_kw,load_kw,temp_air_c", "2025-06-01T00:00:00,0,1,15", "2025-06-01T00:15:00,0,1,15", "2025-06-01T00:20:00,0,1,15", "2025-06-01T00:45:00,0,1,15"]
+    rows = [
+        "timestamp,solar_kw,load_kw,temp_air_c",
+        "2025-06-01T00:00:00,0,1,15",
+        "2025-06-01T00:15:00,0,1,15",
+        "2025-06-01T00:20:00,0,1,15",
+        "2025-06-01T00:45:00,0,1,15",
+    ]
     path = tmp_path / "uneven.csv"
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(StartupError, match=r"uneven\.csv, line 4, column timestamp"):
@@ -140,7 +148,9 @@ def test_uneven_timestamps_name_the_first_uneven_line(tmp_path):
 
 def test_data_file_missing_a_column_is_named(tmp_path):
     path = tmp_path / "no_load.csv"
-    path.write_text("timestamp,solar_kw,temp_air_c\n2025-06-01T00:00:00,0,1\n2025-06-01T00:15:00,0,1\n", encoding="utf-8")
+    path.write_text(
+        "timestamp,solar_kw,temp_air_c\n2025-06-01T00:00:00,0,1\n2025-06-01T00:15:00,0,1\n", encoding="utf-8"
+    )
     with pytest.raises(StartupError, match="load_kw"):
         create_app(make_home_settings(tmp_path, data_file=path), register=False)
 

@@ -8,8 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pytest import approx
 
-from agents.grid import create_app as create_grid_app
 from agents.common.metrics import GridMetrics, peer_error_kind
+from agents.grid import create_app as create_grid_app
 from models.schemas import CoordinationResult, FallbackKind
 from tests.conftest import BATTERY_ID, HOME_ID, make_grid_settings, running
 
@@ -67,7 +67,9 @@ async def test_grid_metrics_after_cycles(feeder):
         assert value(s, "ems_transformer_loading_before_kw", transformer_id=tid) == approx(t["loading_before_kw"])
         assert value(s, "ems_transformer_rating_kw", transformer_id=tid) == approx(t["rating_kw"])
         assert value(s, "ems_transformer_reverse_limit_kw", transformer_id=tid) == approx(t["reverse_limit_kw"])
-        outside_before = sum(x["state_before"] != "normal" for r in results for x in r["transformers"] if x["transformer_id"] == tid)
+        outside_before = sum(
+            x["state_before"] != "normal" for r in results for x in r["transformers"] if x["transformer_id"] == tid
+        )
         assert value(s, "ems_transformer_outside_limits_total", transformer_id=tid, when="before") == outside_before
 
     actions = [a for r in results for a in r["actions"]]
@@ -147,7 +149,9 @@ async def test_device_metrics_count_a_duplicate_and_a_rejection(feeder):
     assert (await home.post("/curtail", json=body)).json()["status"] == "duplicate"
     battery = feeder.devices[BATTERY_ID]
     await battery.post("/simulate")
-    refused = await battery.post("/curtail", json={"command_id": "metrics-2", "action": "curtail_solar", "power_kw": 1.0})
+    refused = await battery.post(
+        "/curtail", json={"command_id": "metrics-2", "action": "curtail_solar", "power_kw": 1.0}
+    )
     assert refused.json()["status"] == "rejected"
     s = scrape(await get_metrics(home))
     assert value(s, "ems_commands_total", action="shed_load", status="applied") == 1
@@ -190,7 +194,10 @@ def test_fallbacks_are_labelled_by_the_kind_the_cycle_carries():
     [
         (httpx.ConnectError("refused"), "connect"),
         (httpx.ReadTimeout("slow"), "timeout"),
-        (httpx.HTTPStatusError("503", request=httpx.Request("POST", "http://x"), response=httpx.Response(503)), "http_status"),
+        (
+            httpx.HTTPStatusError("503", request=httpx.Request("POST", "http://x"), response=httpx.Response(503)),
+            "http_status",
+        ),
         (ValueError("answered as home_2"), "invalid_answer"),
         (RuntimeError("?"), "other"),
     ],

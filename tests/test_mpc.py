@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agents.planners.snapshot import build_snapshot
+from agents.common.settings import HomeSettings
 from agents.device.home import HomeAgent
 from agents.planners import PLANNERS, AgentFlex, Plan, Snapshot, TransformerSnapshot, plan_optimal
 from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
-from agents.common.settings import HomeSettings
+from agents.planners.snapshot import build_snapshot
 from models.schemas import (
     AgentStatus,
     AgentType,
@@ -139,13 +139,20 @@ def test_solve_horizon_never_charges_and_discharges_at_once(premium):
 def test_solve_horizon_pool_takes_over_identical_batteries():
     """Two alike batteries alone for one step, then pooled: the same optimum as one of twice the size."""
     loading = np.array([[0.0, -25.0, -25.0, 0.0]])
-    common = {"step_s": 3600.0, "loading_kw": loading, "rating_kw": np.array([10.0]), "reverse_limit_kw": np.array([10.0])}
+    common = {
+        "step_s": 3600.0,
+        "loading_kw": loading,
+        "rating_kw": np.array([10.0]),
+        "reverse_limit_kw": np.array([10.0]),
+    }
     flex = [HorizonFlex(0, np.full(4, 50.0), np.zeros(4))]
     each = [battery([0.0], energy_kwh=6.0) for _ in range(2)]
     pool = battery(np.zeros(3), energy_kwh=0.0, energy_max_kwh=20.0, power_kw=10.0, first_step=1, takes_over=(0, 1))
     split = solve_horizon(HorizonProblem(batteries=[*each, pool], flex=flex, **common))
     whole = solve_horizon(
-        HorizonProblem(batteries=[battery(np.zeros(4), energy_kwh=12.0, energy_max_kwh=20.0, power_kw=10.0)], flex=flex, **common)
+        HorizonProblem(
+            batteries=[battery(np.zeros(4), energy_kwh=12.0, energy_max_kwh=20.0, power_kw=10.0)], flex=flex, **common
+        )
     )
     assert split.cost == pytest.approx(whole.cost, abs=1e-6)
     assert split.curtail_kw.sum() == pytest.approx(whole.curtail_kw.sum(), abs=1e-6)
@@ -396,7 +403,12 @@ def test_mpc_is_registered_and_each_factory_call_starts_afresh():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"horizon_steps": 0}, {"individual_steps": 0}, {"forecast_days": 5, "history_days": 3}, {"solar_forecast": "psychic"}],
+    [
+        {"horizon_steps": 0},
+        {"individual_steps": 0},
+        {"forecast_days": 5, "history_days": 3},
+        {"solar_forecast": "psychic"},
+    ],
 )
 def test_mpc_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):

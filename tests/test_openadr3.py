@@ -35,8 +35,9 @@ PROGRAM = {
     "country": "DE",
     "timeZoneOffset": "PT1H",
     "intervalPeriod": {"start": "2025-06-01T00:00:00Z", "duration": "P1D"},
-    "payloadDescriptors": [{"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "IMPORT_CAPACITY_LIMIT",
-                            "units": "KW"}],
+    "payloadDescriptors": [
+        {"objectType": "EVENT_PAYLOAD_DESCRIPTOR", "payloadType": "IMPORT_CAPACITY_LIMIT", "units": "KW"}
+    ],
 }
 
 
@@ -222,7 +223,8 @@ def test_bl_creates_a_program_and_an_event(vtn):
 def test_put_keeps_id_and_creation_time_and_moves_modification_time(vtn):
     program = vtn.post("/programs", PROGRAM, "bl_client")
     response = vtn.client.put(
-        f"{BASE_PATH}/programs/{program['id']}", json={**PROGRAM, "id": "mine", "programLongName": "renamed"},
+        f"{BASE_PATH}/programs/{program['id']}",
+        json={**PROGRAM, "id": "mine", "programLongName": "renamed"},
         headers=vtn.as_("bl_client"),
     )
     assert response.status_code == 200, response.text
@@ -272,8 +274,9 @@ def test_a_ven_registers_a_ven_and_a_resource(vtn):
     assert vtn.get(f"/vens/{ven['id']}/resources/{resource['id']}", "ven_1") == resource
     assert vtn.get(f"/vens/{ven['id']}", "ven_1")["resources"] == [resource]
     assert_problem(
-        vtn.client.post(f"{BASE_PATH}/vens/{ven['id']}/resources", json={"resourceName": "home_1_battery"},
-                        headers=vtn.as_("ven_1")),
+        vtn.client.post(
+            f"{BASE_PATH}/vens/{ven['id']}/resources", json={"resourceName": "home_1_battery"}, headers=vtn.as_("ven_1")
+        ),
         409,
     )
 
@@ -284,6 +287,7 @@ def test_a_ven_reads_the_events_targeted_at_it_and_untargeted_ones(vtn):
     vtn.post(f"/vens/{ven['id']}/resources", {"resourceName": "home_1_battery"}, "ven_1")
     vtn.post("/vens", {"venName": "home_2"}, "ven_2")
     everyone = vtn.post("/events", event_for(program["id"], name="everyone"), "bl_client")
+
     def aimed(targets: list[dict], name: str) -> dict:
         return vtn.post("/events", event_for(program["id"], targets, name), "bl_client")
 
@@ -312,11 +316,13 @@ def test_a_ven_posts_a_report_on_an_event(vtn):
         "clientName": "home_1",
         "reportName": "evening peak usage",
         "payloadDescriptors": [{"payloadType": "USAGE", "readingType": "DIRECT_READ", "units": "KW"}],
-        "resources": [{
-            "resourceName": "home_1_battery",
-            "intervalPeriod": {"start": "2025-06-01T18:00:00+02:00", "duration": "PT15M"},
-            "intervals": [{"id": 0, "payloads": [{"type": "USAGE", "values": [3.2]}]}],
-        }],
+        "resources": [
+            {
+                "resourceName": "home_1_battery",
+                "intervalPeriod": {"start": "2025-06-01T18:00:00+02:00", "duration": "PT15M"},
+                "intervals": [{"id": 0, "payloads": [{"type": "USAGE", "values": [3.2]}]}],
+            }
+        ],
     }
     posted = vtn.post("/reports", report, "ven_1")
     assert posted["objectType"] == "REPORT" and posted["resources"] == report["resources"]
@@ -346,9 +352,11 @@ def test_a_ven_cannot_see_another_vens_objects(vtn):
 def test_subscriptions_belong_to_their_client(vtn):
     program = vtn.post("/programs", PROGRAM, "bl_client")
     subscription = {
-        "clientName": "home_1", "programID": program["id"],
-        "objectOperations": [{"objects": ["EVENT"], "operations": ["CREATE", "UPDATE"],
-                              "callbackUrl": "https://home-1.example/callback"}],
+        "clientName": "home_1",
+        "programID": program["id"],
+        "objectOperations": [
+            {"objects": ["EVENT"], "operations": ["CREATE", "UPDATE"], "callbackUrl": "https://home-1.example/callback"}
+        ],
     }
     posted = vtn.post("/subscriptions", subscription, "ven_1")
     assert posted["objectType"] == "SUBSCRIPTION"
@@ -379,8 +387,12 @@ def test_objects_survive_a_restart(tmp_path, clients_env):
 # --- the served OpenAPI -------------------------------------------------------------------------------------------
 def _operations(paths: dict[str, Any]) -> dict[tuple[str, str], str]:
     methods = {"get", "post", "put", "delete", "patch"}
-    return {(path, method): op.get("operationId") for path, item in paths.items() for method, op in item.items()
-            if method in methods}
+    return {
+        (path, method): op.get("operationId")
+        for path, item in paths.items()
+        for method, op in item.items()
+        if method in methods
+    }
 
 
 def test_served_openapi_has_the_official_paths_methods_and_operation_ids(vtn):
@@ -402,8 +414,9 @@ def test_served_openapi_declares_the_official_status_codes(vtn):
 def test_null_is_refused_where_the_document_does_not_allow_it(vtn):
     """Schemathesis found ``"duration": null`` accepted; the document makes only some fields nullable."""
     period = {"start": "2025-06-01T00:00:00Z", "duration": None}
-    response = vtn.client.post(f"{BASE_PATH}/programs", json={**PROGRAM, "intervalPeriod": period},
-                               headers=vtn.as_("bl_client"))
+    response = vtn.client.post(
+        f"{BASE_PATH}/programs", json={**PROGRAM, "intervalPeriod": period}, headers=vtn.as_("bl_client")
+    )
     assert "duration" in assert_problem(response, 400)["detail"]
     nullable = vtn.post("/programs", {**PROGRAM, "programType": None, "country": None}, "bl_client")
     assert "programType" not in nullable

@@ -137,7 +137,7 @@ def fuzz_official(app: Any, client_id: str, examples: int, seed: Seed) -> tuple[
                 run()
             except Unsatisfiable:
                 pass
-            except (Exception, BaseExceptionGroup) as exc:  # noqa: BLE001 (collected, then reported together)
+            except (Exception, BaseExceptionGroup) as exc:
                 failures.append(f"{operation.label} [{mode.value}] as {client_id}:\n{describe(exc)}")
     return failures, tally
 
@@ -148,6 +148,8 @@ def test_vtn_answers_conform_to_the_official_document(vtn_app, client_id, exampl
     started = time.monotonic()
     failures, tally = fuzz_official(vtn_app, client_id, examples, seed)
     elapsed_s = time.monotonic() - started
-    print(f"schemathesis as {client_id}: {tally['operations']} operations, {tally['requests']} requests, "
-          f"{len(failures)} failing, {elapsed_s:.1f} s")
+    print(
+        f"schemathesis as {client_id}: {tally['operations']} operations, {tally['requests']} requests, "
+        f"{len(failures)} failing, {elapsed_s:.1f} s"
+    )
     assert not failures, "\n\n".join(failures)

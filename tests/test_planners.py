@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.planners import PLANNERS, AgentFlex, Command, Snapshot, TransformerSnapshot, apply_plan, plan_optimal, plan_rule
+from agents.planners import (
+    PLANNERS,
+    AgentFlex,
+    Command,
+    Snapshot,
+    TransformerSnapshot,
+    apply_plan,
+    plan_optimal,
+    plan_rule,
+)
 from agents.planners.base import violations_after
 from agents.planners.optimal import ACTION_COST, HOLD_BACK_COST, SLACK_COST, _segments
 from models.grid import violation_kw
@@ -222,7 +231,14 @@ def test_plan_optimal_reverse_flow_nothing_enough_reports_unfixed_exactly():
 
 
 def test_action_cost_order_battery_then_solar_then_load():
-    assert HOLD_BACK_COST < ACTION_COST[CHARGE] == ACTION_COST[DISCHARGE] < ACTION_COST[CURTAIL] < ACTION_COST[SHED] < SLACK_COST
+    assert (
+        HOLD_BACK_COST
+        < ACTION_COST[CHARGE]
+        == ACTION_COST[DISCHARGE]
+        < ACTION_COST[CURTAIL]
+        < ACTION_COST[SHED]
+        < SLACK_COST
+    )
 
 
 @pytest.mark.parametrize(
@@ -315,7 +331,10 @@ def test_plan_optimal_two_troubled_transformers_fixed_independently():
         ("b2", CHARGE): pytest.approx(1.0, abs=KW_TOL),
         ("h2", CURTAIL): pytest.approx(3.0, abs=KW_TOL),
     }
-    assert apply_plan(snapshot, plan.commands) == {"T1": pytest.approx(10.0, abs=KW_TOL), "T2": pytest.approx(-10.0, abs=KW_TOL)}
+    assert apply_plan(snapshot, plan.commands) == {
+        "T1": pytest.approx(10.0, abs=KW_TOL),
+        "T2": pytest.approx(-10.0, abs=KW_TOL),
+    }
 
 
 def test_plan_optimal_ignores_negligible_headroom():

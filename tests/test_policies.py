@@ -11,8 +11,15 @@ from models.policies import net_power_kw, price_setpoint_kw, self_consumption_se
 @pytest.mark.parametrize(
     ("temp_air_c", "expected"),
     [
-        (-30.0, 0.5), (-10.0, 0.5), (-5.0, 0.75), (0.0, 1.0), (25.0, 1.0),
-        (40.0, 1.0), (45.0, 0.75), (50.0, 0.5), (60.0, 0.5),
+        (-30.0, 0.5),
+        (-10.0, 0.5),
+        (-5.0, 0.75),
+        (0.0, 1.0),
+        (25.0, 1.0),
+        (40.0, 1.0),
+        (45.0, 0.75),
+        (50.0, 0.5),
+        (60.0, 0.5),
     ],
 )
 def test_temperature_derating_fraction_bands(temp_air_c, expected):

@@ -20,9 +20,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from agents.device.battery import BatteryAgent
-from agents.device.agent import DeviceAgent
 from agents.common.errors import ConflictError
+from agents.device.agent import DeviceAgent
+from agents.device.battery import BatteryAgent
 from agents.device.home import HomeAgent
 from models.schemas import AgentStatus, CommandStatus, CurtailAction, CurtailCommand
 from models.units import seconds_to_hours
@@ -153,7 +153,13 @@ class Pair:
         duration_s = op.duration_s
         if op.valid_until_steps is not None and now is not None:
             valid_until, duration_s = now + timedelta(seconds=STEP_S * op.valid_until_steps), None
-        fresh = CurtailCommand(command_id=f"c{len(self.commands)}", action=op.action, power_kw=op.power_kw, duration_s=duration_s, valid_until=valid_until)
+        fresh = CurtailCommand(
+            command_id=f"c{len(self.commands)}",
+            action=op.action,
+            power_kw=op.power_kw,
+            duration_s=duration_s,
+            valid_until=valid_until,
+        )
         if op.reuse is None or not self.commands:
             return fresh
         earlier = self.commands[op.reuse % len(self.commands)]
@@ -199,8 +205,12 @@ class Pair:
         moved = after.net_power_kw - before.net_power_kw
         expected = command.action.direction * result.applied_kw
         assert moved == pytest.approx(expected, abs=TOLERANCE), (command, before.net_power_kw, after.net_power_kw)
-        expired = command.valid_until is not None and before.timestamp is not None and command.valid_until <= before.timestamp
-        if expired or (after.step == 0 and command.power_kw > TOLERANCE):  # before the first step a 0 kW command is a no-op
+        expired = (
+            command.valid_until is not None and before.timestamp is not None and command.valid_until <= before.timestamp
+        )
+        if expired or (
+            after.step == 0 and command.power_kw > TOLERANCE
+        ):  # before the first step a 0 kW command is a no-op
             assert result.status is CommandStatus.rejected
 
     def check_invariants(self, rated_kw: Callable[[AgentStatus], float]) -> None:
@@ -217,7 +227,9 @@ class Pair:
         # energy balance: capacity * (soc_now - soc_start) == sum over steps of charge*eta_c - discharge/eta_d
         spec = self.subject.battery.spec
         powers = [*self.ledger.finished_step_powers_kw, battery.power_kw]
-        into_cells_kwh = math.fsum(stored_kwh(p, spec.charge_efficiency_fraction, spec.discharge_efficiency_fraction) for p in powers)
+        into_cells_kwh = math.fsum(
+            stored_kwh(p, spec.charge_efficiency_fraction, spec.discharge_efficiency_fraction) for p in powers
+        )
         held_kwh = battery.capacity_kwh * (battery.soc_fraction - self.ledger.soc_start_fraction)
         assert held_kwh == pytest.approx(into_cells_kwh, abs=1e-9), (held_kwh, into_cells_kwh, powers)
 
@@ -256,12 +268,20 @@ def run(pair: Pair, ops: list[Any], rated_kw: Callable[[AgentStatus], float]) ->
     flexible=st.sampled_from([0.0, 0.3, 1.0]),
 )
 @example(ops=HELD_THEN_RESTART, battery_kwh=13.5, initial_soc=0.5, start="2025-06-01T00:30", flexible=0.3)
-def test_home_agent_invariants_over_random_commands_and_restarts(data_files, ops, battery_kwh, initial_soc, start, flexible):
+def test_home_agent_invariants_over_random_commands_and_restarts(
+    data_files, ops, battery_kwh, initial_soc, start, flexible
+):
     def build(folder: Path, fresh: bool) -> HomeAgent:
         return HomeAgent(
             make_home_settings(
-                folder, data_file=data_files["home"], start=start, battery_kwh=battery_kwh, battery_kw=5.0,
-                initial_soc_fraction=initial_soc, flexible_fraction=flexible, fresh=fresh,
+                folder,
+                data_file=data_files["home"],
+                start=start,
+                battery_kwh=battery_kwh,
+                battery_kw=5.0,
+                initial_soc_fraction=initial_soc,
+                flexible_fraction=flexible,
+                fresh=fresh,
             )
         )
 
@@ -282,8 +302,13 @@ def test_battery_agent_invariants_over_random_commands_and_restarts(data_files, 
     def build(folder: Path, fresh: bool) -> BatteryAgent:
         return BatteryAgent(
             make_battery_settings(
-                folder, data_file=data_files["battery"], start=start, capacity_kwh=capacity_kwh, power_kw=25.0,
-                initial_soc_fraction=initial_soc, fresh=fresh,
+                folder,
+                data_file=data_files["battery"],
+                start=start,
+                capacity_kwh=capacity_kwh,
+                power_kw=25.0,
+                initial_soc_fraction=initial_soc,
+                fresh=fresh,
             )
         )
 
@@ -300,7 +325,9 @@ def test_expired_command_is_rejected_whatever_its_power(data_files, tmp_path, po
     agent = HomeAgent(make_home_settings(tmp_path, data_file=data_files["home"], start="2025-06-01T00:30"))
     agent.simulate()
     before = agent.status()
-    late = CurtailCommand(command_id="late", action=CurtailAction.shed_load, power_kw=power_kw, valid_until=before.timestamp)
+    late = CurtailCommand(
+        command_id="late", action=CurtailAction.shed_load, power_kw=power_kw, valid_until=before.timestamp
+    )
     result = agent.curtail(late)
     agent.close()
     assert (result.status, result.applied_kw) == (CommandStatus.rejected, 0.0)

@@ -15,7 +15,15 @@ from rich.console import Console
 
 from agents.coordinator.progress import LINES_UP_TO_CYCLES, cycle_display, uses_progress_bar
 from agents.coordinator.report import PLOTS, run_kpis, summary_rows, transformer_kpis, write_report
-from tests.test_e2e import ROOT, child_env, child_pids, coordinator_command, free_port_block, leftover_pids, pid_gone, wait_until  # noqa: F401 (leftover_pids is a fixture)
+from tests.test_e2e import (
+    ROOT,
+    child_env,
+    child_pids,
+    coordinator_command,
+    free_port_block,
+    pid_gone,
+    wait_until,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -25,30 +33,61 @@ def transformer(before: float, after: float, rating: float = 15.0, reverse: floa
         return "overload" if kw > rating else "reverse_power_flow" if kw < -reverse else "normal"
 
     return {
-        "transformer_id": "T1", "rating_kw": rating, "reverse_limit_kw": reverse,
-        "loading_before_kw": before, "loading_after_kw": after, "state_before": state(before), "state_after": state(after),
+        "transformer_id": "T1",
+        "rating_kw": rating,
+        "reverse_limit_kw": reverse,
+        "loading_before_kw": before,
+        "loading_after_kw": after,
+        "state_before": state(before),
+        "state_after": state(after),
         "unfixed_kw": max(after - rating, -reverse - after, 0.0),
     }
 
 
 def action(name: str, applied_kw: float, status: str = "applied") -> dict:
-    return {"agent_id": "home_1", "transformer_id": "T1", "action": name, "requested_kw": applied_kw, "applied_kw": applied_kw, "status": status, "reason": None}
+    return {
+        "agent_id": "home_1",
+        "transformer_id": "T1",
+        "action": name,
+        "requested_kw": applied_kw,
+        "applied_kw": applied_kw,
+        "status": status,
+        "reason": None,
+    }
 
 
 #: Two 15-minute cycles: an overload fixed by curtailment, shedding and a battery, then reverse flow the AI fallback could not fix.
 CYCLES = [
     {
-        "cycle": 1, "timestamp": "2025-07-15T12:00:00", "step_s": 900.0, "planner": "optimal", "fallback_reason": None,
+        "cycle": 1,
+        "timestamp": "2025-07-15T12:00:00",
+        "step_s": 900.0,
+        "planner": "optimal",
+        "fallback_reason": None,
         "transformers": [transformer(20.0, 15.0)],
-        "actions": [action("curtail_solar", 2.0), action("shed_load", 1.0), action("discharge_battery", 2.0, "partial")],
-        "unreachable": [], "agents_stepped": 2, "duration_ms": 4.0, "phase_ms": {"step": 1.0, "plan": 2.0, "act": 1.0},
+        "actions": [
+            action("curtail_solar", 2.0),
+            action("shed_load", 1.0),
+            action("discharge_battery", 2.0, "partial"),
+        ],
+        "unreachable": [],
+        "agents_stepped": 2,
+        "duration_ms": 4.0,
+        "phase_ms": {"step": 1.0, "plan": 2.0, "act": 1.0},
     },
     {
-        "cycle": 2, "timestamp": "2025-07-15T12:15:00", "step_s": 900.0, "planner": "optimal", "fallback_reason": "OPENAI_API_KEY is not set",
+        "cycle": 2,
+        "timestamp": "2025-07-15T12:15:00",
+        "step_s": 900.0,
+        "planner": "optimal",
+        "fallback_reason": "OPENAI_API_KEY is not set",
         "fallback_kind": "missing_key",
         "transformers": [transformer(-20.0, -16.0)],
         "actions": [action("charge_battery", 4.0)],
-        "unreachable": ["battery_agent_1"], "agents_stepped": 1, "duration_ms": 6.0, "phase_ms": {"step": 1.0, "plan": 4.0, "act": 1.0},
+        "unreachable": ["battery_agent_1"],
+        "agents_stepped": 1,
+        "duration_ms": 6.0,
+        "phase_ms": {"step": 1.0, "plan": 4.0, "act": 1.0},
     },
 ]
 HISTORY = [
@@ -115,7 +154,9 @@ def test_transformer_kpis_peaks_and_minutes():
 
 
 def test_summary_rows_compare_with_and_without_coordination():
-    rows = {figure: (coordinated, uncoordinated) for figure, coordinated, uncoordinated in summary_rows(run_kpis(CYCLES))}
+    rows = {
+        figure: (coordinated, uncoordinated) for figure, coordinated, uncoordinated in summary_rows(run_kpis(CYCLES))
+    }
     assert rows["minutes outside limits"] == ("15", "30")
     assert rows["energy imported (kWh)"] == ("3.75", "5.00")
     assert rows["solar curtailed (kWh)"][0] == "0.50"
@@ -178,7 +219,19 @@ def test_long_runs_show_a_progress_bar_with_rate_and_eta():
 def test_coordinator_writes_a_report(tmp_path, leftover_pids):
     base = free_port_block()
     report = tmp_path / "report"
-    command = coordinator_command(tmp_path, base, "--cycles", "8", "--interval", "0", "--exit", "--start", "2025-07-15T17:00", "--report", str(report))
+    command = coordinator_command(
+        tmp_path,
+        base,
+        "--cycles",
+        "8",
+        "--interval",
+        "0",
+        "--exit",
+        "--start",
+        "2025-07-15T17:00",
+        "--report",
+        str(report),
+    )
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120, env=child_env(COLUMNS="200"))
     pids = child_pids(done.stdout)
     leftover_pids.extend(pids.values())
@@ -193,8 +246,15 @@ def test_coordinator_writes_a_report(tmp_path, leftover_pids):
     assert {"generated_at", "run", "kpis", "transformers", "soc_agents", "files"} <= set(summary)
     k = summary["kpis"]
     for key in (
-        "energy_imported_kwh", "energy_exported_kwh", "solar_curtailed_kwh", "load_shed_kwh", "minutes_outside_limits_before",
-        "minutes_outside_limits_after", "battery_throughput_kwh", "planner_calls", "planner_fallbacks",
+        "energy_imported_kwh",
+        "energy_exported_kwh",
+        "solar_curtailed_kwh",
+        "load_shed_kwh",
+        "minutes_outside_limits_before",
+        "minutes_outside_limits_after",
+        "battery_throughput_kwh",
+        "planner_calls",
+        "planner_fallbacks",
     ):
         assert key in k
     assert k["cycles"] == summary["run"]["cycles_run"] == 8

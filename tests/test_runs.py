@@ -233,8 +233,14 @@ async def test_coordinate_batch_within_the_cap_runs(feeder):
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"cycles": 0}, "cycles"), ({"cycles": "5"}, "cycles"), ({"cycles": True}, "cycles"), ({}, "cycles"),
-     ({"cycles": 2_000_000}, "cycles"), ({"cycles": 2, "interval": 1}, "interval")],
+    [
+        ({"cycles": 0}, "cycles"),
+        ({"cycles": "5"}, "cycles"),
+        ({"cycles": True}, "cycles"),
+        ({}, "cycles"),
+        ({"cycles": 2_000_000}, "cycles"),
+        ({"cycles": 2, "interval": 1}, "interval"),
+    ],
 )
 async def test_bad_run_is_422_naming_the_field(feeder, body, field):
     response = await feeder.client.post("/runs", json=body)

@@ -46,8 +46,17 @@ def tls_flags(files: TlsFiles, *, require: bool = True) -> list[str]:
 @pytest.mark.parametrize(
     ("host", "loopback"),
     [
-        ("127.0.0.1", True), ("127.8.9.10", True), ("::1", True), ("[::1]", True), ("localhost", True),
-        ("LOCALHOST.", True), ("0.0.0.0", False), ("10.0.0.5", False), ("grid.lab", False), ("", False), (None, False),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("localhost", True),
+        ("LOCALHOST.", True),
+        ("0.0.0.0", False),
+        ("10.0.0.5", False),
+        ("grid.lab", False),
+        ("", False),
+        (None, False),
     ],
 )
 def test_is_loopback(host, loopback):
@@ -57,8 +66,12 @@ def test_is_loopback(host, loopback):
 @pytest.mark.parametrize(
     ("url", "refused"),
     [
-        ("http://grid.lab:8000", True), ("http://10.0.0.5", True), ("HTTP://grid.lab", True),
-        ("http://127.0.0.1:8000", False), ("http://localhost:8001/agents/h1", False), ("http://[::1]:8000", False),
+        ("http://grid.lab:8000", True),
+        ("http://10.0.0.5", True),
+        ("HTTP://grid.lab", True),
+        ("http://127.0.0.1:8000", False),
+        ("http://localhost:8001/agents/h1", False),
+        ("http://[::1]:8000", False),
         ("https://grid.lab:8000", False),
     ],
 )
@@ -141,7 +154,9 @@ def test_bad_tls_flags_are_one_line_errors(tls_files, capsys, flags, message):
 def test_server_ssl_options_for_uvicorn(tls_files):
     settings = GridSettings(tls_certfile=tls_files.cert, tls_keyfile=tls_files.key, tls_ca_file=tls_files.ca)
     assert server_ssl_options(settings) == {
-        "ssl_certfile": str(tls_files.cert), "ssl_keyfile": str(tls_files.key), "ssl_ca_certs": str(tls_files.ca)
+        "ssl_certfile": str(tls_files.cert),
+        "ssl_keyfile": str(tls_files.key),
+        "ssl_ca_certs": str(tls_files.ca),
     }
     required = settings.model_copy(update={"tls_require_client_cert": True})
     assert server_ssl_options(required)["ssl_cert_reqs"] == ssl.CERT_REQUIRED
@@ -159,8 +174,11 @@ def test_a_key_that_does_not_fit_the_certificate_is_a_startup_error(tls_files):
 @pytest.mark.parametrize(
     ("host", "token", "tls", "warns"),
     [
-        ("0.0.0.0", TOKEN, False, True), ("10.0.0.5", TOKEN, False, True), ("127.0.0.1", TOKEN, False, False),
-        ("0.0.0.0", None, False, False), ("0.0.0.0", TOKEN, True, False),
+        ("0.0.0.0", TOKEN, False, True),
+        ("10.0.0.5", TOKEN, False, True),
+        ("127.0.0.1", TOKEN, False, False),
+        ("0.0.0.0", None, False, False),
+        ("0.0.0.0", TOKEN, True, False),
     ],
 )
 def test_plaintext_token_warning(tls_files, host, token, tls, warns):
@@ -175,7 +193,9 @@ def test_plaintext_token_warning(tls_files, host, token, tls, warns):
 def test_coordinator_hands_its_tls_flags_to_every_child(tmp_path, tls_files, monkeypatch):
     monkeypatch.chdir(tls_files.ca.parent)
     relative = {
-        "tls_certfile": Path("server.pem"), "tls_keyfile": Path("server-key.pem"), "tls_ca_file": Path("ca.pem")
+        "tls_certfile": Path("server.pem"),
+        "tls_keyfile": Path("server-key.pem"),
+        "tls_ca_file": Path("ca.pem"),
     }
     settings = CoordinatorSettings(base_port=9100, log_dir=tmp_path, **relative)
     children = plan_children(settings)
@@ -217,12 +237,27 @@ def trio(tmp_path_factory: pytest.TempPathFactory, tls_files: TlsFiles) -> Itera
     base = free_port_block()
     output = folder / "coordinator.out"
     command = [
-        sys.executable, "run_distributed_simulation.py", "--base-port", str(base), "--cycles", "2", "--interval", "0",
-        "--log-dir", str(folder / "logs"), "--state-dir", str(folder / "state"), *tls_flags(tls_files),
+        sys.executable,
+        "run_distributed_simulation.py",
+        "--base-port",
+        str(base),
+        "--cycles",
+        "2",
+        "--interval",
+        "0",
+        "--log-dir",
+        str(folder / "logs"),
+        "--state-dir",
+        str(folder / "state"),
+        *tls_flags(tls_files),
     ]
     with output.open("w", encoding="utf-8") as sink:
         process = subprocess.Popen(
-            command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env=child_env(COLUMNS="200", AGENT_TOKEN=TOKEN),
         )
     trio = Trio(base, output, folder / "logs", process)
@@ -296,15 +331,28 @@ def test_a_server_bound_beyond_loopback_with_a_token_and_no_tls_warns(tmp_path):
     port = free_port()
     output = tmp_path / "grid.out"
     command = [
-        sys.executable, "grid_agent_server.py", "--host", "0.0.0.0", "--port", str(port),
-        "--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state"),
+        sys.executable,
+        "grid_agent_server.py",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(port),
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--state-dir",
+        str(tmp_path / "state"),
     ]
     with output.open("w", encoding="utf-8") as sink:
         process = subprocess.Popen(
-            command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            command,
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env=child_env(AGENT_TOKEN=TOKEN),
         )
     try:
+
         def healthy() -> bool:
             try:
                 return httpx.get(f"http://{HOST}:{port}/health", timeout=1.0).status_code == 200  # loopback only

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import numpy as np
@@ -13,13 +13,18 @@ import respx
 from agents.planners.mpc import SOLAR, MpcPlanner
 from agents.planners.weather import FORECAST_URL, CloudForecast, clear_sky_index
 
-NOON_UTC = datetime(2026, 6, 21, 17, 0, tzinfo=timezone.utc)  # about solar noon in Greensboro
+NOON_UTC = datetime(2026, 6, 21, 17, 0, tzinfo=UTC)  # about solar noon in Greensboro
 
 
 def owm_answer(cloud_percent: list[int], start: datetime = NOON_UTC) -> dict:
     """OpenWeatherMap's 5-day forecast shape: an entry every 3 hours with clouds.all in percent."""
     t0 = int(start.timestamp())
-    return {"cod": "200", "list": [{"dt": t0 + 10800 * i, "clouds": {"all": c}, "main": {"temp": 25.0}} for i, c in enumerate(cloud_percent)]}
+    return {
+        "cod": "200",
+        "list": [
+            {"dt": t0 + 10800 * i, "clouds": {"all": c}, "main": {"temp": 25.0}} for i, c in enumerate(cloud_percent)
+        ],
+    }
 
 
 def test_clear_sky_index_is_one_under_a_clear_sky_and_falls_with_clouds():
@@ -32,7 +37,7 @@ def test_clear_sky_index_is_one_under_a_clear_sky_and_falls_with_clouds():
 
 
 def test_clear_sky_index_is_one_at_night():
-    night = pd.DatetimeIndex([datetime(2026, 6, 21, 6, 0, tzinfo=timezone.utc)])  # 02:00 local
+    night = pd.DatetimeIndex([datetime(2026, 6, 21, 6, 0, tzinfo=UTC)])  # 02:00 local
     assert clear_sky_index(night, np.array([1.0]), 36.10, -79.95)[0] == 1.0
 
 
@@ -51,7 +56,15 @@ def test_cloud_forecast_reads_openweathermap_and_interpolates_per_step():
     assert route.call_count == 1  # refreshed hourly, not per call
 
 
-@pytest.mark.parametrize("response", [httpx.Response(401, json={"cod": 401, "message": "Invalid API key"}), httpx.Response(200, json={"list": []}), httpx.Response(200, text="not json"), httpx.ConnectTimeout("timed out")])
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(401, json={"cod": 401, "message": "Invalid API key"}),
+        httpx.Response(200, json={"list": []}),
+        httpx.Response(200, text="not json"),
+        httpx.ConnectTimeout("timed out"),
+    ],
+)
 @respx.mock
 def test_cloud_forecast_failure_leaves_the_planner_on_history(response, caplog):
     route = respx.get(FORECAST_URL)

@@ -11,7 +11,6 @@ from fastapi import Header
 from agents.common.errors import UnauthorizedError
 from agents.common.settings import agent_token_from_env
 
-
 #: Set to 1 by the coordinator for the agents it starts when it made up their token (AGENT_TOKEN unset).
 GENERATED_TOKEN_ENV = "AGENT_TOKEN_GENERATED"
 

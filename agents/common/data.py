@@ -47,7 +47,9 @@ class TimeSeries:
         offset = (when - self.start).total_seconds()
         index = int(offset // self.step_s)
         if not 0 <= index < len(self):
-            raise ValueError(f"{when.isoformat()} is outside the data ({self.start.isoformat()} to {self.timestamp(len(self) - 1).isoformat()})")
+            raise ValueError(
+                f"{when.isoformat()} is outside the data ({self.start.isoformat()} to {self.timestamp(len(self) - 1).isoformat()})"
+            )
         return index
 
 
@@ -66,7 +68,9 @@ def load_timeseries(path: Path, columns: tuple[str, ...], nonnegative: tuple[str
 
 
 @functools.lru_cache(maxsize=16)
-def _load_cached(path: Path, mtime_ns: int, size: int, columns: tuple[str, ...], nonnegative: tuple[str, ...]) -> TimeSeries:
+def _load_cached(
+    path: Path, mtime_ns: int, size: int, columns: tuple[str, ...], nonnegative: tuple[str, ...]
+) -> TimeSeries:
     series = _load(path, columns, nonnegative)
     for values in series.columns.values():
         values.setflags(write=False)
@@ -80,7 +84,9 @@ def _load(path: Path, columns: tuple[str, ...], nonnegative: tuple[str, ...]) ->
         raise StartupError(f"{path}: not a readable CSV: {exc}") from exc
     missing = [name for name in ("timestamp", *columns) if name not in frame.columns]
     if missing:
-        raise StartupError(f"{path}, line 1: missing column(s) {', '.join(missing)} (found {', '.join(map(str, frame.columns))})")
+        raise StartupError(
+            f"{path}, line 1: missing column(s) {', '.join(missing)} (found {', '.join(map(str, frame.columns))})"
+        )
     frame.index = frame.index + 2  # the line each row stands on in the file (header = line 1)
     blank = (frame == "").all(axis=1) | frame.isna().all(axis=1)
     frame = frame[~blank]

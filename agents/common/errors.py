@@ -121,7 +121,9 @@ def install_error_handlers(app: FastAPI, agent_id: str) -> None:
     """Render every error, ours or FastAPI's, as one ``ErrorBody`` JSON shape."""
 
     def render(status_code: int, body: ErrorBody, headers: dict | None = None) -> JSONResponse:
-        return JSONResponse(status_code=status_code, content=jsonable_encoder(body.model_dump(exclude_none=True)), headers=headers)
+        return JSONResponse(
+            status_code=status_code, content=jsonable_encoder(body.model_dump(exclude_none=True)), headers=headers
+        )
 
     @app.exception_handler(AgentError)
     async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 #: Buckets of the cycle duration (s): a cycle on loopback takes milliseconds; a slow peer or model, seconds.
 CYCLE_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+
 def peer_error_kind(exc: BaseException) -> str:
     """A short, fixed label for a failed call to another agent."""
     kind = getattr(exc, "kind", None)  # agents.cycle.peers.PeerCallError names its own kind
@@ -75,12 +76,16 @@ class AgentMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.commands = Counter(
-            "ems_commands", "Curtailment commands by action and outcome (status: applied, partial, rejected, duplicate, unreachable)",
-            ["action", "status"], registry=self.registry,
+            "ems_commands",
+            "Curtailment commands by action and outcome (status: applied, partial, rejected, duplicate, unreachable)",
+            ["action", "status"],
+            registry=self.registry,
         )
         self.peer_errors = Counter(
-            "ems_peer_errors", "Failed calls to another agent, by peer and kind (timeout, connect, http_status, invalid_answer)",
-            ["peer", "kind"], registry=self.registry,
+            "ems_peer_errors",
+            "Failed calls to another agent, by peer and kind (timeout, connect, http_status, invalid_answer)",
+            ["peer", "kind"],
+            registry=self.registry,
         )
 
     def command(self, action: Any, status: Any) -> None:
@@ -98,8 +103,19 @@ class GridMetrics(AgentMetrics):
     def __init__(self, agents: Callable[[], Iterable[AgentRecord]]) -> None:
         super().__init__()
         r = self.registry
-        self.cycle_duration = Histogram("ems_cycle_duration_seconds", "Duration of one coordination cycle (step, plan, act, record)", buckets=CYCLE_BUCKETS_S, registry=r)
-        self.phase_duration = Histogram("ems_cycle_phase_duration_seconds", "Duration of each phase of a cycle", ["phase"], buckets=CYCLE_BUCKETS_S, registry=r)
+        self.cycle_duration = Histogram(
+            "ems_cycle_duration_seconds",
+            "Duration of one coordination cycle (step, plan, act, record)",
+            buckets=CYCLE_BUCKETS_S,
+            registry=r,
+        )
+        self.phase_duration = Histogram(
+            "ems_cycle_phase_duration_seconds",
+            "Duration of each phase of a cycle",
+            ["phase"],
+            buckets=CYCLE_BUCKETS_S,
+            registry=r,
+        )
         self.cycles = Counter("ems_cycles", "Coordination cycles, by the planner that decided", ["planner"], registry=r)
         self.fallbacks = Counter(
             "ems_planner_fallbacks",
@@ -107,13 +123,30 @@ class GridMetrics(AgentMetrics):
             ["kind"],
             registry=r,
         )
-        self.loading = Gauge("ems_transformer_loading_kw", "Loading after coordination in the last cycle (kW, > 0 = import)", ["transformer_id"], registry=r)
-        self.loading_before = Gauge("ems_transformer_loading_before_kw", "Loading before coordination in the last cycle (kW, > 0 = import)", ["transformer_id"], registry=r)
+        self.loading = Gauge(
+            "ems_transformer_loading_kw",
+            "Loading after coordination in the last cycle (kW, > 0 = import)",
+            ["transformer_id"],
+            registry=r,
+        )
+        self.loading_before = Gauge(
+            "ems_transformer_loading_before_kw",
+            "Loading before coordination in the last cycle (kW, > 0 = import)",
+            ["transformer_id"],
+            registry=r,
+        )
         self.rating = Gauge("ems_transformer_rating_kw", "Transformer rating (kW)", ["transformer_id"], registry=r)
-        self.reverse_limit = Gauge("ems_transformer_reverse_limit_kw", "Transformer reverse-flow limit (kW, a positive number)", ["transformer_id"], registry=r)
+        self.reverse_limit = Gauge(
+            "ems_transformer_reverse_limit_kw",
+            "Transformer reverse-flow limit (kW, a positive number)",
+            ["transformer_id"],
+            registry=r,
+        )
         self.outside_limits = Counter(
-            "ems_transformer_outside_limits", "Cycles a transformer was outside its limits, before or after coordination",
-            ["transformer_id", "when"], registry=r,
+            "ems_transformer_outside_limits",
+            "Cycles a transformer was outside its limits, before or after coordination",
+            ["transformer_id", "when"],
+            registry=r,
         )
         self._agents = agents
         r.register(_ScrapeTime(self._collect_agents))
@@ -147,8 +180,14 @@ class GridMetrics(AgentMetrics):
     def _collect_agents(self) -> Iterator[Metric]:
         records = list(self._agents())
         yield GaugeMetricFamily("ems_agents_registered", "Agents registered with the grid agent", value=len(records))
-        yield GaugeMetricFamily("ems_agents_healthy", "Registered agents heard from recently", value=sum(r.healthy for r in records))
-        up = GaugeMetricFamily("ems_agent_up", "1 when a registered agent is healthy, else 0", labels=["agent_id", "agent_type", "transformer_id"])
+        yield GaugeMetricFamily(
+            "ems_agents_healthy", "Registered agents heard from recently", value=sum(r.healthy for r in records)
+        )
+        up = GaugeMetricFamily(
+            "ems_agent_up",
+            "1 when a registered agent is healthy, else 0",
+            labels=["agent_id", "agent_type", "transformer_id"],
+        )
         for r in records:
             up.add_metric([r.agent_id, _value(r.agent_type), r.transformer_id], 1.0 if r.healthy else 0.0)
         yield up
@@ -164,14 +203,26 @@ class DeviceMetrics(AgentMetrics):
 
     def _collect_status(self) -> Iterator[Metric]:
         s = self._status()
-        yield InfoMetricFamily("ems_agent", "What this agent is", value={"agent_id": s.agent_id, "agent_type": _value(s.agent_type), "transformer_id": s.transformer_id})
+        yield InfoMetricFamily(
+            "ems_agent",
+            "What this agent is",
+            value={"agent_id": s.agent_id, "agent_type": _value(s.agent_type), "transformer_id": s.transformer_id},
+        )
         yield GaugeMetricFamily("ems_agent_step", "Steps simulated so far", value=s.step)
-        yield GaugeMetricFamily("ems_agent_net_power_kw", "Net power this step (kW, > 0 = import)", value=s.net_power_kw)
+        yield GaugeMetricFamily(
+            "ems_agent_net_power_kw", "Net power this step (kW, > 0 = import)", value=s.net_power_kw
+        )
         if s.battery is not None:
-            yield GaugeMetricFamily("ems_battery_soc_fraction", "Battery state of charge (0-1)", value=s.battery.soc_fraction)
-            yield GaugeMetricFamily("ems_battery_power_kw", "Battery power (kW, > 0 = charging)", value=s.battery.power_kw)
+            yield GaugeMetricFamily(
+                "ems_battery_soc_fraction", "Battery state of charge (0-1)", value=s.battery.soc_fraction
+            )
+            yield GaugeMetricFamily(
+                "ems_battery_power_kw", "Battery power (kW, > 0 = charging)", value=s.battery.power_kw
+            )
         if s.solar is not None:
-            yield GaugeMetricFamily("ems_solar_curtailed_kw", "Solar output curtailed this step (kW)", value=s.solar.curtailed_kw)
+            yield GaugeMetricFamily(
+                "ems_solar_curtailed_kw", "Solar output curtailed this step (kW)", value=s.solar.curtailed_kw
+            )
         if s.load is not None:
             yield GaugeMetricFamily("ems_load_shed_kw", "Flexible load shed this step (kW)", value=s.load.shed_kw)
 

@@ -78,16 +78,24 @@ class Scenario(BaseModel):
         for kind, entries in (("homes", self.homes), ("batteries", self.batteries)):
             for i, entry in enumerate(entries):
                 if entry.id in seen:
-                    raise ValueError(f"{kind}[{i}].id {entry.id!r} is used twice (ids must be unique across homes and batteries)")
+                    raise ValueError(
+                        f"{kind}[{i}].id {entry.id!r} is used twice (ids must be unique across homes and batteries)"
+                    )
                 seen.add(entry.id)
                 if self.transformers and entry.transformer not in ids:
-                    raise ValueError(f"{kind}[{i}].transformer {entry.transformer!r} is not one of the scenario's transformers ({', '.join(ids)})")
+                    raise ValueError(
+                        f"{kind}[{i}].transformer {entry.transformer!r} is not one of the scenario's transformers ({', '.join(ids)})"
+                    )
         return self
 
     def to_toml(self) -> str:
         """The scenario as TOML that ``load_scenario`` reads back to an equal scenario."""
         lines = [f"name = {_toml_value(self.name)}", ""]
-        for table, entries in (("transformers", self.transformers), ("homes", self.homes), ("batteries", self.batteries)):
+        for table, entries in (
+            ("transformers", self.transformers),
+            ("homes", self.homes),
+            ("batteries", self.batteries),
+        ):
             for entry in entries:
                 lines.append(f"[[{table}]]")
                 lines += [f"{key} = {_toml_value(value)}" for key, value in entry.model_dump(exclude_none=True).items()]
@@ -145,7 +153,9 @@ def generate_feeder(n_homes: int, name: str | None = None) -> Scenario:
         rating = float(n_here + 10)
         transformers.append(TransformerSpec(id=f"T{t + 1}", rating_kw=rating, reverse_limit_kw=round(0.6 * rating, 1)))
     batteries = [BatterySpecEntry(id=f"battery_T{t + 1}", transformer=f"T{t + 1}") for t in range(n_transformers)]
-    return Scenario(name=name or f"generated feeder of {n_homes} homes", transformers=transformers, homes=homes, batteries=batteries)
+    return Scenario(
+        name=name or f"generated feeder of {n_homes} homes", transformers=transformers, homes=homes, batteries=batteries
+    )
 
 
 def load_scenario(path: Path) -> Scenario:

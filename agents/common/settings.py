@@ -95,9 +95,13 @@ class DeviceSettings(ServerSettings):
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between heartbeats to the grid agent")
     request_timeout_s: float = Field(2.0, gt=0, description="Timeout of calls to the grid agent")
     fresh: bool = Field(False, description="Discard the saved state and start again from the first step")
-    fail_safe_after_s: float = Field(30.0, gt=0, description="With no word from the grid agent this long, drop its commands and run on local policy")
+    fail_safe_after_s: float = Field(
+        30.0, gt=0, description="With no word from the grid agent this long, drop its commands and run on local policy"
+    )
     scenario: Path | None = Field(None, description="Host this process's share of the scenario's agents instead of one")
-    shard: str = Field("0/1", pattern=r"^\d+/[1-9]\d*$", description="With --scenario: host agents i, i+n, i+2n... written i/n")
+    shard: str = Field(
+        "0/1", pattern=r"^\d+/[1-9]\d*$", description="With --scenario: host agents i, i+n, i+2n... written i/n"
+    )
     max_agents_per_process: int = Field(1000, ge=1, description="Refuse to host more agents than this in one process")
     bus: int | None = Field(None, ge=0, description="The network bus the agent is connected at (homes from a network)")
     data_row: int | None = Field(
@@ -151,14 +155,22 @@ class GridSettings(ServerSettings):
 
     port: int = Field(8000, ge=0, le=65535)
     agent_id: str = Field("grid_agent", min_length=1, max_length=64)
-    transformer_rating_kw: float = Field(15.0, gt=0, description="Rating of every transformer the scenario does not rate")
+    transformer_rating_kw: float = Field(
+        15.0, gt=0, description="Rating of every transformer the scenario does not rate"
+    )
     reverse_limit_kw: float | None = Field(None, gt=0, description="Reverse-flow limit (default: the rating)")
     scenario: Path | None = Field(None, description="Scenario file (transformers and their limits)")
-    planner: str = Field("auto", pattern=r"^(auto|optimal|rule|ai|mpc)$", description="auto (ai with an OpenAI key, else optimal), optimal, rule, ai or mpc")
+    planner: str = Field(
+        "auto",
+        pattern=r"^(auto|optimal|rule|ai|mpc)$",
+        description="auto (ai with an OpenAI key, else optimal), optimal, rule, ai or mpc",
+    )
     ai_timeout_s: float = Field(5.0, gt=0, description="Deadline of one model call; past it the optimal plan is used")
     step_timeout_s: float = Field(2.0, gt=0, description="Timeout of each /simulate and /curtail call")
     max_concurrency: int = Field(64, ge=1, description="Calls to agents in flight at once")
-    curtail_retries: int = Field(2, ge=0, le=5, description="Retries of a /curtail that could not connect (same command_id)")
+    curtail_retries: int = Field(
+        2, ge=0, le=5, description="Retries of a /curtail that could not connect (same command_id)"
+    )
     stale_after_s: float = Field(15.0, gt=0, description="An agent unheard of this long is unhealthy")
     coordinate_wait_s: float = Field(
         5.0,
@@ -197,7 +209,11 @@ def agent_token_from_env() -> str | None:
 
 def openai_settings_from_env() -> tuple[str | None, str, str | None]:
     """(OPENAI_API_KEY, OPENAI_MODEL or gpt-3.5-turbo, OPENAI_BASE_URL): environment only, never flags."""
-    return os.environ.get("OPENAI_API_KEY") or None, os.environ.get("OPENAI_MODEL") or "gpt-3.5-turbo", os.environ.get("OPENAI_BASE_URL") or None
+    return (
+        os.environ.get("OPENAI_API_KEY") or None,
+        os.environ.get("OPENAI_MODEL") or "gpt-3.5-turbo",
+        os.environ.get("OPENAI_BASE_URL") or None,
+    )
 
 
 def configure_logging(level: str) -> None:

@@ -27,7 +27,9 @@ class StateStore:
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")  # durable across a process kill; an OS crash may lose the last step
+        self._db.execute(
+            "PRAGMA synchronous=NORMAL"
+        )  # durable across a process kill; an OS crash may lose the last step
         if self._columns("state") and "agent_id" not in self._columns("state"):
             self._migrate_one_agent_layout(agent_id=name)
         self._db.execute("CREATE TABLE IF NOT EXISTS state (agent_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
@@ -52,7 +54,10 @@ class StateStore:
                 self._db.execute(
                     "CREATE TABLE commands (agent_id TEXT NOT NULL, command_id TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (agent_id, command_id))"
                 )
-                self._db.execute("INSERT INTO commands (agent_id, command_id, body) SELECT ?, command_id, body FROM commands_v1", (agent_id,))
+                self._db.execute(
+                    "INSERT INTO commands (agent_id, command_id, body) SELECT ?, command_id, body FROM commands_v1",
+                    (agent_id,),
+                )
                 self._db.execute("DROP TABLE commands_v1")
 
     @contextmanager
@@ -76,7 +81,9 @@ class StateStore:
     def save(self, agent_id: str, state: dict[str, Any], commands: dict[str, dict[str, Any]] | None = None) -> None:
         """Save an agent's state and its newly answered commands together."""
         with self.batch():
-            self._db.execute("INSERT OR REPLACE INTO state (agent_id, body) VALUES (?, ?)", (agent_id, json.dumps(state)))
+            self._db.execute(
+                "INSERT OR REPLACE INTO state (agent_id, body) VALUES (?, ?)", (agent_id, json.dumps(state))
+            )
             if commands:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO commands (agent_id, command_id, body) VALUES (?, ?, ?)",

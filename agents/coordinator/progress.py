@@ -6,9 +6,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from rich.console import Console
-from rich.console import RenderableType
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.console import Console, RenderableType
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.text import Text
 
 #: Runs of more cycles than this get a progress bar instead of a line per cycle.
@@ -39,7 +47,9 @@ def uses_progress_bar(cycles: int) -> bool:
 
 
 @contextmanager
-def cycle_display(console: Console, cycles: int, print_cycle: Callable[[dict[str, Any]], None]) -> Iterator[Callable[[dict[str, Any]], None]]:
+def cycle_display(
+    console: Console, cycles: int, print_cycle: Callable[[dict[str, Any]], None]
+) -> Iterator[Callable[[dict[str, Any]], None]]:
     """Yield the function that shows one cycle's result: ``print_cycle`` for short runs, a progress bar's update for long ones."""
     if not uses_progress_bar(cycles):
         yield print_cycle
@@ -66,7 +76,11 @@ def cycle_display(console: Console, cycles: int, print_cycle: Callable[[dict[str
             counts["fallbacks"] += bool(result.get("fallback_reason"))
             counts["unreachable"] += len(result["unreachable"])
             stamp = (result["timestamp"] or "-").replace("T", " ")[:16]
-            detail = Text(f"  simulated {stamp}   planner {result['planner']}   steps outside limits {counts['before']} -> {counts['after']}", no_wrap=True, overflow="ellipsis")
+            detail = Text(
+                f"  simulated {stamp}   planner {result['planner']}   steps outside limits {counts['before']} -> {counts['after']}",
+                no_wrap=True,
+                overflow="ellipsis",
+            )
             if counts["fallbacks"]:
                 detail.append(f"   fallbacks {counts['fallbacks']}", style="yellow")
             if counts["unreachable"]:

@@ -14,7 +14,7 @@ import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +109,12 @@ def transformer_kpis(cycles: Sequence[dict[str, Any]]) -> dict[str, dict[str, An
         for t in cycle["transformers"]:
             row = found.setdefault(
                 t["transformer_id"],
-                {"rating_kw": t["rating_kw"], "reverse_limit_kw": t["reverse_limit_kw"], "minutes_outside_limits_before": 0.0, "minutes_outside_limits_after": 0.0},
+                {
+                    "rating_kw": t["rating_kw"],
+                    "reverse_limit_kw": t["reverse_limit_kw"],
+                    "minutes_outside_limits_before": 0.0,
+                    "minutes_outside_limits_after": 0.0,
+                },
             )
             for when in ("before", "after"):
                 loading = t[f"loading_{when}_kw"]
@@ -129,8 +134,16 @@ def summary_rows(kpis: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("cycles", str(k["cycles"]), ""),
         ("simulated from", (k["first_timestamp"] or "-")[:16].replace("T", " "), ""),
         ("simulated to", (k["last_timestamp"] or "-")[:16].replace("T", " "), ""),
-        ("energy imported (kWh)", f"{k['energy_imported_kwh']:.2f}", f"{k['energy_imported_without_coordination_kwh']:.2f}"),
-        ("energy exported (kWh)", f"{k['energy_exported_kwh']:.2f}", f"{k['energy_exported_without_coordination_kwh']:.2f}"),
+        (
+            "energy imported (kWh)",
+            f"{k['energy_imported_kwh']:.2f}",
+            f"{k['energy_imported_without_coordination_kwh']:.2f}",
+        ),
+        (
+            "energy exported (kWh)",
+            f"{k['energy_exported_kwh']:.2f}",
+            f"{k['energy_exported_without_coordination_kwh']:.2f}",
+        ),
         ("minutes outside limits", f"{k['minutes_outside_limits_after']:g}", f"{k['minutes_outside_limits_before']:g}"),
         ("energy outside limits (kWh)", f"{k['energy_outside_limits_after_kwh']:.2f}", ""),
         ("solar curtailed (kWh)", f"{k['solar_curtailed_kwh']:.2f}", ""),
@@ -161,13 +174,17 @@ def write_report(
     the run was made (flags), and goes into summary.json as it is.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    written = [_plot_loading(directory / PLOTS[0], cycles), _plot_soc(directory / PLOTS[1], history), _plot_actions(directory / PLOTS[2], cycles)]
+    written = [
+        _plot_loading(directory / PLOTS[0], cycles),
+        _plot_soc(directory / PLOTS[1], history),
+        _plot_actions(directory / PLOTS[2], cycles),
+    ]
     with (directory / "cycles.jsonl").open("w", encoding="utf-8") as out:
         for cycle in cycles:
             out.write(json.dumps(cycle, separators=(",", ":")) + "\n")
     written.append(directory / "cycles.jsonl")
     summary = {
-        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "run": run or {},
         "kpis": run_kpis(cycles),
         "transformers": transformer_kpis(cycles),
@@ -242,7 +259,16 @@ def _plot_loading(path: Path, cycles: Sequence[dict[str, Any]]) -> Path:
         ax.plot(x, reverse, color="#b26a00", linestyle="--", linewidth=1.3, label="-reverse limit")
         outside = [t["state_after"] != "normal" for _, t in rows]  # as the grid agent classified it, with its tolerance
         if any(outside):
-            ax.fill_between(x, min(reverse + after), max(rating + after), where=outside, color="#c62828", alpha=0.12, step="mid", label="outside limits")
+            ax.fill_between(
+                x,
+                min(reverse + after),
+                max(rating + after),
+                where=outside,
+                color="#c62828",
+                alpha=0.12,
+                step="mid",
+                label="outside limits",
+            )
         ax.axhline(0.0, color="black", linewidth=0.6)
         ax.set_ylabel("kW (> 0 import)")
         ax.set_title(f"Transformer {tid}: loading against its limits", fontsize=11, loc="left")
@@ -257,7 +283,14 @@ def _plot_soc(path: Path, history: Sequence[dict[str, Any]]) -> Path:
     for agent_id in agents:
         rows = [row for row in history if agent_id in row["soc_fraction"]]
         x, xlabel = _x(rows)
-        ax.plot(x, [100.0 * row["soc_fraction"][agent_id] for row in rows], marker="o", markersize=3, linewidth=1.8, label=agent_id)
+        ax.plot(
+            x,
+            [100.0 * row["soc_fraction"][agent_id] for row in rows],
+            marker="o",
+            markersize=3,
+            linewidth=1.8,
+            label=agent_id,
+        )
     if not agents:
         ax.text(0.5, 0.5, "no battery reported its state of charge", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylim(0, 100)
@@ -286,9 +319,19 @@ def _plot_actions(path: Path, cycles: Sequence[dict[str, Any]]) -> Path:
     top.set_ylim(bottom=0, top=max([*curtailed, *shed, 1.0]) * 1.1)
     top.set_title("Solar curtailment and load shedding ordered by the grid agent", fontsize=11, loc="left")
     if not any(curtailed) and not any(shed):
-        top.text(0.5, 0.5, "none ordered in this run" if cycles else "no cycle ran", ha="center", va="center", color="#5f6b7a", transform=top.transAxes)
+        top.text(
+            0.5,
+            0.5,
+            "none ordered in this run" if cycles else "no cycle ran",
+            ha="center",
+            va="center",
+            color="#5f6b7a",
+            transform=top.transAxes,
+        )
     bottom.step(x, applied("discharge_battery"), where="post", color="#1a7f37", linewidth=2, label="discharge ordered")
-    bottom.step(x, applied("charge_battery", -1.0), where="post", color="#0e7490", linewidth=2, label="charge ordered (< 0)")
+    bottom.step(
+        x, applied("charge_battery", -1.0), where="post", color="#0e7490", linewidth=2, label="charge ordered (< 0)"
+    )
     bottom.axhline(0.0, color="black", linewidth=0.6)
     bottom.set_ylabel("kW")
     bottom.set_title("Battery dispatch ordered by the grid agent", fontsize=11, loc="left")

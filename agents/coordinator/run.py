@@ -20,12 +20,12 @@ from pydantic import Field, model_validator
 from rich.console import Console
 from rich.table import Table
 
-from agents.coordinator.progress import cycle_display
-from agents.coordinator.report import run_kpis, summary_rows, write_report
 from agents.common.auth import GENERATED_TOKEN_ENV
 from agents.common.scenario import Scenario, generate_feeder, load_scenario
 from agents.common.settings import ServerSettings, StartupError
 from agents.common.tls import client_ssl_context
+from agents.coordinator.progress import cycle_display
+from agents.coordinator.report import run_kpis, summary_rows, write_report
 from models.schemas import RUN_CYCLES_MAX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,15 +42,28 @@ class CoordinatorSettings(ServerSettings):
     interval: float = Field(5.0, ge=0, description="Seconds between cycles (0 = as fast as possible)")
     exit: bool = Field(False, description="Stop the agents and exit after the last cycle instead of waiting for Ctrl+C")
     base_port: int = Field(8000, ge=1, le=65533, description="Grid agent's port; home and battery take the next two")
-    planner: str = Field("auto", pattern=r"^(auto|optimal|rule|ai|mpc)$", description="auto (ai with an OpenAI key, else optimal), optimal, rule, ai or mpc")
-    homes: int = Field(1, ge=1, le=100_000, description="Homes on a generated feeder (1 = the seed's feeder of one home and one battery)")
+    planner: str = Field(
+        "auto",
+        pattern=r"^(auto|optimal|rule|ai|mpc)$",
+        description="auto (ai with an OpenAI key, else optimal), optimal, rule, ai or mpc",
+    )
+    homes: int = Field(
+        1,
+        ge=1,
+        le=100_000,
+        description="Homes on a generated feeder (1 = the seed's feeder of one home and one battery)",
+    )
     homes_per_process: int = Field(250, ge=1, le=1000, description="Homes hosted by each home agent process")
-    transformer_rating_kw: float | None = Field(None, gt=0, description="Rating of every transformer (grid agent's default if unset)")
+    transformer_rating_kw: float | None = Field(
+        None, gt=0, description="Rating of every transformer (grid agent's default if unset)"
+    )
     scenario: Path | None = Field(None, description="Scenario file handed to the grid agent")
     start: str | None = Field(None, description="Simulated start time, ISO 8601 (default: the first row of the data)")
     resume: bool = Field(False, description="Continue from the agents' saved state instead of starting afresh")
     startup_timeout_s: float = Field(30.0, gt=0, description="How long to wait for each agent to come up")
-    report: Path | None = Field(None, description="Write summary.json, cycles.jsonl and PNG plots of the run into this folder")
+    report: Path | None = Field(
+        None, description="Write summary.json, cycles.jsonl and PNG plots of the run into this folder"
+    )
     network: str | None = Field(
         None, description="A SimBench code or pandapower JSON file: its loads, PV and storage become the agents"
     )
@@ -148,7 +161,9 @@ def feeder_scenario(settings: CoordinatorSettings) -> Scenario | None:
     if settings.scenario is not None:
         scenario = load_scenario(settings.scenario)
         if settings.homes > 1 and len(scenario.homes) != settings.homes:
-            raise StartupError(f"--homes {settings.homes} and --scenario {settings.scenario} ({len(scenario.homes)} homes) disagree; give one")
+            raise StartupError(
+                f"--homes {settings.homes} and --scenario {settings.scenario} ({len(scenario.homes)} homes) disagree; give one"
+            )
         return scenario
     if settings.homes > 1:
         return generate_feeder(settings.homes)
@@ -160,7 +175,9 @@ def network_dir(settings: CoordinatorSettings) -> Path:
     return settings.log_dir / "network"
 
 
-def plan_children(settings: CoordinatorSettings, scenario: Scenario | None = None, scenario_path: Path | None = None) -> list[Child]:
+def plan_children(
+    settings: CoordinatorSettings, scenario: Scenario | None = None, scenario_path: Path | None = None
+) -> list[Child]:
     """The agent processes of the run and the command lines that start them.
 
     The seed's feeder is one grid, one home and one battery process. A scenario with homes gets
@@ -168,9 +185,23 @@ def plan_children(settings: CoordinatorSettings, scenario: Scenario | None = Non
     the homes, and one process hosting the storage systems; ports count up from --base-port.
     """
     grid_url = f"{settings.scheme}://127.0.0.1:{settings.base_port}"
-    common = ["--host", "127.0.0.1", "--log-dir", str(settings.log_dir), "--state-dir", str(settings.state_dir), "--log-level", settings.log_level]
+    common = [
+        "--host",
+        "127.0.0.1",
+        "--log-dir",
+        str(settings.log_dir),
+        "--state-dir",
+        str(settings.state_dir),
+        "--log-level",
+        settings.log_level,
+    ]
     common += settings.tls_flags()
-    device = ["--grid-url", grid_url, *(["--start", settings.start] if settings.start else []), *([] if settings.resume else ["--fresh"])]
+    device = [
+        "--grid-url",
+        grid_url,
+        *(["--start", settings.start] if settings.start else []),
+        *([] if settings.resume else ["--fresh"]),
+    ]
     grid_flags = ["--planner", settings.planner]
     if settings.transformer_rating_kw is not None:
         grid_flags += ["--transformer-rating-kw", str(settings.transformer_rating_kw)]
@@ -182,19 +213,43 @@ def plan_children(settings: CoordinatorSettings, scenario: Scenario | None = Non
         for flag in ("slack_vm_pu", "vm_min_pu", "vm_max_pu"):
             if getattr(settings, flag) is not None:
                 grid_flags += ["--" + flag.replace("_", "-"), str(getattr(settings, flag))]
-    specs: list[tuple[str, str, str, list[str], list[str]]] = [("grid agent", "grid_agent", "grid_agent_server.py", grid_flags, [])]
+    specs: list[tuple[str, str, str, list[str], list[str]]] = [
+        ("grid agent", "grid_agent", "grid_agent_server.py", grid_flags, [])
+    ]
     if scenario is None or not scenario.homes:
         specs += [
             ("home agent", "home_1", "home_agent_server.py", ["--agent-id", "home_1", *device], ["home_1"]),
-            ("battery agent", "battery_agent_1", "battery_agent_server.py", ["--agent-id", "battery_agent_1", *device], ["battery_agent_1"]),
+            (
+                "battery agent",
+                "battery_agent_1",
+                "battery_agent_server.py",
+                ["--agent-id", "battery_agent_1", *device],
+                ["battery_agent_1"],
+            ),
         ]
     else:
         n = math.ceil(len(scenario.homes) / settings.homes_per_process)
         for i in range(n):
             hosted = [h.id for h in scenario.homes[i::n]]
-            specs.append((f"homes {i + 1}/{n}", f"home_agents_{i + 1}_of_{n}", "home_agent_server.py", ["--scenario", str(path), "--shard", f"{i}/{n}", *device], hosted))
+            specs.append(
+                (
+                    f"homes {i + 1}/{n}",
+                    f"home_agents_{i + 1}_of_{n}",
+                    "home_agent_server.py",
+                    ["--scenario", str(path), "--shard", f"{i}/{n}", *device],
+                    hosted,
+                )
+            )
         if scenario.batteries:
-            specs.append(("storage", "battery_agents", "battery_agent_server.py", ["--scenario", str(path), *device], [b.id for b in scenario.batteries]))
+            specs.append(
+                (
+                    "storage",
+                    "battery_agents",
+                    "battery_agent_server.py",
+                    ["--scenario", str(path), *device],
+                    [b.id for b in scenario.batteries],
+                )
+            )
     return [
         Child(
             name,
@@ -218,7 +273,9 @@ class Coordinator:
         self.errors = Console(stderr=True, highlight=False, soft_wrap=True)
         self.scenario = feeder_scenario(settings)
         scenario_path = settings.scenario
-        if self.scenario is not None and scenario_path is None:  # a generated feeder: write it where the agents can read it
+        if (
+            self.scenario is not None and scenario_path is None
+        ):  # a generated feeder: write it where the agents can read it
             settings.log_dir.mkdir(parents=True, exist_ok=True)
             scenario_path = settings.log_dir / "feeder.toml"
             scenario_path.write_text(self.scenario.to_toml(), encoding="utf-8")
@@ -235,7 +292,9 @@ class Coordinator:
         """Start every agent and wait until each answers /health and the devices have registered."""
         for child in self.children:
             if port_in_use("127.0.0.1", child.port):
-                raise CoordinatorError(f"port {child.port} is already in use ({child.name}); stop what holds it or choose another --base-port")
+                raise CoordinatorError(
+                    f"port {child.port} is already in use ({child.name}); stop what holds it or choose another --base-port"
+                )
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
         env.pop(GENERATED_TOKEN_ENV, None)
@@ -243,7 +302,15 @@ class Coordinator:
             env[GENERATED_TOKEN_ENV] = "1"
         for child in self.children:
             with child.output.open("w", encoding="utf-8") as output:
-                child.process = subprocess.Popen(child.command, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=os.getcwd(), start_new_session=True)
+                child.process = subprocess.Popen(
+                    child.command,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=os.getcwd(),
+                    start_new_session=True,
+                )
         for child in self.children:
             self._wait_healthy(child)
             self.console.print(f"[green]up[/green] {child.name:<14} {child.url}  pid {child.process.pid}")
@@ -255,7 +322,9 @@ class Coordinator:
         while time.monotonic() < deadline:
             code = child.process.poll()
             if code is not None:
-                raise CoordinatorError(f"the {child.name} ({child.agent_id}) exited during start-up with code {code}: {child.tail() or 'no output'}")
+                raise CoordinatorError(
+                    f"the {child.name} ({child.agent_id}) exited during start-up with code {code}: {child.tail() or 'no output'}"
+                )
             try:
                 answer = self.http.get(f"{child.url}/health", timeout=1.0)
                 if answer.status_code == 200 and answer.json().get("status") == "ok":
@@ -266,7 +335,9 @@ class Coordinator:
                 if "SSL" in str(exc) or "certificate" in str(exc):  # a TLS misfit will not go away by waiting
                     reason = f"{reason}: {str(exc)[:200]}"
             time.sleep(0.1)
-        raise CoordinatorError(f"the {child.name} ({child.agent_id}) did not answer /health within {self.settings.startup_timeout_s:g} s ({reason}); its output: {child.tail() or 'none'}")
+        raise CoordinatorError(
+            f"the {child.name} ({child.agent_id}) did not answer /health within {self.settings.startup_timeout_s:g} s ({reason}); its output: {child.tail() or 'none'}"
+        )
 
     def _wait_registered(self) -> None:
         expected = {agent_id for c in self.children[1:] for agent_id in c.hosts}
@@ -278,7 +349,9 @@ class Coordinator:
             time.sleep(0.1)
         missing = sorted(expected - agents)
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise CoordinatorError(f"agents {shown} did not register with the grid agent within {self.settings.startup_timeout_s:g} s")
+        raise CoordinatorError(
+            f"agents {shown} did not register with the grid agent within {self.settings.startup_timeout_s:g} s"
+        )
 
     def stop(self) -> None:
         """Stop every child: SIGTERM, then SIGKILL after 5 s. Safe to call twice."""
@@ -394,7 +467,9 @@ class Coordinator:
             answer.raise_for_status()
             data = answer.json()
         except (httpx.HTTPError, ValueError) as exc:
-            self.errors.print(f"[yellow]warning:[/yellow] could not fetch the grid agent's history for the report: {exc}")
+            self.errors.print(
+                f"[yellow]warning:[/yellow] could not fetch the grid agent's history for the report: {exc}"
+            )
             return
         if data.get("run_id") != self.stats.history_run:
             self.stats.history = []
@@ -406,7 +481,21 @@ class Coordinator:
         directory = self.settings.report
         self.pull_history()
         run = {
-            **self.settings.model_dump(mode="json", include={"cycles", "interval", "planner", "base_port", "homes", "transformer_rating_kw", "scenario", "start", "resume", "log_dir"}),
+            **self.settings.model_dump(
+                mode="json",
+                include={
+                    "cycles",
+                    "interval",
+                    "planner",
+                    "base_port",
+                    "homes",
+                    "transformer_rating_kw",
+                    "scenario",
+                    "start",
+                    "resume",
+                    "log_dir",
+                },
+            ),
             "cycles_run": len(self.stats.cycles),
             "median_round_trip_ms": statistics.median(self.stats.round_trip_ms) if self.stats.round_trip_ms else None,
         }
@@ -421,7 +510,9 @@ class Coordinator:
 
     def print_cycle(self, result: dict) -> None:
         stamp = (result["timestamp"] or "-").replace("T", " ")[:16]
-        self.console.print(f"[bold]cycle {result['cycle']}[/bold]  {stamp}  planner {result['planner']}  {result['duration_ms']:.1f} ms")
+        self.console.print(
+            f"[bold]cycle {result['cycle']}[/bold]  {stamp}  planner {result['planner']}  {result['duration_ms']:.1f} ms"
+        )
         colour = {"normal": "green", "overload": "red", "reverse_power_flow": "yellow"}
         for t in result["transformers"]:
             before, after = t["state_before"], t["state_after"]
@@ -431,7 +522,9 @@ class Coordinator:
                 f"  [{colour[before]}]{before}[/] -> [{colour[after]}]{after}[/]"
             )
         for a in result["actions"]:
-            self.console.print(f"    {a['agent_id']:<16} {a['action']:<18} {a['requested_kw']:6.2f} kW, applied {a['applied_kw']:6.2f} ({a['status']})")
+            self.console.print(
+                f"    {a['agent_id']:<16} {a['action']:<18} {a['requested_kw']:6.2f} kW, applied {a['applied_kw']:6.2f} ({a['status']})"
+            )
         if result["unreachable"]:
             self.console.print(f"    [red]unreachable:[/red] {', '.join(result['unreachable'])}")
         if result.get("fallback_reason"):
@@ -459,7 +552,9 @@ class Coordinator:
                 try:
                     self.settings.report.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
-                    raise CoordinatorError(f"cannot create the report folder {self.settings.report}: {exc.strerror}") from exc
+                    raise CoordinatorError(
+                        f"cannot create the report folder {self.settings.report}: {exc.strerror}"
+                    ) from exc
             self.start()
             self.console.print(f"dashboard      {self.children[0].url}/dashboard  (metrics at /metrics on every agent)")
             self.run_cycles()
@@ -468,7 +563,9 @@ class Coordinator:
                 return 1
             self.console.print(f"logs and agent output in {self.settings.log_dir}/")
             if not self.settings.exit:
-                self.console.print(f"agents stay up at {', '.join(c.url for c in self.children)}; press Ctrl+C to stop them")
+                self.console.print(
+                    f"agents stay up at {', '.join(c.url for c in self.children)}; press Ctrl+C to stop them"
+                )
                 if self.token_generated:
                     self.console.print(
                         "their POST endpoints want this run's own random token;"
@@ -477,7 +574,9 @@ class Coordinator:
                 while all(c.process.poll() is None for c in self.children):
                     time.sleep(0.5)
                 gone = [c for c in self.children if c.process.poll() is not None]
-                raise CoordinatorError(f"the {gone[0].name} ({gone[0].agent_id}) exited with code {gone[0].process.returncode}: {gone[0].tail()}")
+                raise CoordinatorError(
+                    f"the {gone[0].name} ({gone[0].agent_id}) exited with code {gone[0].process.returncode}: {gone[0].tail()}"
+                )
             return 0
         except KeyboardInterrupt:
             self.console.print("interrupted; stopping the agents")

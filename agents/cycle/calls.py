@@ -67,13 +67,19 @@ class AgentCalls:
     async def _simulate_batch(self, batch_url: str, group: list[AgentRecord]) -> list[AgentStatus | Exception]:
         body = {"agent_ids": [r.agent_id for r in group]}
         try:
-            answer = BatchSimulateResult.model_validate_json(await self.post(f"{batch_url}/batch/simulate", body, batch_url, retry=False))
+            answer = BatchSimulateResult.model_validate_json(
+                await self.post(f"{batch_url}/batch/simulate", body, batch_url, retry=False)
+            )
         except (PeerUnavailableError, ValidationError) as exc:
             reason = exc.reason if isinstance(exc, PeerUnavailableError) else _describe(exc)
             return [PeerUnavailableError(r.agent_id, reason, self._agent_id) for r in group]
         by_id = {s.agent_id: s for s in answer.statuses}
         errors = {e.agent_id: e.error for e in answer.errors}
-        return [by_id.get(r.agent_id) or PeerUnavailableError(r.agent_id, errors.get(r.agent_id, "missing from the batch answer"), self._agent_id) for r in group]
+        return [
+            by_id.get(r.agent_id)
+            or PeerUnavailableError(r.agent_id, errors.get(r.agent_id, "missing from the batch answer"), self._agent_id)
+            for r in group
+        ]
 
     async def _per_process(
         self,
@@ -100,7 +106,7 @@ class AgentCalls:
             for i in indexes:
                 try:
                     answers.append(await one(items[i]))
-                except Exception as exc:  # noqa: BLE001 - handed back to the caller like gather's
+                except Exception as exc:
                     answers.append(exc)
             return answers
 
@@ -131,23 +137,32 @@ class AgentCalls:
         except ValidationError as exc:
             raise PeerUnavailableError(record.agent_id, _describe(exc), self._agent_id) from exc
 
-    async def _curtail_batch(self, batch_url: str, items: list[tuple[AgentRecord, dict]]) -> list[CurtailResult | Exception]:
+    async def _curtail_batch(
+        self, batch_url: str, items: list[tuple[AgentRecord, dict]]
+    ) -> list[CurtailResult | Exception]:
         body = {"commands": [{"agent_id": r.agent_id, "command": b} for r, b in items]}
         try:
-            answer = BatchCurtailResult.model_validate_json(await self.post(f"{batch_url}/batch/curtail", body, batch_url, retry=True))
+            answer = BatchCurtailResult.model_validate_json(
+                await self.post(f"{batch_url}/batch/curtail", body, batch_url, retry=True)
+            )
         except (PeerUnavailableError, ValidationError) as exc:
             reason = exc.reason if isinstance(exc, PeerUnavailableError) else _describe(exc)
             return [PeerUnavailableError(r.agent_id, reason, self._agent_id) for r, _ in items]
         by_id = {result.command_id: result for result in answer.results}
         errors = {e.command_id: e.error for e in answer.errors}
         return [
-            by_id.get(b["command_id"]) or PeerUnavailableError(r.agent_id, errors.get(b["command_id"], "missing from the batch answer"), self._agent_id)
+            by_id.get(b["command_id"])
+            or PeerUnavailableError(
+                r.agent_id, errors.get(b["command_id"], "missing from the batch answer"), self._agent_id
+            )
             for r, b in items
         ]
 
     async def curtail_all(self, addressed: list[tuple[AgentRecord, dict]]) -> list[CurtailResult | Exception]:
         """/curtail each (agent, command body): one batch request per hosting process, single calls for the rest."""
-        return await self._per_process(addressed, lambda item: item[0], lambda item: self._curtail_one(*item), self._curtail_batch)
+        return await self._per_process(
+            addressed, lambda item: item[0], lambda item: self._curtail_one(*item), self._curtail_batch
+        )
 
     async def _fan_out(self, calls: list[Callable[[], Awaitable[Any]]]) -> list[Any]:
         semaphore = asyncio.Semaphore(self._settings.max_concurrency)

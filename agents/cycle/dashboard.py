@@ -20,7 +20,6 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from agents.common.errors import AgentError, error_responses
-
 from agents.cycle.history import CycleHistory
 from models.schemas import AgentRecord, GridStatus
 
@@ -34,6 +33,7 @@ class DashboardSource(Protocol):
     def status(self) -> GridStatus: ...
 
     def agents(self) -> list[AgentRecord]: ...
+
 
 PAGE_FILE = Path(__file__).with_name("dashboard.html")
 #: The page may load and fetch only from this server; nothing from any other host.
@@ -115,9 +115,13 @@ def dashboard_router(agent: DashboardSource) -> APIRouter:
     @router.get("/dashboard", response_class=HTMLResponse)
     async def dashboard() -> HTMLResponse:
         """The live dashboard (HTML): loading against rating per transformer, SoC, agents, the last plan."""
-        return HTMLResponse(page(), headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"})
+        return HTMLResponse(
+            page(), headers={"Content-Security-Policy": CONTENT_SECURITY_POLICY, "Cache-Control": "no-cache"}
+        )
 
-    @router.get("/dashboard/plotly.min.js", response_class=Response, responses={200: {"content": {"text/javascript": {}}}})
+    @router.get(
+        "/dashboard/plotly.min.js", response_class=Response, responses={200: {"content": {"text/javascript": {}}}}
+    )
     async def plotly_js(request: Request) -> Response:
         """plotly.js, from the installed plotly package."""
         body, etag = plotly_bundle()
@@ -129,7 +133,9 @@ def dashboard_router(agent: DashboardSource) -> APIRouter:
     @router.get("/dashboard/data", responses=error_responses(422))
     async def data(
         since: int = Query(0, ge=0, description="Send the history after this cycle only"),
-        run: str | None = Query(None, max_length=64, description="The run_id the page last saw; another one sends the whole history"),
+        run: str | None = Query(
+            None, max_length=64, description="The run_id the page last saw; another one sends the whole history"
+        ),
     ) -> JSONResponse:
         """The dashboard's feed: /status, every agent's last report, and the cycles after ``since``."""
         return JSONResponse(dashboard_data(agent, since, run), headers={"Cache-Control": "no-store"})

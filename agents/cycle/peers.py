@@ -126,7 +126,7 @@ class AiohttpPeers:
         try:
             async with request as response:
                 content = await response.read()
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise PeerCallError("timeout", "timed out") from exc
         except (aiohttp.ClientConnectionError, aiohttp.ServerDisconnectedError) as exc:
             kind = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "protocol"
@@ -169,7 +169,7 @@ async def probe_health(peers: PeerClient, url: str, timeout_s: float) -> None:
     except (ValueError, AttributeError):
         ok = False
     if not ok:
-        raise PeerCallError("protocol", "/health did not answer {\"status\": \"ok\"}")
+        raise PeerCallError("protocol", '/health did not answer {"status": "ok"}')
 
 
 def _refuse_plain_http(url: str, tls_on: bool) -> None:

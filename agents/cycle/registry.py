@@ -13,7 +13,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 from agents.common.errors import BadRequestError, CallbackUrlError
@@ -141,7 +141,6 @@ class Registry:
         ids.update({r.transformer_id: None for r in self.records.values()})
         return list(ids)
 
-
     def _forget_older_than(self, moment: datetime, age_s: float) -> None:
         gone = [r for r in self.records.values() if (moment - r.last_seen).total_seconds() > age_s]
         if not gone:
@@ -204,4 +203,4 @@ class Registry:
 
 def now() -> datetime:
     """Wall-clock time, timezone-aware (registrations and heartbeats are real time, not simulated)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)

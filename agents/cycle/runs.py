@@ -147,7 +147,8 @@ class Runs:
         if failed:
             logger.warning(
                 "%s: runs %s were in flight when it stopped; marked failed",
-                agent.agent_id, ", ".join(failed),
+                agent.agent_id,
+                ", ".join(failed),
             )
 
     async def start(self, cycles: int) -> RunInfo:
@@ -191,7 +192,7 @@ class Runs:
             status = RunStatus.failed
             error = f"the grid agent stopped during cycle {info.cycles_done + 1} of {info.cycles}"
             raise
-        except Exception as exc:  # noqa: BLE001 (a failed cycle ends the run, which says why)
+        except Exception as exc:
             logger.exception("%s: run %s failed", self.agent.agent_id, info.run_id)
             status = RunStatus.failed
             error = f"cycle {info.cycles_done + 1} of {info.cycles} failed: {type(exc).__name__}: {exc}"

@@ -62,7 +62,9 @@ class DeviceAgent:
     agent_type: AgentType
     description: str = ""
 
-    def __init__(self, settings: DeviceSettings, data: TimeSeries, battery: BatteryModule | None, store: StateStore | None = None) -> None:
+    def __init__(
+        self, settings: DeviceSettings, data: TimeSeries, battery: BatteryModule | None, store: StateStore | None = None
+    ) -> None:
         self.settings = settings
         self.agent_id = settings.agent_id
         self.data = data
@@ -82,10 +84,16 @@ class DeviceAgent:
         self.metrics = DeviceMetrics(self.status)
         try:
             self.own_store = store is None  # a process hosting many agents shares one store
-            self.store = store if store is not None else StateStore(settings.state_dir, self.agent_id, fresh=settings.fresh)
-            self.log = CsvLogWriter(settings.log_dir / f"{self.agent_id}_log.csv", STEP_LOG_COLUMNS, fresh=settings.fresh)
+            self.store = (
+                store if store is not None else StateStore(settings.state_dir, self.agent_id, fresh=settings.fresh)
+            )
+            self.log = CsvLogWriter(
+                settings.log_dir / f"{self.agent_id}_log.csv", STEP_LOG_COLUMNS, fresh=settings.fresh
+            )
         except (OSError, sqlite3.Error) as exc:
-            raise StartupError(f"agent {self.agent_id}: cannot keep its state in {settings.state_dir} or its log in {settings.log_dir}: {exc}") from exc
+            raise StartupError(
+                f"agent {self.agent_id}: cannot keep its state in {settings.state_dir} or its log in {settings.log_dir}: {exc}"
+            ) from exc
         self._restore()
         last_logged = self.log.last_value("step")
         if last_logged and last_logged.isdigit() and int(last_logged) <= self.step:
@@ -173,7 +181,9 @@ class DeviceAgent:
             self._follow_local_policy(self.row)  # the battery re-plans from the SoC the step began with
         self.control_reason = reason
         self._save()
-        logger.warning("%s step %d: %s; dropped %d command(s), back on local policy", self.agent_id, self.step, reason, dropped)
+        logger.warning(
+            "%s step %d: %s; dropped %d command(s), back on local policy", self.agent_id, self.step, reason, dropped
+        )
 
     def simulate(self) -> AgentStatus:
         """Advance one step through the data, run the local policy, then re-apply commands still holding."""
@@ -219,7 +229,11 @@ class DeviceAgent:
         # a battery's power counts one for one in net power, so the setpoint moves the way the action moves net power
         shift = self.battery.shift(action.direction * power_kw)
         applied = abs(shift)
-        limit = "full or at its charge limit" if action is CurtailAction.charge_battery else "empty or at its discharge limit"
+        limit = (
+            "full or at its charge limit"
+            if action is CurtailAction.charge_battery
+            else "empty or at its discharge limit"
+        )
         return applied, None if applied >= power_kw - POWER_TOLERANCE_KW else f"battery {limit}"
 
     def url(self, base_url: str, at_root: bool) -> str:
@@ -245,19 +259,29 @@ class DeviceAgent:
         seen = self._seen.get(command.command_id)
         if seen is not None:
             if seen["body"] != body:
-                raise ConflictError(f"command_id {command.command_id!r} was already used with another body", self.agent_id)
+                raise ConflictError(
+                    f"command_id {command.command_id!r} was already used with another body", self.agent_id
+                )
             first = seen["result"]
             self.metrics.command(command.action, CommandStatus.duplicate)
             return CurtailResult(**{**first, "status": CommandStatus.duplicate, "agent_status": self.current_status()})
         valid_until = self._valid_until(command)
         expired = valid_until is not None and valid_until <= self.timestamp
         if expired:
-            applied, reason = 0.0, f"expired: valid until {valid_until.isoformat()}, the agent is at {self.timestamp.isoformat()}"
+            applied, reason = (
+                0.0,
+                f"expired: valid until {valid_until.isoformat()}, the agent is at {self.timestamp.isoformat()}",
+            )
         else:
             applied, reason = self._apply(command.action, command.power_kw)
             self._status = None  # the operating point moved
             if applied > POWER_TOLERANCE_KW and valid_until > self.timestamp + timedelta(seconds=self.data.step_s):
-                self.active[command.command_id] = ActiveCommand(command_id=command.command_id, action=command.action, power_kw=command.power_kw, valid_until=valid_until)
+                self.active[command.command_id] = ActiveCommand(
+                    command_id=command.command_id,
+                    action=command.action,
+                    power_kw=command.power_kw,
+                    valid_until=valid_until,
+                )
         applied = min(max(applied, 0.0), command.power_kw)
         if applied >= command.power_kw - POWER_TOLERANCE_KW and not expired:  # an expired 0 kW command is rejected too
             status, applied = CommandStatus.applied, command.power_kw
@@ -282,7 +306,15 @@ class DeviceAgent:
         while len(self._seen) > SEEN_COMMANDS_LIMIT:
             self._seen.popitem(last=False)
         self._save()
-        logger.debug("%s step %d: %s %.3f kW -> %s %.3f kW", self.agent_id, self.step, command.action.value, command.power_kw, status.value, applied)
+        logger.debug(
+            "%s step %d: %s %.3f kW -> %s %.3f kW",
+            self.agent_id,
+            self.step,
+            command.action.value,
+            command.power_kw,
+            status.value,
+            applied,
+        )
         self.metrics.command(command.action, status)
         return result
 

@@ -50,7 +50,9 @@ class Hosted:
     @classmethod
     def of(cls, agents: list[DeviceAgent], settings: DeviceSettings, store: StateStore | None) -> Hosted:
         single = agents[0] if len(agents) == 1 else None
-        host_id = single.agent_id if single else f"{agents[0].agent_type.value}-agents-{settings.shard.replace('/', '-of-')}"
+        host_id = (
+            single.agent_id if single else f"{agents[0].agent_type.value}-agents-{settings.shard.replace('/', '-of-')}"
+        )
         return cls({a.agent_id: a for a in agents}, host_id, store or (single.store if single else None))
 
     @property
@@ -69,7 +71,9 @@ class Hosted:
         """The hosted agent ``agent_id``, or a 404 naming how many this process hosts."""
         agent = self.by_id.get(agent_id)
         if agent is None:
-            raise NotFoundError(f"no agent {agent_id!r} here; this process hosts {len(self.by_id)} agents", self.host_id)
+            raise NotFoundError(
+                f"no agent {agent_id!r} here; this process hosts {len(self.by_id)} agents", self.host_id
+            )
         return agent
 
     def simulate(self, body: BatchSimulate) -> BatchSimulateResult:
@@ -238,7 +242,9 @@ def create_device_app(
     if not mine:
         raise StartupError(f"{settings.scenario}: shard {settings.shard} has no {kind} agents")
     if len(mine) > settings.max_agents_per_process:
-        raise StartupError(f"{settings.scenario}: shard {settings.shard} has {len(mine)} {kind} agents, over --max-agents-per-process {settings.max_agents_per_process}")
+        raise StartupError(
+            f"{settings.scenario}: shard {settings.shard} has {len(mine)} {kind} agents, over --max-agents-per-process {settings.max_agents_per_process}"
+        )
     try:
         store = StateStore(settings.state_dir, f"{kind}-agents-{i}-of-{n}", fresh=settings.fresh)
     except (OSError, sqlite3.Error) as exc:
@@ -262,7 +268,15 @@ def own_data(settings: DeviceSettings, entry: Any) -> dict[str, Any]:
     return {"data_file": path, "data_row": entry.data_row}
 
 
-AGENT_ENDPOINTS = ["GET /", "GET /health", "GET /status", "POST /simulate", "POST /curtail", "GET /metrics", "GET /docs"]
+AGENT_ENDPOINTS = [
+    "GET /",
+    "GET /health",
+    "GET /status",
+    "POST /simulate",
+    "POST /curtail",
+    "GET /metrics",
+    "GET /docs",
+]
 HOST_ENDPOINTS = [
     "GET /",
     "GET /health",
@@ -282,7 +296,12 @@ def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAg
     @app.get(f"{prefix}/", response_model=AgentInfo, tags=tag, responses=error_responses(*by_path))
     async def info(agent: DeviceAgent = hosted) -> AgentInfo:
         """What this agent is and what it serves."""
-        return AgentInfo(agent_id=agent.agent_id, agent_type=agent.agent_type, description=agent.description, endpoints=AGENT_ENDPOINTS)
+        return AgentInfo(
+            agent_id=agent.agent_id,
+            agent_type=agent.agent_type,
+            description=agent.description,
+            endpoints=AGENT_ENDPOINTS,
+        )
 
     @app.get(f"{prefix}/health", response_model=Health, tags=tag, responses=error_responses(*by_path))
     async def health(agent: DeviceAgent = hosted) -> Health:
@@ -295,24 +314,42 @@ def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAg
         agent.check_fail_safe()
         return agent.status()
 
-    @app.post(f"{prefix}/simulate", response_model=AgentStatus, dependencies=[authorized], tags=tag, responses=error_responses(401, *by_path, 409, 422))
+    @app.post(
+        f"{prefix}/simulate",
+        response_model=AgentStatus,
+        dependencies=[authorized],
+        tags=tag,
+        responses=error_responses(401, *by_path, 409, 422),
+    )
     async def simulate(agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> AgentStatus:
         """Advance one step, run the local policy and re-apply commands still holding."""
         agent.check_addressee(x_agent_id)
         agent.heard_from_grid()
         return agent.simulate()
 
-    @app.post(f"{prefix}/curtail", response_model=CurtailResult, dependencies=[authorized], tags=tag, responses=error_responses(400, 401, *by_path, 409, 422))
-    async def curtail(command: CurtailCommand, agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> CurtailResult:
+    @app.post(
+        f"{prefix}/curtail",
+        response_model=CurtailResult,
+        dependencies=[authorized],
+        tags=tag,
+        responses=error_responses(400, 401, *by_path, 409, 422),
+    )
+    async def curtail(
+        command: CurtailCommand, agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None
+    ) -> CurtailResult:
         """Shift the operating point by power_kw through action (for duration_s or until valid_until); answers what was applied."""
         agent.check_addressee(x_agent_id)
         agent.heard_from_grid()
         return agent.curtail(command)
 
     if prefix:
-
         # Response, not PlainTextResponse, as the class: the 404 and 422 answers are JSON, only the 200 is text
-        @app.get(f"{prefix}/metrics", tags=tag, response_class=Response, responses={200: {"content": {"text/plain": {}}}, **error_responses(*by_path)})
+        @app.get(
+            f"{prefix}/metrics",
+            tags=tag,
+            response_class=Response,
+            responses={200: {"content": {"text/plain": {}}}, **error_responses(*by_path)},
+        )
         async def metrics(agent: DeviceAgent = hosted) -> PlainTextResponse:
             """Prometheus metrics of one hosted agent."""
             return PlainTextResponse(generate_latest(agent.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -35,7 +35,10 @@ def registration_client(settings: DeviceSettings, ssl_context: ssl.SSLContext | 
 
 
 async def register_forever(
-    agents: DeviceAgent | list[DeviceAgent], client: httpx.AsyncClient, settings: DeviceSettings, base_url: str | None = None
+    agents: DeviceAgent | list[DeviceAgent],
+    client: httpx.AsyncClient,
+    settings: DeviceSettings,
+    base_url: str | None = None,
 ) -> None:
     """Register with the grid agent, then heartbeat; retry with back-off and jitter while it is away.
 
@@ -53,7 +56,9 @@ async def register_forever(
     while True:
         try:
             reports = [
-                AgentReport(url=agent.url(base_url, len(agents) == 1), batch_url=base_url, status=agent.status()).model_dump(mode="json")
+                AgentReport(
+                    url=agent.url(base_url, len(agents) == 1), batch_url=base_url, status=agent.status()
+                ).model_dump(mode="json")
                 for agent in agents
             ]
             if len(agents) == 1:

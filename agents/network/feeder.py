@@ -90,9 +90,7 @@ def network_profiles(network: Network) -> Profiles:
         values = frame[column].fillna(0.0).to_numpy() * KW_PER_MW if column in frame else np.zeros(len(frame))
         return pd.DataFrame(np.tile(values, (STATIC_STEPS, 1)), index=steps, columns=frame.index)
 
-    return Profiles(
-        STATIC_START, STATIC_STEP_S, held("load", "p_mw"), held("load", "q_mvar"), held("sgen", "p_mw")
-    )
+    return Profiles(STATIC_START, STATIC_STEP_S, held("load", "p_mw"), held("load", "q_mvar"), held("sgen", "p_mw"))
 
 
 def _is_pv(sgen: pd.DataFrame) -> pd.Series:
@@ -244,7 +242,6 @@ def _battery_data(profiles: Profiles) -> np.ndarray:
     offset_s = (same - pd.Timestamp(data.start)).dt.total_seconds().to_numpy()
     rows = np.floor(offset_s / data.step_s).astype(np.int64) % len(data)
     return np.stack([data.columns[name][rows] for name in BATTERY_COLUMNS]).astype(np.float32)
-
 
 
 def prepare_network_run(source: str, out_dir: Path) -> NetworkFeeder:

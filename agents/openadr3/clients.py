@@ -8,7 +8,6 @@ repr'd. Tokens are opaque random strings held in memory with an expiry: a restar
 from __future__ import annotations
 
 import hmac
-import json
 import os
 import secrets
 import time

@@ -25,8 +25,14 @@ from models.openadr3 import Problem
 logger = logging.getLogger(__name__)
 
 #: The ``problem`` body's media type is plain JSON in the document.
-_TITLES = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-           500: "Internal Server Error"}
+_TITLES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    500: "Internal Server Error",
+}
 
 
 class VtnError(Exception):

@@ -24,8 +24,14 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel
 
 from agents.openadr3.clients import Client, Role, Tokens
-from agents.openadr3.problems import BadRequest, Conflict, Forbidden, NotFound, install_problem_handlers
-from agents.openadr3.problems import problem_responses
+from agents.openadr3.problems import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    install_problem_handlers,
+    problem_responses,
+)
 from agents.openadr3.store import ObjectStore
 from models.openadr3 import (
     OBJECT_ID_PATTERN,
@@ -114,8 +120,13 @@ class Vtn:
         object_id = self.store.new_id(kind)
         body = dump(
             obj.model_copy(
-                update={"id": object_id, "createdDateTime": stamp, "modificationDateTime": stamp,
-                        "objectType": kind.upper(), **fixed}
+                update={
+                    "id": object_id,
+                    "createdDateTime": stamp,
+                    "modificationDateTime": stamp,
+                    "objectType": kind.upper(),
+                    **fixed,
+                }
             )
         )
         self.store.insert(kind, object_id, caller.client_id, body, parent)
@@ -125,8 +136,13 @@ class Vtn:
         """Replace an object's content; its id, creation time and type stay."""
         body = dump(
             obj.model_copy(
-                update={"id": object_id, "createdDateTime": datetime.fromisoformat(old["createdDateTime"]),
-                        "modificationDateTime": now(), "objectType": kind.upper(), **fixed}
+                update={
+                    "id": object_id,
+                    "createdDateTime": datetime.fromisoformat(old["createdDateTime"]),
+                    "modificationDateTime": now(),
+                    "objectType": kind.upper(),
+                    **fixed,
+                }
             )
         )
         self.store.replace(kind, object_id, body)
@@ -256,8 +272,12 @@ def _add_token_route(app: FastAPI, tokens: Tokens) -> None:
     auth_error = {400: {"model": AuthError, "description": "Bad Request."}, **problem_responses(403, 500)}
 
     @app.post(
-        "/auth/token", tags=["Auth"], operation_id="fetchToken", response_model=ClientCredentialResponse,
-        response_model_exclude_none=True, responses=auth_error,
+        "/auth/token",
+        tags=["Auth"],
+        operation_id="fetchToken",
+        response_model=ClientCredentialResponse,
+        response_model_exclude_none=True,
+        responses=auth_error,
     )
     async def fetch_token(
         request: Request,
@@ -298,10 +318,21 @@ def _add_program_routes(app: FastAPI, vtn: Vtn, Authed: Any, bl_only: Callable) 
     """Programs: everyone reads them, a bl client writes them; programName is unique."""
     common = {"tags": ["programs"], "response_model": Program, "response_model_exclude_none": True}
 
-    @app.get("/programs", tags=["programs"], operation_id="searchAllPrograms", response_model=list[Program],
-             response_model_exclude_none=True, responses=_READ)
-    async def search_all_programs(caller: Authed, targetType: TargetType = None, targetValues: TargetValues = None,
-                                  skip: Skip = 0, limit: Limit = MAX_LIMIT) -> Any:
+    @app.get(
+        "/programs",
+        tags=["programs"],
+        operation_id="searchAllPrograms",
+        response_model=list[Program],
+        response_model_exclude_none=True,
+        responses=_READ,
+    )
+    async def search_all_programs(
+        caller: Authed,
+        targetType: TargetType = None,
+        targetValues: TargetValues = None,
+        skip: Skip = 0,
+        limit: Limit = MAX_LIMIT,
+    ) -> Any:
         """List programs, filtered by target, paged."""
         programs = (p for _, p in vtn.store.all("program") if _targeted(p.get("targets"), targetType, targetValues))
         return _page(programs, skip, limit)
@@ -345,14 +376,27 @@ def _add_event_routes(app: FastAPI, vtn: Vtn, Authed: Any, bl_only: Callable) ->
             raise Forbidden(f"event {event_id} targets other VENs")
         return event
 
-    @app.get("/events", tags=["events"], operation_id="searchAllEvents", response_model=list[Event],
-             response_model_exclude_none=True, responses=_READ)
-    async def search_all_events(caller: Authed, programID: ObjectIdQuery = None, targetType: TargetType = None,
-                                targetValues: TargetValues = None, skip: Skip = 0, limit: Limit = MAX_LIMIT) -> Any:
+    @app.get(
+        "/events",
+        tags=["events"],
+        operation_id="searchAllEvents",
+        response_model=list[Event],
+        response_model_exclude_none=True,
+        responses=_READ,
+    )
+    async def search_all_events(
+        caller: Authed,
+        programID: ObjectIdQuery = None,
+        targetType: TargetType = None,
+        targetValues: TargetValues = None,
+        skip: Skip = 0,
+        limit: Limit = MAX_LIMIT,
+    ) -> Any:
         """List the events the caller may see, filtered by program and target, paged."""
         mine = None if caller.is_bl else vtn.ven_targets(caller)
         events = (
-            e for _, e in vtn.store.all("event")
+            e
+            for _, e in vtn.store.all("event")
             if (programID is None or e["programID"] == programID)
             and _targeted(e.get("targets"), targetType, targetValues)
             and vtn.event_for(e, caller, mine)
@@ -397,15 +441,28 @@ def _add_report_routes(app: FastAPI, vtn: Vtn, Authed: Any, ven_only: Callable) 
         if vtn.store.get("event", report.eventID) is None:
             raise BadRequest(f"eventID {report.eventID} names no event")
 
-    @app.get("/reports", tags=["reports"], operation_id="searchAllReports", response_model=list[Report],
-             response_model_exclude_none=True, responses=_READ)
-    async def search_all_reports(caller: Authed, programID: ObjectIdQuery = None, eventID: ObjectIdQuery = None,
-                                 clientName: Annotated[str | None, Query()] = None, skip: Skip = 0,
-                                 limit: Limit = MAX_LIMIT) -> Any:
+    @app.get(
+        "/reports",
+        tags=["reports"],
+        operation_id="searchAllReports",
+        response_model=list[Report],
+        response_model_exclude_none=True,
+        responses=_READ,
+    )
+    async def search_all_reports(
+        caller: Authed,
+        programID: ObjectIdQuery = None,
+        eventID: ObjectIdQuery = None,
+        clientName: Annotated[str | None, Query()] = None,
+        skip: Skip = 0,
+        limit: Limit = MAX_LIMIT,
+    ) -> Any:
         """List the reports the caller may see, filtered by program, event and client name, paged."""
         reports = (
-            r for r in vtn.visible("report", caller)
-            if (programID is None or r["programID"] == programID) and (eventID is None or r["eventID"] == eventID)
+            r
+            for r in vtn.visible("report", caller)
+            if (programID is None or r["programID"] == programID)
+            and (eventID is None or r["eventID"] == eventID)
             and (clientName is None or r["clientName"] == clientName)
         )
         return _page(reports, skip, limit)
@@ -443,22 +500,35 @@ def _add_subscription_routes(app: FastAPI, vtn: Vtn, Authed: Any) -> None:
     """Subscriptions: any client writes its own; a bl client reads and writes them all (no callbacks yet)."""
     common = {"tags": ["subscriptions"], "response_model": Subscription, "response_model_exclude_none": True}
 
-    @app.get("/subscriptions", tags=["subscriptions"], operation_id="searchSubscriptions",
-             response_model=list[Subscription], response_model_exclude_none=True, responses=_READ)
-    async def search_subscriptions(caller: Authed, programID: ObjectIdQuery = None,
-                                   clientName: Annotated[str | None, Query()] = None, targetType: TargetType = None,
-                                   targetValues: TargetValues = None,
-                                   objects: Annotated[list[ObjectTypes] | None, Query()] = None, skip: Skip = 0,
-                                   limit: Limit = MAX_LIMIT) -> Any:
+    @app.get(
+        "/subscriptions",
+        tags=["subscriptions"],
+        operation_id="searchSubscriptions",
+        response_model=list[Subscription],
+        response_model_exclude_none=True,
+        responses=_READ,
+    )
+    async def search_subscriptions(
+        caller: Authed,
+        programID: ObjectIdQuery = None,
+        clientName: Annotated[str | None, Query()] = None,
+        targetType: TargetType = None,
+        targetValues: TargetValues = None,
+        objects: Annotated[list[ObjectTypes] | None, Query()] = None,
+        skip: Skip = 0,
+        limit: Limit = MAX_LIMIT,
+    ) -> Any:
         """List the subscriptions the caller may see, filtered, paged."""
         wanted = {o.value for o in objects or []}
 
         def matches(s: dict) -> bool:
             kinds = {kind for op in s["objectOperations"] for kind in op["objects"]}
-            return ((programID is None or s["programID"] == programID)
-                    and (clientName is None or s["clientName"] == clientName)
-                    and _targeted(s.get("targets"), targetType, targetValues)
-                    and (not wanted or bool(wanted & kinds)))
+            return (
+                (programID is None or s["programID"] == programID)
+                and (clientName is None or s["clientName"] == clientName)
+                and _targeted(s.get("targets"), targetType, targetValues)
+                and (not wanted or bool(wanted & kinds))
+            )
 
         return _page((s for s in vtn.visible("subscription", caller) if matches(s)), skip, limit)
 
@@ -492,14 +562,26 @@ def _add_ven_routes(app: FastAPI, vtn: Vtn, Authed: Any) -> None:
     """VENs: a VEN client creates and sees its own, a bl client all; venName is unique."""
     common = {"tags": ["vens"], "response_model": Ven, "response_model_exclude_none": True}
 
-    @app.get("/vens", tags=["vens"], operation_id="searchVens", response_model=list[Ven],
-             response_model_exclude_none=True, responses=_READ)
-    async def search_vens(caller: Authed, venName: Annotated[str | None, Query()] = None,
-                          targetType: TargetType = None, targetValues: TargetValues = None, skip: Skip = 0,
-                          limit: Limit = MAX_LIMIT) -> Any:
+    @app.get(
+        "/vens",
+        tags=["vens"],
+        operation_id="searchVens",
+        response_model=list[Ven],
+        response_model_exclude_none=True,
+        responses=_READ,
+    )
+    async def search_vens(
+        caller: Authed,
+        venName: Annotated[str | None, Query()] = None,
+        targetType: TargetType = None,
+        targetValues: TargetValues = None,
+        skip: Skip = 0,
+        limit: Limit = MAX_LIMIT,
+    ) -> Any:
         """List the VENs the caller may see, filtered by name and target, paged."""
         vens = (
-            v for v in vtn.visible("ven", caller)
+            v
+            for v in vtn.visible("ven", caller)
             if (venName is None or v["venName"] == venName) and _targeted(v.get("targets"), targetType, targetValues)
         )
         return [vtn.with_resources(v) for v in _page(vens, skip, limit)]
@@ -542,45 +624,63 @@ def _add_resource_routes(app: FastAPI, vtn: Vtn, Authed: Any) -> None:
             raise NotFound(f"VEN {ven_id} has no resource {resource_id}")
         return resource
 
-    @app.get("/vens/{venID}/resources", tags=["vens"], operation_id="searchVenResources",
-             response_model=list[Resource], response_model_exclude_none=True, responses=not_found_too)
-    async def search_ven_resources(caller: Authed, venID: ObjectIdPath,
-                                   resourceName: Annotated[str | None, Query()] = None, targetType: TargetType = None,
-                                   targetValues: TargetValues = None, skip: Skip = 0,
-                                   limit: Limit = MAX_LIMIT) -> Any:
+    @app.get(
+        "/vens/{venID}/resources",
+        tags=["vens"],
+        operation_id="searchVenResources",
+        response_model=list[Resource],
+        response_model_exclude_none=True,
+        responses=not_found_too,
+    )
+    async def search_ven_resources(
+        caller: Authed,
+        venID: ObjectIdPath,
+        resourceName: Annotated[str | None, Query()] = None,
+        targetType: TargetType = None,
+        targetValues: TargetValues = None,
+        skip: Skip = 0,
+        limit: Limit = MAX_LIMIT,
+    ) -> Any:
         """List a VEN's resources, filtered by name and target, paged."""
         vtn.ven_of_resource(venID, caller)
         resources = (
-            r for _, r in vtn.store.all("resource", parent=venID)
+            r
+            for _, r in vtn.store.all("resource", parent=venID)
             if (resourceName is None or r["resourceName"] == resourceName)
             and _targeted(r.get("targets"), targetType, targetValues)
         )
         return _page(resources, skip, limit)
 
-    @app.post("/vens/{venID}/resources", status_code=201, operation_id="createResource",
-              responses=problem_responses(400, 403, 404, 409, 500), **common)
+    @app.post(
+        "/vens/{venID}/resources",
+        status_code=201,
+        operation_id="createResource",
+        responses=problem_responses(400, 403, 404, 409, 500),
+        **common,
+    )
     async def create_resource(caller: Authed, venID: ObjectIdPath, resource: Resource) -> Any:
         """Create a resource of a VEN."""
         vtn.ven_of_resource(venID, caller)
         vtn.unique("resource", "resourceName", resource.resourceName, parent=venID)
         return vtn.create("resource", resource, caller, parent=venID, venID=venID)
 
-    @app.get("/vens/{venID}/resources/{resourceID}", operation_id="searchVenResourceByID", responses=_READ_ONE,
-             **common)
+    @app.get(
+        "/vens/{venID}/resources/{resourceID}", operation_id="searchVenResourceByID", responses=_READ_ONE, **common
+    )
     async def search_ven_resource_by_id(caller: Authed, venID: ObjectIdPath, resourceID: ObjectIdPath) -> Any:
         """Fetch a VEN's resource."""
         return resource_of(venID, resourceID, caller)
 
     @app.put("/vens/{venID}/resources/{resourceID}", operation_id="updateVenResource", responses=_UPDATE, **common)
-    async def update_ven_resource(caller: Authed, venID: ObjectIdPath, resourceID: ObjectIdPath,
-                                  resource: Resource) -> Any:
+    async def update_ven_resource(
+        caller: Authed, venID: ObjectIdPath, resourceID: ObjectIdPath, resource: Resource
+    ) -> Any:
         """Replace a resource's content."""
         old = resource_of(venID, resourceID, caller)
         vtn.unique("resource", "resourceName", resource.resourceName, except_id=resourceID, parent=venID)
         return vtn.update("resource", resourceID, old, resource, venID=venID)
 
-    @app.delete("/vens/{venID}/resources/{resourceID}", operation_id="deleteVenResource", responses=_READ_ONE,
-                **common)
+    @app.delete("/vens/{venID}/resources/{resourceID}", operation_id="deleteVenResource", responses=_READ_ONE, **common)
     async def delete_ven_resource(caller: Authed, venID: ObjectIdPath, resourceID: ObjectIdPath) -> Any:
         """Delete a resource; answers it as it was."""
         old = resource_of(venID, resourceID, caller)

@@ -45,21 +45,22 @@ def _quoted(actions: tuple[CurtailAction, ...]) -> str:
     return " and ".join(f'"{a.value}"' for a in sorted(actions, key=ACTION_COST.__getitem__))
 
 
-SYSTEM_PROMPT = """You are the operator of a low-voltage distribution feeder. You decide which agents \
+SYSTEM_PROMPT = (
+    f"""You are the operator of a low-voltage distribution feeder. You decide which agents \
 change their power this 15-minute step so that every transformer stays within its limits.
 
 Physics and signs:
 - A transformer's loading_kw is the sum of its agents' net power. Positive = import from the grid, negative = export.
 - It must satisfy -reverse_limit_kw <= loading_kw <= rating_kw. Above rating_kw is an overload; below -reverse_limit_kw is reverse power flow.
-- Actions shift one agent's net power by power_kw (>= 0): {lowering} LOWER it (use them against overload); \
-{raising} RAISE it (use them against reverse power flow).
+- Actions shift one agent's net power by power_kw (>= 0): {_quoted(CurtailAction.moving(-1))} LOWER it (use them against overload); \
+{_quoted(CurtailAction.moving(+1))} RAISE it (use them against reverse power flow).
 - Each agent lists the most each action can apply now (headroom_kw). Never exceed it. Only use agent ids and actions that are listed.
 - Prefer batteries, then solar curtailment, then load shedding (shedding inconveniences people). Use as little as needed.
 - Do not push any transformer outside its limits, and touch no agent on a transformer that is within its limits.
 
 Answer with one JSON object and nothing else, matching this JSON schema:
-""".format(lowering=_quoted(CurtailAction.moving(-1)), raising=_quoted(CurtailAction.moving(+1))) + json.dumps(
-    ModelPlan.model_json_schema()
+"""
+    + json.dumps(ModelPlan.model_json_schema())
 )
 
 
@@ -69,7 +70,9 @@ class AiStats:
 
     calls: int = 0
     plans_used: int = 0
-    top_ups: int = 0  # accepted plans that left a sliver (within the guard's tolerance) for the optimal planner to finish
+    top_ups: int = (
+        0  # accepted plans that left a sliver (within the guard's tolerance) for the optimal planner to finish
+    )
     fallbacks: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -118,7 +121,9 @@ def build_prompt(snapshot: Snapshot) -> tuple[str, dict[str, str]]:
                 "id": a_alias[a.agent_id],
                 "transformer": t_alias.get(a.transformer_id, "unknown"),
                 "net_power_kw": round(a.net_power_kw, 3),
-                "headroom_kw": {action.value: round(kw, 3) for action, kw in a.headroom_kw.items() if kw > MIN_COMMAND_KW},
+                "headroom_kw": {
+                    action.value: round(kw, 3) for action, kw in a.headroom_kw.items() if kw > MIN_COMMAND_KW
+                },
             }
             for a in snapshot.agents
         ],
@@ -126,7 +131,9 @@ def build_prompt(snapshot: Snapshot) -> tuple[str, dict[str, str]]:
     return json.dumps(payload, separators=(",", ":")), {alias: agent_id for agent_id, alias in a_alias.items()}
 
 
-def check_plan(snapshot: Snapshot, proposed: ModelPlan, agents_by_alias: dict[str, str], reference: Plan) -> list[Command]:
+def check_plan(
+    snapshot: Snapshot, proposed: ModelPlan, agents_by_alias: dict[str, str], reference: Plan
+) -> list[Command]:
     """The model's plan as commands, if it passes every guardrail; otherwise PlanRejected says why."""
     flex = {a.agent_id: a for a in snapshot.agents}
     commands: list[Command] = []
@@ -184,7 +191,12 @@ def top_up(snapshot: Snapshot, commands: list[Command]) -> tuple[list[Command], 
     residual = Snapshot(
         transformers=transformers,
         agents=tuple(
-            replace(a, headroom_kw={action: max(kw - used.get((a.agent_id, action), 0.0), 0.0) for action, kw in a.headroom_kw.items()})
+            replace(
+                a,
+                headroom_kw={
+                    action: max(kw - used.get((a.agent_id, action), 0.0), 0.0) for action, kw in a.headroom_kw.items()
+                },
+            )
             for a in snapshot.agents
         ),
         timestamp=snapshot.timestamp,
@@ -204,7 +216,13 @@ class AiPlanner:
     A ``Planner``: the grid agent's cycle awaits ``plan`` like any other's.
     """
 
-    def __init__(self, client: openai.AsyncOpenAI | None, model: str = "gpt-3.5-turbo", timeout_s: float = 5.0, missing_reason: str | None = None) -> None:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI | None,
+        model: str = "gpt-3.5-turbo",
+        timeout_s: float = 5.0,
+        missing_reason: str | None = None,
+    ) -> None:
         self.client = client
         self.model = model
         self.timeout_s = timeout_s
@@ -231,7 +249,7 @@ class AiPlanner:
                 ),
                 timeout=self.timeout_s,
             )
-        except (asyncio.TimeoutError, openai.APITimeoutError):
+        except (TimeoutError, openai.APITimeoutError):
             reason = f"model timed out after {self.timeout_s:g} s"
             return self._fallback(reference, FallbackKind.timeout, reason, started)
         except openai.RateLimitError:

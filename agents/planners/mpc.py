@@ -13,7 +13,6 @@ made again next cycle with what happened. It never sees data the agents have not
 from __future__ import annotations
 
 from collections.abc import Callable
-
 from dataclasses import dataclass
 from datetime import datetime
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from agents.planners.lp import LpNotSolved, solve_lp
 from agents.planners.base import MIN_COMMAND_KW, AgentFlex, Command, Plan, Snapshot
+from agents.planners.lp import LpNotSolved, solve_lp
 from models.schemas import CurtailAction
 
 #: Cost of each kW of an action: the battery first, then solar curtailment, then load shedding.

@@ -6,7 +6,6 @@ from agents.planners.base import MIN_COMMAND_KW, Command, Plan, Snapshot
 from models.schemas import CurtailAction
 
 
-
 def plan_rule(snapshot: Snapshot) -> Plan:
     """Spread each transformer's excess over every resource that can help, in proportion to its headroom.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import numpy as np
@@ -30,7 +30,9 @@ FORECAST_URL = "https://api.openweathermap.org/data/2.5/forecast"
 DEFAULT_LATITUDE, DEFAULT_LONGITUDE = 36.10, -79.95
 
 
-def clear_sky_index(times: pd.DatetimeIndex, cloud_fraction: np.ndarray, latitude: float, longitude: float) -> np.ndarray:
+def clear_sky_index(
+    times: pd.DatetimeIndex, cloud_fraction: np.ndarray, latitude: float, longitude: float
+) -> np.ndarray:
     """PV output under the given cloud cover over PV output under a clear sky, per time (1 where the sun is down)."""
     location = pvlib.location.Location(latitude, longitude)
     solar = location.get_solarposition(times)
@@ -38,8 +40,12 @@ def clear_sky_index(times: pd.DatetimeIndex, cloud_fraction: np.ndarray, latitud
 
     def pv_kw(ghi: pd.Series) -> np.ndarray:
         split = pvlib.irradiance.erbs(ghi, solar["zenith"], times)
-        poa = pvlib.irradiance.get_total_irradiance(30, 180, solar["apparent_zenith"], solar["azimuth"], split["dni"], ghi, split["dhi"])
-        return pvlib.pvsystem.pvwatts_dc(poa["poa_global"].fillna(0.0), temp_cell=25.0, pdc0=1.0, gamma_pdc=-0.004).to_numpy()
+        poa = pvlib.irradiance.get_total_irradiance(
+            30, 180, solar["apparent_zenith"], solar["azimuth"], split["dni"], ghi, split["dhi"]
+        )
+        return pvlib.pvsystem.pvwatts_dc(
+            poa["poa_global"].fillna(0.0), temp_cell=25.0, pdc0=1.0, gamma_pdc=-0.004
+        ).to_numpy()
 
     cloudy = clear["ghi"] * (1.0 - 0.75 * np.clip(cloud_fraction, 0.0, 1.0) ** 3.4)
     clear_kw, cloudy_kw = pv_kw(clear["ghi"]), pv_kw(cloudy)
@@ -74,7 +80,9 @@ class CloudForecast:
     def fetch(self) -> bool:
         """Fetch the forecast now; True when it was read."""
         try:
-            response = self.client.get(FORECAST_URL, params={"lat": self.latitude, "lon": self.longitude, "appid": self.api_key})
+            response = self.client.get(
+                FORECAST_URL, params={"lat": self.latitude, "lon": self.longitude, "appid": self.api_key}
+            )
             response.raise_for_status()
             entries = response.json()["list"]
             stamps = np.array([float(e["dt"]) for e in entries])
@@ -82,7 +90,9 @@ class CloudForecast:
             if len(stamps) == 0:
                 raise ValueError("no forecast entries")
         except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            reason = f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
+            reason = (
+                f"HTTP {exc.response.status_code}" if isinstance(exc, httpx.HTTPStatusError) else type(exc).__name__
+            )
             logger.warning("OpenWeatherMap forecast unavailable (%s); the mpc planner uses its history alone", reason)
             self._next_fetch = time.monotonic() + self.retry_s
             return False
@@ -96,9 +106,11 @@ class CloudForecast:
             self.fetch()
         if self._points is None:
             return None
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         moments = [now + timedelta(seconds=step_s * k) for k in range(n_steps)]
         stamps, clouds = self._points
-        cloud_fraction = np.interp([m.timestamp() for m in moments], stamps, clouds)  # held flat beyond the forecast's ends
+        cloud_fraction = np.interp(
+            [m.timestamp() for m in moments], stamps, clouds
+        )  # held flat beyond the forecast's ends
         times = pd.DatetimeIndex(moments)
         return clear_sky_index(times, cloud_fraction, self.latitude, self.longitude)
