@@ -1,4 +1,7 @@
-"""Start the grid, home and battery agents and drive coordination cycles: python run_distributed_simulation.py --help."""
+"""Start the grid, home and battery agents and drive coordination cycles.
+
+python run_distributed_simulation.py --help
+"""
 
 import sys
 

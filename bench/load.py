@@ -209,13 +209,15 @@ def check(work: Path, ledger: Ledger) -> list[str]:
     recorded = dict(rows)
     if set(recorded) != set(ledger.answers):
         problems.append(
-            f"{len(set(ledger.answers) - set(recorded))} answered commands not recorded, {len(set(recorded) - set(ledger.answers))} recorded but never answered"
+            f"{len(set(ledger.answers) - set(recorded))} answered commands not recorded, "
+            f"{len(set(recorded) - set(ledger.answers))} recorded but never answered"
         )
     for command_id, answer in ledger.answers.items():
         result = recorded.get(command_id, {}).get("result", {})
         if (result.get("status"), result.get("applied_kw")) != (answer["status"], answer["applied_kw"]):
             problems.append(
-                f"{command_id}: recorded {result.get('status')} {result.get('applied_kw')}, answered {answer['status']} {answer['applied_kw']}"
+                f"{command_id}: recorded {result.get('status')} {result.get('applied_kw')}, answered "
+                f"{answer['status']} {answer['applied_kw']}"
             )
             break
     log = pd.read_csv(work / "logs" / f"{AGENT_ID}_log.csv")

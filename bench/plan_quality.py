@@ -8,7 +8,9 @@ through the year with the grid agent's loop: step every agent,
 one linear program over the same steps with every future value known: the program the mpc
 planner solves each cycle (``agents.planners.horizon``, same physics, same costs), over the
 whole year at once, with the agents' own policies (``models.policies``) and batteries
-(``agents.device.home.home_battery_spec``, ``agents.device.battery.storage_spec``). Not a test:
+(``agents.device.home.home_battery_spec``, ``agents.device.battery.storage_spec``). With ``--months``
+each month is replayed alone, from fresh agents and a fresh planner (a cold start: no history),
+against its own bound, in one table. Not a test:
 pytest never collects bench/.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import calendar
 import importlib.util
 import json
 import logging
@@ -53,6 +56,7 @@ from models.units import energy_kwh
 
 TRANSFORMER_ID = "T1"
 STEPS_PER_YEAR = 35_040
+STEPS_PER_MONTH = 2_976  # 31 days
 STEP_S = 900.0
 PLANNER_ORDER = ("none", "rule", "optimal", "mpc", "ai")
 
@@ -205,8 +209,8 @@ def make_ai_planner() -> tuple[PlanFunction, Callable[[], str]] | None:
         s = ai.stats
         reasons = ", ".join(f"{k}: {v}" for k, v in sorted(s.fallback_reasons.items()))
         return (
-            f"scripted stand-in model; {s.calls:,} calls, {s.plans_used:,} plans used, {s.fallbacks:,} fell back to optimal"
-            + (f" ({reasons})" if reasons else "")
+            f"scripted stand-in model; {s.calls:,} calls, {s.plans_used:,} plans used, {s.fallbacks:,} fell back to "
+            "optimal" + (f" ({reasons})" if reasons else "")
         )
 
     return plan, describe
@@ -384,7 +388,10 @@ def bound(feeder: Feeder, steps: int) -> Result:
         run_s=done - started,
         plan_s=done - solving,
         cost=solution.cost,
-        note=f"perfect foresight: one program over {steps:,} steps; home batteries pooled, so its throughput nets out flows between homes",
+        note=(
+            f"perfect foresight: one program over {steps:,} steps; "
+            "home batteries pooled, so its throughput nets out flows between homes"
+        ),
         loose_lost_kwh=float((loose.curtail_kw.sum() + loose.shed_kw.sum()) * hours),
         loose_losses_kwh=_losses_kwh(loose, hours),
         violations_before=int(np.sum(outside > LIMIT_TOLERANCE_KW)),
@@ -410,8 +417,10 @@ def print_table(results: list[Result], feeder: Feeder, steps: int, wall_s: float
     days = steps * STEP_S / 86_400
     title = (
         f"Plan quality: {feeder.homes} homes (PV {feeder.pv_kwp_range[0]:g}-{feeder.pv_kwp_range[1]:g} kWp, "
-        f"{feeder.annual_load_kwh_range[0]:,.0f}-{feeder.annual_load_kwh_range[1]:,.0f} kWh/a, 13.5 kWh/5 kW batteries) "
-        f"and a 50 kWh/25 kW storage on {TRANSFORMER_ID} ({feeder.rating_kw:g} kW rating, {feeder.reverse_limit_kw:g} kW reverse limit), "
+        f"{feeder.annual_load_kwh_range[0]:,.0f}-{feeder.annual_load_kwh_range[1]:,.0f} kWh/a, 13.5 kWh/5 kW "
+        "batteries) "
+        f"and a 50 kWh/25 kW storage on {TRANSFORMER_ID} ({feeder.rating_kw:g} kW rating, "
+        f"{feeder.reverse_limit_kw:g} kW reverse limit), "
         f"{steps:,} steps ({days:.0f} days)"
     )
     table = Table(title=title)
@@ -453,11 +462,13 @@ def print_table(results: list[Result], feeder: Feeder, steps: int, wall_s: float
     console.print(table)
     if none is not None:
         console.print(
-            f"No coordination (replayed): {none.violations_before:,} of {steps:,} steps outside limits ({none.unfixed_kwh:,.1f} kWh outside)."
+            f"No coordination (replayed): {none.violations_before:,} of {steps:,} steps outside limits "
+            f"({none.unfixed_kwh:,.1f} kWh outside)."
         )
     elif best is not None and best.alone_outside_kwh is not None:
         console.print(
-            f"No coordination (the agents' own schedules, as the bound computes them): {best.violations_before:,} of {steps:,} steps "
+            f"No coordination (the agents' own schedules, as the bound computes them): {best.violations_before:,} of "
+            f"{steps:,} steps "
             f"outside limits ({best.alone_outside_kwh:,.1f} kWh outside); --planners none,... replays it."
         )
     for r in results:
@@ -470,10 +481,55 @@ def print_table(results: list[Result], feeder: Feeder, steps: int, wall_s: float
             if r.name not in ("none", "bound") and not r.note.startswith("skipped") and best.loose_lost_kwh > 0
         )
         console.print(
-            f"  Were a battery allowed to charge and discharge in the same step (burning energy to make room, which no battery "
-            f"can do, though two batteries can by trading energy), the program would curtail and shed {best.loose_lost_kwh:,.1f} kWh "
+            "  Were a battery allowed to charge and discharge in the same step (burning energy to make room, which "
+            "no battery "
+            "can do, though two batteries can by trading energy), the program would curtail and shed "
+            f"{best.loose_lost_kwh:,.1f} kWh "
             f"and lose {best.loose_losses_kwh:,.0f} kWh in its batteries; against that looser bound: {ratios}."
         )
+    console.print(f"Wall time {wall_s:,.0f} s.")
+
+
+def print_months_table(
+    results: dict[int, dict[str, Result]], starts: dict[int, str], steps: int, wall_s: float
+) -> None:
+    """One row per month and planner: curtailed plus shed against that month's bound, each started cold."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=max(Console().width, 150))
+    days = steps * STEP_S / 86_400
+    title = f"Plan quality from a cold start: each month replayed alone, {steps:,} steps ({days:.0f} days) from its 1st"
+    table = Table(title=title)
+    columns = ("month", "start", "planner", "curtailed kWh", "shed kWh", "curtailed+shed kWh", "bound kWh", "ratio")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("month", "start", "planner") else "right")
+    notes = []
+    for month, rows in results.items():
+        best = rows.get("bound")
+        for name in PLANNER_ORDER:
+            r = rows.get(name)
+            if r is None:
+                continue
+            if r.note.startswith("skipped"):
+                table.add_row(calendar.month_abbr[month], starts[month], name, *["-"] * 5)
+                continue
+            notes.append(f"{calendar.month_abbr[month]} {name}: {r.note}" if r.note else "")
+            known = best is not None and best.lost_kwh > 0 and name != "none"  # none leaves the limits crossed
+            ratio = f"{r.lost_kwh / best.lost_kwh:.3f}" if known else "-"
+            table.add_row(
+                calendar.month_abbr[month],
+                starts[month],
+                name,
+                f"{r.curtailed_kwh:,.1f}",
+                f"{r.shed_kwh:,.1f}",
+                f"{r.lost_kwh:,.1f}",
+                f"{best.lost_kwh:,.1f}" if best is not None else "-",
+                ratio,
+            )
+    console.print(table)
+    for note in filter(None, notes):
+        console.print(f"  {note}")
     console.print(f"Wall time {wall_s:,.0f} s.")
 
 
@@ -482,7 +538,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument(
-        "--steps", type=int, default=STEPS_PER_YEAR, help="steps to replay (15 min each; default one year)"
+        "--steps",
+        type=int,
+        default=None,
+        help="steps to replay (15 min each; default one year, or 31 days with --months)",
     )
     parser.add_argument(
         "--planners",
@@ -492,6 +551,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bound", action="store_true", help="skip the perfect-foresight program")
     parser.add_argument(
         "--start", default=None, help="simulated start, ISO 8601 (default: the data's first row, 2025-01-01T00:00)"
+    )
+    parser.add_argument(
+        "--months",
+        default=None,
+        metavar="M,M,...",
+        help="months (1-12), each replayed alone from a cold start at 00:00 on its 1st, in one table; not with --start",
     )
     parser.add_argument("--homes", type=int, default=Feeder.homes, help="homes on the transformer")
     parser.add_argument("--rating-kw", type=float, default=Feeder.rating_kw, help="transformer rating")
@@ -522,6 +587,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.planners.split(",") if n.strip()]
     unknown = [n for n in names if n not in PLANNER_ORDER]
+    try:
+        months = [int(m) for m in args.months.split(",") if m.strip()] if args.months else []
+    except ValueError:
+        parser.error("--months takes month numbers, e.g. 1,4,7,10")
+    if any(not 1 <= m <= 12 for m in months) or (months and args.start):
+        parser.error("--months takes numbers 1-12, and not with --start")
+    if args.steps is None:
+        args.steps = STEPS_PER_MONTH if months else STEPS_PER_YEAR
     if unknown or args.steps < 1 or args.homes < 1:
         parser.error(f"unknown planner(s) {', '.join(unknown)}" if unknown else "--steps and --homes must be >= 1")
     mpc_options: dict[str, Any] = {"horizon_steps": args.horizon_steps}
@@ -539,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         homes=args.homes, rating_kw=args.rating_kw, reverse_limit_kw=args.reverse_limit_kw, start=args.start
     )
     started = time.perf_counter()
+    if months:
+        return run_months(feeder, months, names, args, mpc_options, started)
     with tempfile.TemporaryDirectory(prefix="plan_quality_") as tmp:
         log_root = args.log_dir or Path(tmp)
         state_root = args.state_dir or Path(tmp)
@@ -556,6 +631,44 @@ def main(argv: list[str] | None = None) -> int:
             results = {n: f.result() for n, f in futures.items()}
     ordered = [results[n] for n in PLANNER_ORDER if n in results] + ([results["bound"]] if "bound" in results else [])
     print_table(ordered, feeder, args.steps, time.perf_counter() - started)
+    return 0
+
+
+def run_months(
+    feeder: Feeder,
+    months: list[int],
+    names: list[str],
+    args: argparse.Namespace,
+    mpc_options: dict[str, Any],
+    started: float,
+) -> int:
+    """Replay each month alone, from fresh agents and a fresh planner, with its own bound; print one table."""
+    year = load_timeseries(HomeSettings().data_file, HOME_COLUMNS).start.year
+    starts = {m: f"{year}-{m:02d}-01T00:00" for m in months}
+    with tempfile.TemporaryDirectory(prefix="plan_quality_") as tmp:
+        log_root = args.log_dir or Path(tmp)
+        state_root = args.state_dir or Path(tmp)
+        with ProcessPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+            futures: dict[int, dict[str, Any]] = {}
+            for m in months:
+                month = replace(feeder, start=starts[m])
+                folder = f"{m:02d}"
+                futures[m] = {
+                    n: pool.submit(
+                        replay,
+                        n,
+                        month,
+                        args.steps,
+                        log_root / folder / n / "logs",
+                        state_root / folder / n / "state",
+                        mpc_options,
+                    )
+                    for n in sorted(names, key=lambda n: n != "mpc")  # the slowest first
+                }
+                if not args.no_bound:
+                    futures[m]["bound"] = pool.submit(bound, month, args.steps)
+            results = {m: {n: f.result() for n, f in jobs.items()} for m, jobs in futures.items()}
+    print_months_table(results, starts, args.steps, time.perf_counter() - started)
     return 0
 
 

@@ -46,7 +46,7 @@ def cpu_s(pid: int) -> float:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
+    return ordered[min(round(q * (len(ordered) - 1)), len(ordered) - 1)]
 
 
 def run_size(homes: int, cycles: int, planner: str, start: str | None) -> dict:

@@ -21,7 +21,8 @@ class BatterySpec:
     """Parameters of a battery; all limits are inclusive.
 
     capacity_kwh: usable nameplate energy; max_charge_kw / max_discharge_kw: AC power limits
-    (both >= 0; 0 means the battery cannot move that way); charge/discharge efficiencies in (0, 1]; SoC window [soc_min, soc_max] in 0-1.
+    (both >= 0; 0 means the battery cannot move that way); charge/discharge efficiencies in (0, 1];
+    SoC window [soc_min, soc_max] in 0-1.
     """
 
     capacity_kwh: float

@@ -26,7 +26,7 @@ Number = Annotated[float, Field(strict=True)]
 
 def _json_integer(value: object) -> object:
     """JSON Schema's integer: 3 and 3.0 are, true and "3" are not."""
-    if isinstance(value, bool) or isinstance(value, str):
+    if isinstance(value, bool | str):
         raise ValueError("must be a JSON integer")
     if isinstance(value, float) and value.is_integer():
         return int(value)
@@ -227,7 +227,8 @@ class AgentInfo(BaseModel):
     endpoints: list[str]
 
 
-#: The longest a command may hold (366 days): beyond a year of data it means nothing, and far beyond it the clock overflows.
+#: The longest a command may hold (366 days): beyond a year of data it means nothing,
+#: and far beyond it the clock overflows.
 MAX_COMMAND_DURATION_S = 366 * 24 * 3600.0
 
 

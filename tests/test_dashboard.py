@@ -69,7 +69,7 @@ async def test_dashboard_data_matches_status(feeder):
     assert data["transformers"] == status["transformers"]
     assert data["last_cycle"]["actions"] == results[-1]["actions"]
     assert [row["cycle"] for row in data["history"]] == [1, 2, 3]
-    for row, result in zip(data["history"], results):
+    for row, result in zip(data["history"], results, strict=True):
         (t,) = result["transformers"]
         assert row["transformers"]["T1"] == {
             "loading_before_kw": approx(t["loading_before_kw"]),

@@ -15,7 +15,8 @@ from tests.test_e2e import HOST, REGISTER_TIMEOUT_S, coordinate, free_port, regi
 
 pytestmark = pytest.mark.e2e
 
-#: Debian's Chromium (apt-get install chromium chromium-driver; .ci/run does it). Playwright's own browser download is not used.
+#: Debian's Chromium (apt-get install chromium chromium-driver; .ci/run does it).
+#: Playwright's own browser download is not used.
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",

@@ -150,7 +150,7 @@ def test_load_timeseries_missing_timestamp_column_raises(tmp_path):
     path = write_csv(
         tmp_path, ["time,solar_kw,load_kw,temp_air_c", "2025-06-01T00:00:00,0,1,2", "2025-06-01T00:15:00,0,1,2"]
     )
-    with pytest.raises(StartupError, match="line 1.*timestamp"):
+    with pytest.raises(StartupError, match=r"line 1.*timestamp"):
         load_home(path)
 
 

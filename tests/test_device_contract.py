@@ -829,7 +829,7 @@ def test_malformed_data_file_names_file_line_and_column(tmp_path, kind, rows, li
 
 
 def test_missing_data_file_is_a_startup_error(tmp_path, kind):
-    with pytest.raises(StartupError, match="nowhere.csv"):
+    with pytest.raises(StartupError, match=r"nowhere\.csv"):
         kind.create_app(kind.make_settings(tmp_path, data_file=tmp_path / "nowhere.csv"), register=False)
 
 

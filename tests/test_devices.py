@@ -261,7 +261,7 @@ def test_step_battery_soc_stays_in_window(spec, soc, requests, step_s):
 @settings(max_examples=150, deadline=None)
 @given(battery_specs(), st.floats(0.0, 1.0), st.lists(setpoints_kw, min_size=1, max_size=40), step_lengths_s)
 def test_step_battery_power_within_limits_and_request(spec, soc, requests, step_s):
-    for request, result in zip(requests, _run(spec, soc, requests, step_s)):
+    for request, result in zip(requests, _run(spec, soc, requests, step_s), strict=True):
         applied = result.power_kw
         assert -spec.max_discharge_kw - 1e-12 <= applied <= spec.max_charge_kw + 1e-12
         assert abs(applied) <= abs(request) + 1e-12

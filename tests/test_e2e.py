@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import random
@@ -176,10 +177,8 @@ def leftover_pids() -> Iterator[list[int]]:
     finally:
         for pid in pids:
             if not pid_gone(pid):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
 
 
 def registered(grid: Agent, *agent_ids: str) -> bool:

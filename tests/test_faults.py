@@ -103,7 +103,7 @@ def report(agent_id: str, url: str, **overrides: Any) -> dict[str, Any]:
 
 # -- (a) kill -9 the home agent --------------------------------------------------------------------
 def test_home_killed_mid_run_resumes_at_the_same_step_and_soc(spawn, tmp_path):
-    grid, home, battery, device_flags = start_feeder(spawn)
+    grid, home, _battery, device_flags = start_feeder(spawn)
     for _ in range(3):
         assert coordinate(grid)["unreachable"] == []
     before = status(home)
@@ -307,7 +307,7 @@ def test_hung_agents_cost_a_cycle_one_timeout_per_phase(spawn):
     )["status"]
 
     with silent_server() as silent_port, stuck_on_curtail("stuck_1", stuck_status) as stuck_port:
-        for agent_id, url, body in (
+        for agent_id, _url, body in (
             ("hung_1", f"http://{HOST}:{silent_port}", report("hung_1", f"http://{HOST}:{silent_port}")),
             ("stuck_1", f"http://{HOST}:{stuck_port}", {"url": f"http://{HOST}:{stuck_port}", "status": stuck_status}),
         ):

@@ -383,7 +383,7 @@ async def test_grid_log_has_one_row_per_transformer_per_cycle(feeder):
     assert list(log.columns) == list(GRID_LOG_COLUMNS)
     assert log["cycle"].tolist() == [1, 2, 3]
     assert (log["transformer_id"] == "T1").all()
-    for (_, row), result in zip(log.iterrows(), results):
+    for (_, row), result in zip(log.iterrows(), results, strict=True):
         t = transformer(result)
         assert row["loading_before_kw"] == approx(t["loading_before_kw"], abs=1e-6)
         assert row["loading_after_kw"] == approx(t["loading_after_kw"], abs=1e-6)

@@ -191,7 +191,10 @@ def make_home(tmp_path: Path, name: str, data_file: Path) -> HomeAgent:
 
 def run_feeder(home: HomeAgent, planner, steps: int) -> tuple[list[float], list[Plan], list[float]]:
     """The grid agent's loop in process: (kW curtailed, plan, SoC at the end) for each step; checks headroom."""
-    limits = lambda _tid: (RATING_KW, REVERSE_LIMIT_KW)
+
+    def limits(_tid: str) -> tuple[float, float]:
+        return RATING_KW, REVERSE_LIMIT_KW
+
     curtailed, plans, socs = [], [], []
     for step in range(steps):
         status = home.simulate()
@@ -413,3 +416,45 @@ def test_mpc_is_registered_and_each_factory_call_starts_afresh():
 def test_mpc_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError):
         MpcPlanner(**kwargs)
+
+
+# --- the mpc planner started cold: a clear-sky prior for the PV it has not seen -----------------
+
+COLD_START = datetime(2025, 7, 15, 6, 0)  # a July dawn, local standard time at the shipped data's site
+
+
+def full_homes_at(stamp: datetime, solar_kw: float, step_s: float = 900.0, homes: int = 4) -> Snapshot:
+    """6 kWp homes with full batteries, a 0.5 kW load and ``solar_kw`` of PV; 20 kW rating, 4 kW of reverse flow."""
+    statuses = [
+        home_status(f"home_{h}", 1, solar_kw, 0.5, min(solar_kw - 0.5, 0.0), 0.95, stamp).model_copy(
+            update={"step_s": step_s}
+        )
+        for h in range(homes)
+    ]
+    return build_snapshot(statuses, ["T1"], lambda _tid: (20.0, 4.0))
+
+
+def test_mpc_started_cold_at_a_sunny_dawn_makes_battery_room_for_noon():
+    """First cycle, no history: the prior foresees the clear noon's export, so full batteries start emptying now.
+
+    Four 6 kWp homes give some 18 kW of PV at a clear July noon against 2 kW of load and 4 kW
+    of reverse flow allowed; their full batteries must hold what the limit cannot pass, and the
+    few hours before the surplus begins, at 4 kW of export, cannot empty them: every step counts.
+    With history alone (persistence of this dawn's 0.3 kW) it sees nothing at stake.
+    """
+    snapshot = full_homes_at(COLD_START, solar_kw=0.3)
+    discharged_kw = sum(c.power_kw for c in MpcPlanner()(snapshot).commands if c.action is DISCHARGE)
+    assert discharged_kw > 1.0
+    assert MpcPlanner(pv_site=None)(full_homes_at(COLD_START, solar_kw=0.3)).commands == []
+
+
+def test_mpc_prior_gives_way_to_the_days_it_has_seen():
+    """After ``history_days`` days seen (here one, cloudy) the planner goes by them: no room made at the next dawn."""
+    planner = MpcPlanner(horizon_steps=24, history_days=1, forecast_days=1)
+    cloudy_kw = [0.3 if 6 <= h < 18 else 0.0 for h in range(24)]
+    first = planner(full_homes_at(COLD_START, cloudy_kw[6], step_s=3600.0))
+    assert any(c.action is DISCHARGE for c in first.commands)  # cold: the unseen day counts as clear
+    for h in range(1, 24):
+        stamp = COLD_START + timedelta(hours=h)
+        planner(full_homes_at(stamp, cloudy_kw[stamp.hour], step_s=3600.0))
+    assert planner(full_homes_at(COLD_START + timedelta(days=1), cloudy_kw[6], step_s=3600.0)).commands == []

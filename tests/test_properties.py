@@ -86,7 +86,8 @@ curtails = st.builds(
     reuse=st.one_of(st.none(), st.none(), st.integers(min_value=0, max_value=20)),
     same_body=st.booleans(),
 )
-#: A command that holds for two steps, ends, and then a restart: the agent must still say why it is back on local policy.
+#: A command that holds for two steps, ends, and then a restart:
+#: the agent must still say why it is back on local policy.
 HELD_THEN_RESTART = [
     Simulate(),
     Curtail(CurtailAction.discharge_battery, 1.0, 1800.0, None, None, False),

@@ -1,4 +1,7 @@
-"""Run reports and the coordinator's display: KPIs as pure functions, the report on disk, and the real coordinator with --report."""
+"""Run reports and the coordinator's display.
+
+KPIs as pure functions, the report on disk, and the real coordinator with --report.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from tests.test_e2e import (
     child_pids,
     coordinator_command,
     free_port_block,
+    leftover_pids,  # noqa: F401 (a fixture)
     pid_gone,
     wait_until,
 )
@@ -56,7 +60,8 @@ def action(name: str, applied_kw: float, status: str = "applied") -> dict:
     }
 
 
-#: Two 15-minute cycles: an overload fixed by curtailment, shedding and a battery, then reverse flow the AI fallback could not fix.
+#: Two 15-minute cycles: an overload fixed by curtailment, shedding and a battery,
+#: then reverse flow the AI fallback could not fix.
 CYCLES = [
     {
         "cycle": 1,

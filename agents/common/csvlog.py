@@ -24,7 +24,7 @@ class CsvLogWriter:
         self.path = Path(path)
         self.columns = list(columns)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        header = self._format(dict(zip(self.columns, self.columns)))
+        header = self._format(dict(zip(self.columns, self.columns, strict=True)))
         if self.path.exists() and self.path.stat().st_size > 0:
             with self.path.open(encoding="utf-8", newline="") as existing:
                 if fresh or existing.readline() != header:

@@ -48,7 +48,8 @@ class TimeSeries:
         index = int(offset // self.step_s)
         if not 0 <= index < len(self):
             raise ValueError(
-                f"{when.isoformat()} is outside the data ({self.start.isoformat()} to {self.timestamp(len(self) - 1).isoformat()})"
+                f"{when.isoformat()} is outside the data ({self.start.isoformat()} to "
+                f"{self.timestamp(len(self) - 1).isoformat()})"
             )
         return index
 

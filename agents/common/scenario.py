@@ -84,7 +84,8 @@ class Scenario(BaseModel):
                 seen.add(entry.id)
                 if self.transformers and entry.transformer not in ids:
                     raise ValueError(
-                        f"{kind}[{i}].transformer {entry.transformer!r} is not one of the scenario's transformers ({', '.join(ids)})"
+                        f"{kind}[{i}].transformer {entry.transformer!r} is not one of the scenario's transformers "
+                        f"({', '.join(ids)})"
                     )
         return self
 

@@ -198,7 +198,7 @@ class GridSettings(ServerSettings):
     openadr3: bool = Field(False, description="Serve the OpenADR 3.0.1 VTN API under /openadr3/3.0.1")
     openadr3_clients: FilePath | None = Field(
         None,
-        description="JSON list of OpenADR 3 clients {client_id, client_secret, role: bl|ven} (default: OPENADR3_CLIENTS)",
+        description="JSON list of OpenADR 3 clients {client_id, client_secret, role} (default: OPENADR3_CLIENTS)",
     )
 
 

@@ -34,7 +34,8 @@ class StateStore:
             self._migrate_one_agent_layout(agent_id=name)
         self._db.execute("CREATE TABLE IF NOT EXISTS state (agent_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
         self._db.execute(
-            "CREATE TABLE IF NOT EXISTS commands (agent_id TEXT NOT NULL, command_id TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (agent_id, command_id))"
+            "CREATE TABLE IF NOT EXISTS commands (agent_id TEXT NOT NULL, command_id TEXT NOT NULL, body TEXT NOT "
+            "NULL, PRIMARY KEY (agent_id, command_id))"
         )
         self._depth = 0
 
@@ -52,7 +53,8 @@ class StateStore:
             if self._columns("commands"):
                 self._db.execute("ALTER TABLE commands RENAME TO commands_v1")
                 self._db.execute(
-                    "CREATE TABLE commands (agent_id TEXT NOT NULL, command_id TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (agent_id, command_id))"
+                    "CREATE TABLE commands (agent_id TEXT NOT NULL, command_id TEXT NOT NULL, body TEXT NOT NULL, "
+                    "PRIMARY KEY (agent_id, command_id))"
                 )
                 self._db.execute(
                     "INSERT INTO commands (agent_id, command_id, body) SELECT ?, command_id, body FROM commands_v1",

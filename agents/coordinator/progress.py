@@ -50,7 +50,10 @@ def uses_progress_bar(cycles: int) -> bool:
 def cycle_display(
     console: Console, cycles: int, print_cycle: Callable[[dict[str, Any]], None]
 ) -> Iterator[Callable[[dict[str, Any]], None]]:
-    """Yield the function that shows one cycle's result: ``print_cycle`` for short runs, a progress bar's update for long ones."""
+    """Yield the function that shows one cycle's result.
+
+    ``print_cycle`` for short runs, a progress bar's update for long ones.
+    """
     if not uses_progress_bar(cycles):
         yield print_cycle
         return
@@ -77,7 +80,8 @@ def cycle_display(
             counts["unreachable"] += len(result["unreachable"])
             stamp = (result["timestamp"] or "-").replace("T", " ")[:16]
             detail = Text(
-                f"  simulated {stamp}   planner {result['planner']}   steps outside limits {counts['before']} -> {counts['after']}",
+                f"  simulated {stamp}   planner {result['planner']}   steps outside limits {counts['before']} -> "
+                f"{counts['after']}",
                 no_wrap=True,
                 overflow="ellipsis",
             )

@@ -53,7 +53,7 @@ def run_kpis(cycles: Sequence[dict[str, Any]]) -> dict[str, Any]:
     exported = {"before": 0.0, "after": 0.0}
     outside: Counter[tuple[str, str]] = Counter()  # (when, state) -> minutes
     unfixed_kwh = 0.0
-    for cycle, step_s in zip(cycles, steps_s):
+    for cycle, step_s in zip(cycles, steps_s, strict=True):
         for t in cycle["transformers"]:
             for when in ("before", "after"):
                 loading = t[f"loading_{when}_kw"]
@@ -64,7 +64,7 @@ def run_kpis(cycles: Sequence[dict[str, Any]]) -> dict[str, Any]:
             unfixed_kwh += energy_kwh(t.get("unfixed_kw") or 0.0, step_s)
     applied: Counter[str] = Counter()  # action -> kWh
     statuses: Counter[str] = Counter()
-    for cycle, step_s in zip(cycles, steps_s):
+    for cycle, step_s in zip(cycles, steps_s, strict=True):
         for a in cycle["actions"]:
             applied[a["action"]] += energy_kwh(a["applied_kw"], step_s)
             statuses[a["status"]] += 1
@@ -105,7 +105,7 @@ def run_kpis(cycles: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def transformer_kpis(cycles: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per transformer: its limits, its peak import and export and its minutes outside limits, before and after."""
     found: dict[str, dict[str, Any]] = {}
-    for cycle, step_s in zip(cycles, _steps_s(cycles)):
+    for cycle, step_s in zip(cycles, _steps_s(cycles), strict=True):
         for t in cycle["transformers"]:
             row = found.setdefault(
                 t["transformer_id"],
@@ -246,7 +246,7 @@ def _plot_loading(path: Path, cycles: Sequence[dict[str, Any]]) -> Path:
     xlabel = "cycle"
     if not ids:
         axes[0].text(0.5, 0.5, "no cycle ran", ha="center", va="center", transform=axes[0].transAxes)
-    for ax, tid in zip(axes, ids):
+    for ax, tid in zip(axes, ids, strict=False):  # no transformer: one panel, left empty
         rows = [(c, t) for c in cycles for t in c["transformers"] if t["transformer_id"] == tid]
         x, xlabel = _x(c for c, _ in rows)
         before = [t["loading_before_kw"] for _, t in rows]

@@ -162,7 +162,8 @@ def feeder_scenario(settings: CoordinatorSettings) -> Scenario | None:
         scenario = load_scenario(settings.scenario)
         if settings.homes > 1 and len(scenario.homes) != settings.homes:
             raise StartupError(
-                f"--homes {settings.homes} and --scenario {settings.scenario} ({len(scenario.homes)} homes) disagree; give one"
+                f"--homes {settings.homes} and --scenario {settings.scenario} ({len(scenario.homes)} homes) "
+                "disagree; give one"
             )
         return scenario
     if settings.homes > 1:
@@ -293,7 +294,8 @@ class Coordinator:
         for child in self.children:
             if port_in_use("127.0.0.1", child.port):
                 raise CoordinatorError(
-                    f"port {child.port} is already in use ({child.name}); stop what holds it or choose another --base-port"
+                    f"port {child.port} is already in use ({child.name}); stop what holds it or choose another "
+                    "--base-port"
                 )
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
@@ -323,7 +325,8 @@ class Coordinator:
             code = child.process.poll()
             if code is not None:
                 raise CoordinatorError(
-                    f"the {child.name} ({child.agent_id}) exited during start-up with code {code}: {child.tail() or 'no output'}"
+                    f"the {child.name} ({child.agent_id}) exited during start-up with code {code}: "
+                    f"{child.tail() or 'no output'}"
                 )
             try:
                 answer = self.http.get(f"{child.url}/health", timeout=1.0)
@@ -336,7 +339,8 @@ class Coordinator:
                     reason = f"{reason}: {str(exc)[:200]}"
             time.sleep(0.1)
         raise CoordinatorError(
-            f"the {child.name} ({child.agent_id}) did not answer /health within {self.settings.startup_timeout_s:g} s ({reason}); its output: {child.tail() or 'none'}"
+            f"the {child.name} ({child.agent_id}) did not answer /health within {self.settings.startup_timeout_s:g} "
+            f"s ({reason}); its output: {child.tail() or 'none'}"
         )
 
     def _wait_registered(self) -> None:
@@ -477,7 +481,10 @@ class Coordinator:
         self.stats.history.extend(data.get("history", []))
 
     def write_report(self) -> bool:
-        """Write the --report folder (summary.json, cycles.jsonl, PNG plots); False, with the reason printed, when it cannot."""
+        """Write the --report folder (summary.json, cycles.jsonl, PNG plots).
+
+        False, with the reason printed, when it cannot.
+        """
         directory = self.settings.report
         self.pull_history()
         run = {
@@ -511,7 +518,8 @@ class Coordinator:
     def print_cycle(self, result: dict) -> None:
         stamp = (result["timestamp"] or "-").replace("T", " ")[:16]
         self.console.print(
-            f"[bold]cycle {result['cycle']}[/bold]  {stamp}  planner {result['planner']}  {result['duration_ms']:.1f} ms"
+            f"[bold]cycle {result['cycle']}[/bold]  {stamp}  planner {result['planner']}  "
+            f"{result['duration_ms']:.1f} ms"
         )
         colour = {"normal": "green", "overload": "red", "reverse_power_flow": "yellow"}
         for t in result["transformers"]:
@@ -523,7 +531,8 @@ class Coordinator:
             )
         for a in result["actions"]:
             self.console.print(
-                f"    {a['agent_id']:<16} {a['action']:<18} {a['requested_kw']:6.2f} kW, applied {a['applied_kw']:6.2f} ({a['status']})"
+                f"    {a['agent_id']:<16} {a['action']:<18} {a['requested_kw']:6.2f} kW, applied "
+                f"{a['applied_kw']:6.2f} ({a['status']})"
             )
         if result["unreachable"]:
             self.console.print(f"    [red]unreachable:[/red] {', '.join(result['unreachable'])}")
@@ -575,7 +584,8 @@ class Coordinator:
                     time.sleep(0.5)
                 gone = [c for c in self.children if c.process.poll() is not None]
                 raise CoordinatorError(
-                    f"the {gone[0].name} ({gone[0].agent_id}) exited with code {gone[0].process.returncode}: {gone[0].tail()}"
+                    f"the {gone[0].name} ({gone[0].agent_id}) exited with code {gone[0].process.returncode}: "
+                    f"{gone[0].tail()}"
                 )
             return 0
         except KeyboardInterrupt:

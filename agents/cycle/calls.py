@@ -120,9 +120,9 @@ class AgentCalls:
                 calls.append(lambda u=batch_url, c=chunk: many(u, [items[i] for i in c]))
                 slots.append(chunk)
         answers: list[Any] = [None] * len(items)
-        for indexes, result in zip(slots, await self._fan_out(calls)):
+        for indexes, result in zip(slots, await self._fan_out(calls), strict=True):
             results = result if isinstance(result, list) else [result] * len(indexes)
-            for i, answer in zip(indexes, results):
+            for i, answer in zip(indexes, results, strict=True):
                 answers[i] = answer
         return answers
 

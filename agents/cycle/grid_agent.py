@@ -212,7 +212,7 @@ class GridAgent:
         """1. Step every agent in parallel; those that fail are listed in ``unreachable`` and marked unhealthy."""
         answers = await self.calls.step_all(records)
         statuses: dict[str, AgentStatus] = {}
-        for record, answer in zip(records, answers):
+        for record, answer in zip(records, answers, strict=True):
             if isinstance(answer, Exception):
                 unreachable.append(record.agent_id)
                 record.healthy = False
@@ -251,7 +251,7 @@ class GridAgent:
         ]
         answers = await self.calls.curtail_all(addressed)
         reports = []
-        for command, answer in zip(commands, answers):
+        for command, answer in zip(commands, answers, strict=True):
             where = {"agent_id": command.agent_id, "transformer_id": statuses[command.agent_id].transformer_id}
             asked = {"action": command.action, "requested_kw": command.power_kw}
             if isinstance(answer, Exception):

@@ -76,7 +76,7 @@ class Registry:
                 async with limit:
                     return await self._probe_reason(url)
 
-            for url, reason in zip(to_probe, await asyncio.gather(*(probed(url) for url in to_probe))):
+            for url, reason in zip(to_probe, await asyncio.gather(*(probed(url) for url in to_probe)), strict=True):
                 if reason is not None:
                     refusals[url] = reason
         if refusals:

@@ -101,7 +101,7 @@ class RunStore:
 
     def _select(self, where: str, parameters: tuple) -> list[RunInfo]:
         cursor = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs {where}", parameters)
-        return [RunInfo.model_validate(dict(zip(_COLUMNS, row))) for row in cursor]
+        return [RunInfo.model_validate(dict(zip(_COLUMNS, row, strict=True))) for row in cursor]
 
     def close(self) -> None:
         self._db.close()

@@ -92,7 +92,8 @@ class DeviceAgent:
             )
         except (OSError, sqlite3.Error) as exc:
             raise StartupError(
-                f"agent {self.agent_id}: cannot keep its state in {settings.state_dir} or its log in {settings.log_dir}: {exc}"
+                f"agent {self.agent_id}: cannot keep its state in {settings.state_dir} or its log in "
+                f"{settings.log_dir}: {exc}"
             ) from exc
         self._restore()
         last_logged = self.log.last_value("step")
@@ -349,7 +350,7 @@ class DeviceAgent:
         raise NotImplementedError
 
     def _common_status(self) -> dict[str, Any]:
-        """The status fields every kind of agent reports: who and where it is, its step, its battery, who is in charge."""
+        """The status fields every kind of agent reports: who and where, its step, its battery, who is in charge."""
         in_charge = "grid" if (self.active or self.commands_this_step) else "local"
         return {
             "agent_id": self.agent_id,

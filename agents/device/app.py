@@ -243,7 +243,8 @@ def create_device_app(
         raise StartupError(f"{settings.scenario}: shard {settings.shard} has no {kind} agents")
     if len(mine) > settings.max_agents_per_process:
         raise StartupError(
-            f"{settings.scenario}: shard {settings.shard} has {len(mine)} {kind} agents, over --max-agents-per-process {settings.max_agents_per_process}"
+            f"{settings.scenario}: shard {settings.shard} has {len(mine)} {kind} agents, over "
+            f"--max-agents-per-process {settings.max_agents_per_process}"
         )
     try:
         store = StateStore(settings.state_dir, f"{kind}-agents-{i}-of-{n}", fresh=settings.fresh)
@@ -337,7 +338,7 @@ def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAg
     async def curtail(
         command: CurtailCommand, agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None
     ) -> CurtailResult:
-        """Shift the operating point by power_kw through action (for duration_s or until valid_until); answers what was applied."""
+        """Shift the operating point by power_kw through action (for duration_s or until valid_until)."""
         agent.check_addressee(x_agent_id)
         agent.heard_from_grid()
         return agent.curtail(command)

@@ -45,8 +45,7 @@ def _quoted(actions: tuple[CurtailAction, ...]) -> str:
     return " and ".join(f'"{a.value}"' for a in sorted(actions, key=ACTION_COST.__getitem__))
 
 
-SYSTEM_PROMPT = (
-    f"""You are the operator of a low-voltage distribution feeder. You decide which agents \
+SYSTEM_PROMPT = f"""You are the operator of a low-voltage distribution feeder. You decide which agents \
 change their power this 15-minute step so that every transformer stays within its limits.
 
 Physics and signs:
@@ -59,9 +58,7 @@ Physics and signs:
 - Do not push any transformer outside its limits, and touch no agent on a transformer that is within its limits.
 
 Answer with one JSON object and nothing else, matching this JSON schema:
-"""
-    + json.dumps(ModelPlan.model_json_schema())
-)
+""" + json.dumps(ModelPlan.model_json_schema())
 
 
 @dataclass

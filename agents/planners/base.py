@@ -56,8 +56,8 @@ class AgentFlex:
     Powers are as the agent's step left them (its local policy and any command still holding):
     ``net_power_kw`` > 0 imports; ``battery_power_kw`` > 0 charges; ``solar_available_kw`` is the
     PV on offer before curtailment, ``demand_kw`` the load before shedding, ``flexible_kw`` the
-    part of it that may be shed. An agent without a module reports 0 for it, and ``battery`` is
-    None for an agent without a battery report.
+    part of it that may be shed; ``solar_capacity_kwp`` its PV's DC rating. An agent without a
+    module reports 0 for it, and ``battery`` is None for an agent without a battery report.
     """
 
     agent_id: str
@@ -67,6 +67,7 @@ class AgentFlex:
     battery_power_kw: float = 0.0
     agent_type: AgentType | None = None  # None: not known (a snapshot built by hand)
     solar_available_kw: float = 0.0
+    solar_capacity_kwp: float = 0.0
     demand_kw: float = 0.0
     flexible_kw: float = 0.0
     battery: BatteryView | None = None

@@ -40,7 +40,9 @@ SHED_COST = ACTION_COST[CurtailAction.shed_load]
 
 
 def reversal_cost_per_kw(charge_efficiency_fraction, discharge_efficiency_fraction):
-    """Cost of each kW by which a battery is driven against its own setpoint (its policy charging, told to discharge, or the reverse).
+    """Cost of each kW by which a battery is driven against its own setpoint.
+
+    That is: its policy charging, told to discharge, or the reverse.
 
     Charging and discharging in one step burns (1/eta_d - eta_c) kWh per kWh moved, which a linear
     program would use to make room instead of curtailing solar when that is cheaper. Holding back
@@ -270,7 +272,7 @@ def _add_batteries(build: _Builder, problem: HorizonProblem, base: np.ndarray, w
     for (first, m), members in sorted(groups.items()):
         group = [problem.batteries[i] for i in members]
         new = _add_battery_group(build, problem, group, first + np.arange(m), base, weight, spans)
-        spans.update(zip(members, new))
+        spans.update(zip(members, new, strict=True))
     return spans
 
 

@@ -76,6 +76,7 @@ def agent_flex(status: AgentStatus) -> AgentFlex:
         battery_power_kw=status.battery.power_kw if status.battery else 0.0,
         agent_type=status.agent_type,
         solar_available_kw=status.solar.available_kw if status.solar else 0.0,
+        solar_capacity_kwp=status.solar.capacity_kwp if status.solar else 0.0,
         demand_kw=status.load.demand_kw if status.load else 0.0,
         flexible_kw=status.load.flexible_kw if status.load else 0.0,
         battery=battery_view(status.battery, status.step_s) if status.battery else None,
