@@ -20,8 +20,9 @@ from agents.cycle.grid_agent import GridAgent, resolve_planner
 from agents.cycle.peers import make_peers
 from agents.cycle.runs import RESULTS_KEPT, Runs, RunStore
 from agents.openadr3.clients import ClientsError, Tokens, load_clients
+from agents.openadr3.feeder import FeederBridge
 from agents.openadr3.store import ObjectStore
-from agents.openadr3.vtn import mount_vtn
+from agents.openadr3.vtn import BASE_PATH, mount_vtn
 from agents.planners import PLANNERS
 from models.schemas import (
     AgentId,
@@ -83,6 +84,9 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     if tokens is not None:
         app.state.openadr3 = mount_vtn(app, settings.state_dir, tokens)
         vtn_stores.append(app.state.openadr3.store)
+        scheme = "https" if settings.tls_on else "http"
+        vtn_url = f"{scheme}://{settings.host}:{settings.port}{BASE_PATH}"
+        agent.vens = FeederBridge(app.state.openadr3, agent.registry, agent.calls, vtn_url, agent.agent_id)
     install_error_handlers(app, agent.agent_id)
     mount_metrics(app, agent.metrics.registry)
     app.include_router(dashboard_router(agent))
@@ -123,6 +127,8 @@ def _lifespan(
             yield
         finally:
             await runs.close()
+            if agent.vens is not None:
+                await agent.vens.aclose()
             await agent.peers.aclose()
             await agent.planning.aclose()
             agent.close()

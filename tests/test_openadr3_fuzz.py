@@ -28,7 +28,7 @@ from agents import grid
 from agents.openadr3.vtn import BASE_PATH
 from tests.conftest import make_grid_settings
 from tests.test_fuzz import describe, fuzz_settings, start
-from tests.test_openadr3 import CLIENTS, PROGRAM, SECRETS, SPEC, event_for
+from tests.test_openadr3 import CLIENTS, PROGRAM, SECRETS, SPEC, Webhooks, event_for
 
 #: The document's conformance checks: what the server answers, not what it accepts.
 CONFORMANCE = (
@@ -54,7 +54,8 @@ def conformance_checks() -> list[Any]:
 @pytest.fixture
 def vtn_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     monkeypatch.setenv("OPENADR3_CLIENTS", json.dumps(CLIENTS))
-    app = grid.create_app(make_grid_settings(tmp_path, openadr3=True))
+    # subscriptions' callback URLs are probed: fuzzed ones go to in-process webhooks, never to a real host
+    app = grid.create_app(make_grid_settings(tmp_path, openadr3=True), transport=Webhooks().transport)
     start(app)
     try:
         yield app

@@ -196,6 +196,12 @@ class GridSettings(ServerSettings):
         "unity", pattern=r"^(unity|cosphi_p)$", description="PV reactive power: unity, or cosphi_p (VDE-AR-N 4105)"
     )
     openadr3: bool = Field(False, description="Serve the OpenADR 3.0.1 VTN API under /openadr3/3.0.1")
+    ven_report_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=300,
+        description="How long a cycle waits for each VEN's report of its interval (default: --step-timeout-s)",
+    )
     openadr3_clients: FilePath | None = Field(
         None,
         description="JSON list of OpenADR 3 clients {client_id, client_secret, role} (default: OPENADR3_CLIENTS)",

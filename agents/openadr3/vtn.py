@@ -112,6 +112,25 @@ class Vtn:
     def __init__(self, store: ObjectStore, tokens: Tokens) -> None:
         self.store = store
         self.tokens = tokens
+        #: What else hears of objects: each has ``vet(kind, body)`` (raises to refuse one), ``created(kind, body,
+        #: owner)`` and ``check_callback(url, field)`` (raises BadRequest); the grid agent's feeder is one.
+        self.listeners: list[Any] = []
+
+    def _store(self, kind: str, object_id: str, owner: str, body: dict, parent: str | None, new: bool) -> None:
+        for listener in self.listeners:
+            listener.vet(kind, body)
+        if new:
+            self.store.insert(kind, object_id, owner, body, parent)
+        else:
+            self.store.replace(kind, object_id, body)
+        for listener in self.listeners:
+            listener.created(kind, body, owner)
+
+    async def check_callbacks(self, subscription: Subscription) -> None:
+        """BadRequest naming the field when a subscription's callback URL cannot be called back."""
+        for i, operation in enumerate(subscription.objectOperations):
+            for listener in self.listeners:
+                await listener.check_callback(operation.callbackUrl, f"objectOperations[{i}].callbackUrl")
 
     # --- reading and writing objects -------------------------------------------------------------------------
     def create(self, kind: str, obj: BaseModel, caller: Caller, parent: str | None = None, **fixed: Any) -> dict:
@@ -129,7 +148,7 @@ class Vtn:
                 }
             )
         )
-        self.store.insert(kind, object_id, caller.client_id, body, parent)
+        self._store(kind, object_id, caller.client_id, body, parent, new=True)
         return body
 
     def update(self, kind: str, object_id: str, old: dict, obj: BaseModel, **fixed: Any) -> dict:
@@ -145,7 +164,8 @@ class Vtn:
                 }
             )
         )
-        self.store.replace(kind, object_id, body)
+        owner = self.find(kind, object_id)[0]
+        self._store(kind, object_id, owner, body, None, new=False)
         return body
 
     def find(self, kind: str, object_id: str) -> tuple[str, dict]:
@@ -177,24 +197,31 @@ class Vtn:
             raise BadRequest(f"programID {program_id} names no program")
 
     # --- targeting -----------------------------------------------------------------------------------------------
-    def ven_targets(self, caller: Caller) -> list[dict[str, Any]]:
-        """What the caller's VENs answer to: VEN_NAME and RESOURCE_NAME of its VENs and resources, and their
-        own targets."""
-        targets: list[dict[str, Any]] = []
-        for ven in self.visible("ven", caller):
-            targets.append({"type": "VEN_NAME", "values": [ven["venName"]]})
-            targets.extend(ven.get("targets") or [])
-            for resource in self.visible("resource", caller, parent=ven["id"]):
-                targets.append({"type": "RESOURCE_NAME", "values": [resource["resourceName"]]})
-                targets.extend(resource.get("targets") or [])
-        return targets
-
-    def event_for(self, event: dict, caller: Caller, mine: list[dict[str, Any]] | None = None) -> bool:
-        """Whether the caller may see an event: a bl client any, a VEN an untargeted one or one aimed at it."""
+    def event_for(self, event: dict, caller: Caller, mine: list[list[dict[str, Any]]] | None = None) -> bool:
+        """Whether the caller may see an event: a bl client any, a VEN an untargeted one or one aimed at one of its
+        VENs: every target of the event (VEN_NAME, RESOURCE_NAME, a group...) names that VEN or its resources."""
         if caller.is_bl or not event.get("targets"):
             return True
-        mine = self.ven_targets(caller) if mine is None else mine
-        return any(_targeted(event["targets"], own["type"], [str(v) for v in own["values"]]) for own in mine)
+        mine = self.targets_per_ven(caller) if mine is None else mine
+        return any(
+            all(
+                any(_targeted([target], own["type"], [str(v) for v in own["values"]]) for own in ven)
+                for target in event["targets"]
+            )
+            for ven in mine
+        )
+
+    def targets_per_ven(self, caller: Caller) -> list[list[dict[str, Any]]]:
+        """For each of the caller's VENs, what it answers to (its name, its resources' names, and their targets)."""
+        return [self._targets_of(ven, caller) for ven in self.visible("ven", caller)]
+
+    def _targets_of(self, ven: dict, caller: Caller) -> list[dict[str, Any]]:
+        targets: list[dict[str, Any]] = [{"type": "VEN_NAME", "values": [ven["venName"]]}]
+        targets.extend(ven.get("targets") or [])
+        for resource in self.visible("resource", caller, parent=ven["id"]):
+            targets.append({"type": "RESOURCE_NAME", "values": [resource["resourceName"]]})
+            targets.extend(resource.get("targets") or [])
+        return targets
 
     def ven_of_resource(self, ven_id: str, caller: Caller) -> dict:
         """The VEN in a resource path, which the caller must own (or be bl)."""
@@ -393,7 +420,7 @@ def _add_event_routes(app: FastAPI, vtn: Vtn, Authed: Any, bl_only: Callable) ->
         limit: Limit = MAX_LIMIT,
     ) -> Any:
         """List the events the caller may see, filtered by program and target, paged."""
-        mine = None if caller.is_bl else vtn.ven_targets(caller)
+        mine = None if caller.is_bl else vtn.targets_per_ven(caller)
         events = (
             e
             for _, e in vtn.store.all("event")
@@ -534,8 +561,9 @@ def _add_subscription_routes(app: FastAPI, vtn: Vtn, Authed: Any) -> None:
 
     @app.post("/subscriptions", status_code=201, operation_id="createSubscription", responses=_CREATE, **common)
     async def create_subscription(caller: Authed, subscription: Subscription) -> Any:
-        """Create a subscription to a program's objects."""
+        """Create a subscription to a program's objects (each callback URL must answer)."""
         vtn.program_exists(subscription.programID)
+        await vtn.check_callbacks(subscription)
         return vtn.create("subscription", subscription, caller)
 
     @app.get("/subscriptions/{subscriptionID}", operation_id="searchSubscriptionByID", responses=_READ_ONE, **common)
@@ -548,6 +576,7 @@ def _add_subscription_routes(app: FastAPI, vtn: Vtn, Authed: Any) -> None:
         """Replace a subscription's content."""
         old = vtn.owned("subscription", subscriptionID, caller)
         vtn.program_exists(subscription.programID)
+        await vtn.check_callbacks(subscription)
         return vtn.update("subscription", subscriptionID, old, subscription)
 
     @app.delete("/subscriptions/{subscriptionID}", operation_id="deleteSubscription", responses=_READ_ONE, **common)
