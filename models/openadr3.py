@@ -33,6 +33,10 @@ def _not_null(value: object) -> object:
 
 #: An optional field the document does not make ``nullable``: absent is fine, an explicit null is not.
 NotNull = BeforeValidator(_not_null)
+#: An optional field given by a ``$ref``, which OpenAPI 3.0 cannot mark ``nullable`` (it ignores a $ref's siblings),
+#: while the document marks every other optional field of its objects nullable; OpenADR libraries (openadr3-client)
+#: send null for each one left unset. Null is taken as absent.
+NULL_AS_ABSENT = ("intervalPeriod", "timeZoneOffset", "duration", "randomizeStart")
 Name = Annotated[str, Field(strict=True, min_length=1, max_length=128)]
 Number = Annotated[float, Field(strict=True)]
 
@@ -72,15 +76,15 @@ class IntervalPeriod(_Wire):
     """Start, duration and randomization of an interval or a set of them."""
 
     start: AwareDatetime
-    duration: Annotated[Duration | None, NotNull] = None
-    randomizeStart: Annotated[Duration | None, NotNull] = None
+    duration: Duration | None = None
+    randomizeStart: Duration | None = None
 
 
 class Interval(_Wire):
     """A temporal window and its payloads; ``id`` is the client's number, not a sequence number."""
 
     id: Annotated[int, Field(strict=True, ge=-(2**31), lt=2**31)]
-    intervalPeriod: Annotated[IntervalPeriod | None, NotNull] = None
+    intervalPeriod: IntervalPeriod | None = None
     payloads: list[ValuesMap]
 
 
@@ -144,8 +148,8 @@ class Program(_VtnObject):
     programType: StrictStr | None = None
     country: StrictStr | None = None
     principalSubdivision: StrictStr | None = None
-    timeZoneOffset: Annotated[Duration | None, NotNull] = None
-    intervalPeriod: Annotated[IntervalPeriod | None, NotNull] = None
+    timeZoneOffset: Duration | None = None
+    intervalPeriod: IntervalPeriod | None = None
     programDescriptions: list[ProgramDescription] | None = None
     bindingEvents: StrictBool | None = None
     localPrice: StrictBool | None = None
@@ -163,7 +167,7 @@ class Event(_VtnObject):
     targets: list[ValuesMap] | None = None
     reportDescriptors: list[ReportDescriptor] | None = None
     payloadDescriptors: list[EventPayloadDescriptor] | None = None
-    intervalPeriod: Annotated[IntervalPeriod | None, NotNull] = None
+    intervalPeriod: IntervalPeriod | None = None
     intervals: list[Interval]
 
 
@@ -171,7 +175,7 @@ class ReportResource(_Wire):
     """Report data of one resource (``AGGREGATED_REPORT``: of more than one)."""
 
     resourceName: Name
-    intervalPeriod: Annotated[IntervalPeriod | None, NotNull] = None
+    intervalPeriod: IntervalPeriod | None = None
     intervals: list[Interval]
 
 
