@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from agents.openadr3.feeder import FEEDER_PROGRAM_NAME, TELEMETRY_EVENT_NAME, duration_s
 from agents.openadr3.vtn import BASE_PATH
-from tests.test_openadr3 import Vtn, Webhooks, assert_problem, clients_env, start_vtn  # noqa: F401
+from tests.test_openadr3 import CLIENTS, SECRETS, Vtn, Webhooks, assert_problem, clients_env, start_vtn  # noqa: F401
 
 START = "2025-06-01T18:00:00Z"
 
@@ -203,3 +204,64 @@ def test_the_feeder_program_comes_back_if_a_client_deletes_it(vtn):
     join(vtn, "ven_1", "ven_a")
     coordinate(vtn)
     assert feeder_program(vtn, "ven_1")[0] != program_id
+
+
+async def test_a_ven_beside_rest_agents_counts_in_their_transformer_and_gets_their_time(make_feeder, monkeypatch):
+    monkeypatch.setenv("OPENADR3_CLIENTS", json.dumps(CLIENTS))
+    feeder = await make_feeder(grid={"openadr3": True, "ven_report_timeout_s": 1.0})
+    client = feeder.client
+
+    async def as_(client_id: str) -> dict[str, str]:
+        form = {"grant_type": "client_credentials", "client_id": client_id, "client_secret": SECRETS[client_id]}
+        token = (await client.post(f"{BASE_PATH}/auth/token", data=form)).json()["access_token"]
+        return {"Authorization": f"Bearer {token}"}
+
+    ven_headers = await as_("ven_1")
+    ven = (await client.post(f"{BASE_PATH}/vens", json={"venName": "ven_a"}, headers=ven_headers)).json()
+    attributes = [{"type": "TRANSFORMER_ID", "values": ["T1"]}]
+    resource = {"resourceName": "site", "attributes": attributes}
+    await client.post(f"{BASE_PATH}/vens/{ven['id']}/resources", json=resource, headers=ven_headers)
+    programs = (await client.get(f"{BASE_PATH}/programs", headers=ven_headers)).json()
+    (program,) = [p for p in programs if p["programName"] == FEEDER_PROGRAM_NAME]
+    events = (await client.get(f"{BASE_PATH}/events", params={"programID": program["id"]}, headers=ven_headers)).json()
+    report = {
+        "programID": program["id"],
+        "eventID": events[0]["id"],
+        "clientName": "ven_a",
+        "resources": [
+            {
+                "resourceName": "site",
+                "intervals": [
+                    {
+                        "id": 0,
+                        "payloads": [
+                            {"type": "USAGE", "values": [90.0]},
+                            {"type": "UP_REGULATION_AVAILABLE", "values": [90.0]},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    assert (await client.post(f"{BASE_PATH}/reports", json=report, headers=ven_headers)).status_code == 201
+    result = await feeder.coordinate()
+    (t1,) = result["transformers"]
+    assert t1["agents_reporting"] == 3 and result["unreachable"] == []
+    home = await feeder.device_status("home_1")
+    battery = await feeder.device_status("battery_agent_1")
+    rest_kw = sum(a["net_power_kw"] for a in (home, battery))
+    assert t1["loading_before_kw"] == pytest.approx(
+        90.0
+        + rest_kw
+        - sum(
+            a["applied_kw"] * (1 if a["action"] in ("curtail_solar", "charge_battery") else -1)
+            for a in result["actions"]
+            if a["agent_id"] != "ven_a.site"
+        ),
+        abs=1e-6,
+    )
+    (sent,) = [a for a in result["actions"] if a["agent_id"] == "ven_a.site"]
+    event_id = sent["reason"].split()[3].rstrip(";")
+    event = (await client.get(f"{BASE_PATH}/events/{event_id}", headers=ven_headers)).json()
+    assert event["intervalPeriod"]["start"].rstrip("Z") == result["timestamp"].rstrip("Z")
+    assert t1["state_after"] == "normal"

@@ -29,7 +29,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agents.common.errors import PeerUnavailableError
@@ -86,6 +86,16 @@ def duration_s(text: str | None) -> float | None:
     days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
     total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
     return total or None
+
+
+def simulated(moment: datetime | None) -> datetime | None:
+    """A time from OpenADR (timezone-aware) as the simulation keeps its times: naive, in UTC."""
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment is not None and moment.tzinfo else moment
+
+
+def aware(moment: datetime) -> datetime:
+    """A simulated time (naive, taken as UTC) as OpenADR writes times: timezone-aware."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def agent_id_of(ven_name: str, resource_name: str) -> str:
@@ -367,7 +377,7 @@ class FeederBridge:
             transformer_id=p.transformer_id,
             bus=p.bus,
             step=self._steps[p.agent_id],
-            timestamp=reading.timestamp,
+            timestamp=simulated(reading.timestamp),
             step_s=reading.step_s,
             net_power_kw=reading.net_power_kw,
             flexibility=Flexibility(shed_load_kw=reading.lower_kw, curtail_solar_kw=reading.raise_kw),
@@ -402,7 +412,7 @@ class FeederBridge:
             ],
             payloadDescriptors=descriptors,
             reportDescriptors=[{"payloadType": APPLIED, "readingType": "DIRECT_READ", "units": "KW"}],
-            intervalPeriod={"start": start or now(), "duration": iso_duration(step_s)},
+            intervalPeriod={"start": aware(start) if start else now(), "duration": iso_duration(step_s)},
             intervals=[{"id": 0, "payloads": payloads}],
         )
         return self.vtn.create("event", event, self.caller)
