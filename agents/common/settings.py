@@ -107,6 +107,33 @@ class DeviceSettings(ServerSettings):
     data_row: int | None = Field(
         None, ge=0, description="With a profile array (.npy) as --data-file: this agent's row; the values are its own"
     )
+    protocol: str = Field(
+        "rest",
+        pattern=r"^(rest|openadr3)$",
+        description="rest (the grid agent calls /simulate and /curtail), or openadr3: a VEN of the VTN at --vtn-url",
+    )
+    vtn_url: str | None = Field(
+        None, description="With --protocol openadr3: the VTN's base URL (http://GRID/openadr3/3.0.1)"
+    )
+    openadr3_client_id: str | None = Field(
+        None,
+        min_length=1,
+        description="With --protocol openadr3: this VEN's client id (secret: OPENADR3_CLIENT_SECRET)",
+    )
+
+    @model_validator(mode="after")
+    def _openadr3_needs_a_vtn(self) -> DeviceSettings:
+        if self.protocol == "openadr3":
+            missing = [
+                flag
+                for flag, value in (("--vtn-url", self.vtn_url), ("--openadr3-client-id", self.openadr3_client_id))
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"--protocol openadr3 needs {' and '.join(missing)}")
+            if self.scenario is not None:
+                raise ValueError("--protocol openadr3 runs one agent as one VEN: leave out --scenario")
+        return self
 
     @property
     def shard_index(self) -> tuple[int, int]:

@@ -210,6 +210,8 @@ class GridAgent:
         plan = await self._plan(snapshot)
         planned = time.perf_counter()
         actions = await self._act(plan.commands, statuses, unreachable, snapshot)
+        if self.vens is not None:
+            self.vens.cycle_done(snapshot.timestamp, snapshot.step_s)
         clock = PhaseClock(started, stepped, planned, time.perf_counter())
         return self._record(snapshot, plan, statuses, actions, unreachable, clock)
 

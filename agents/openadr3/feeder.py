@@ -29,7 +29,7 @@ import math
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from agents.common.errors import PeerUnavailableError
@@ -99,8 +99,10 @@ def aware(moment: datetime) -> datetime:
 
 
 def agent_id_of(ven_name: str, resource_name: str) -> str:
-    """The agent id a VEN's resource takes part under: ``{venName}.{resourceName}``, in the agent ids' alphabet."""
-    text = re.sub(r"[^A-Za-z0-9_.\-]", "_", f"{ven_name}.{resource_name}")
+    """The agent id a VEN's resource takes part under: ``{venName}.{resourceName}`` (the name alone when both are
+    the same, as a home agent run as a VEN names them), in the agent ids' alphabet."""
+    name = ven_name if resource_name == ven_name else f"{ven_name}.{resource_name}"
+    text = re.sub(r"[^A-Za-z0-9_.\-]", "_", name)
     return ("_" + text[1:] if text.startswith(".") else text)[:64]
 
 
@@ -257,8 +259,8 @@ class FeederBridge:
         if kind == "report" and body.get("programID") == self.program_id:
             readings_of(body)
 
-    def created(self, kind: str, body: dict[str, Any], owner: str) -> None:
-        """A new or replaced object: a report on the feeder program is a reading; a new event is notified."""
+    def created(self, kind: str, body: dict[str, Any], owner: str, new: bool = True) -> None:
+        """A new or replaced object: a report on the feeder program is a reading; an event is notified."""
         if kind == "report" and body.get("programID") == self.program_id:
             for resource_name, figures in readings_of(body).items():
                 self._seq += 1
@@ -272,7 +274,7 @@ class FeederBridge:
                 )
             self._arrived.set()
         elif kind == "event":
-            self._notify(body)
+            self._notify(body, "CREATE" if new else "UPDATE")
 
     async def check_callback(self, url: str, field: str) -> None:
         """Refuse (BadRequest naming ``field``) a callback URL registrations would refuse, or one that does not
@@ -417,21 +419,38 @@ class FeederBridge:
         )
         return self.vtn.create("event", event, self.caller)
 
+    def cycle_done(self, timestamp: datetime | None, step_s: float) -> None:
+        """After a cycle's commands: the telemetry event's ``intervalPeriod`` becomes the next interval, the one whose
+        reports the VTN waits for now, so a VEN that steps with the feeder knows that the cycle of its last report is
+        over and its events for that interval are out."""
+        if timestamp is None:
+            return
+        _, telemetry_id = self.ensure_program()
+        found = self.vtn.store.get("event", telemetry_id)
+        if found is None:
+            return
+        body = dict(found[1])
+        start = aware(timestamp) + timedelta(seconds=step_s)
+        body["intervalPeriod"] = {"start": start, "duration": iso_duration(step_s)}
+        self.vtn.update("event", telemetry_id, found[1], Event.model_validate(body))
+
     # -- webhooks -------------------------------------------------------------------------------------
-    def _notify(self, event: dict[str, Any]) -> None:
-        """POST a notification of a new event to every subscription of its program that asked for events and may
-        see this one; in the background, with the grid agent's call timeout; failures are logged."""
+    def _notify(self, event: dict[str, Any], operation_name: str) -> None:
+        """POST a notification of a new (CREATE) or replaced (UPDATE) event to every subscription of its program that
+        asked for that and may see the event; in the background, with the grid agent's call timeout; failures are
+        logged."""
         if self.calls.peers is None:
             return
         for owner, subscription in self.vtn.store.all("subscription"):
             if subscription["programID"] != event["programID"] or not self._may_see(owner, event):
                 continue
             for operation in subscription["objectOperations"]:
-                if "EVENT" not in operation["objects"] or "CREATE" not in operation["operations"]:
+                if "EVENT" not in operation["objects"] or operation_name not in operation["operations"]:
                     continue
                 token = operation.get("bearerToken")
                 headers = {"Authorization": f"Bearer {token}"} if token else {}
-                body = {"objectType": "EVENT", "operation": "POST", "object": event}
+                verb = "POST" if operation_name == "CREATE" else "PUT"
+                body = {"objectType": "EVENT", "operation": verb, "object": event}
                 task = asyncio.get_running_loop().create_task(self._post(operation["callbackUrl"], body, headers))
                 self._notifying.add(task)
                 task.add_done_callback(self._notifying.discard)

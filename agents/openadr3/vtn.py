@@ -113,7 +113,7 @@ class Vtn:
         self.store = store
         self.tokens = tokens
         #: What else hears of objects: each has ``vet(kind, body)`` (raises to refuse one), ``created(kind, body,
-        #: owner)`` and ``check_callback(url, field)`` (raises BadRequest); the grid agent's feeder is one.
+        #: owner, new)`` and ``check_callback(url, field)`` (raises BadRequest); the grid agent's feeder is one.
         self.listeners: list[Any] = []
 
     def _store(self, kind: str, object_id: str, owner: str, body: dict, parent: str | None, new: bool) -> None:
@@ -124,7 +124,7 @@ class Vtn:
         else:
             self.store.replace(kind, object_id, body)
         for listener in self.listeners:
-            listener.created(kind, body, owner)
+            listener.created(kind, body, owner, new)
 
     async def check_callbacks(self, subscription: Subscription) -> None:
         """BadRequest naming the field when a subscription's callback URL cannot be called back."""

@@ -1,0 +1,158 @@
+"""A home agent as an OpenADR 3 VEN (--protocol openadr3): it joins the VTN, steps with the feeder, follows events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+
+from agents import grid, home
+from agents.common.settings import HomeSettings, StartupError
+from agents.device.ven import DeviceVen, Vtn
+from agents.openadr3.vtn import BASE_PATH
+from tests.conftest import make_grid_settings, make_home_settings
+from tests.test_e2e import ROOT, Agent, child_env, free_port, stop, wait_until
+
+CLIENTS = [
+    {"client_id": "bl_client", "client_secret": "bl-s3cret", "role": "bl"},
+    {"client_id": "home_1", "client_secret": "home-1-s3cret", "role": "ven"},
+]
+#: An evening with no battery: the home imports all its load, a share of it flexible.
+EVENING = {"start": "2025-06-01T18:00:00", "battery_kwh": 0.0, "annual_load_kwh": 20000.0, "flexible_fraction": 0.5}
+
+
+def test_openadr3_needs_a_vtn_url_and_a_client_id(tmp_path):
+    with pytest.raises(ValueError, match="--vtn-url and --openadr3-client-id"):
+        make_home_settings(tmp_path, protocol="openadr3")
+
+
+def test_openadr3_needs_the_client_secret_in_the_environment(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENADR3_CLIENT_SECRET", raising=False)
+    settings = make_home_settings(tmp_path, protocol="openadr3", vtn_url="http://127.0.0.1:9/x", openadr3_client_id="h")
+    with pytest.raises(StartupError, match="OPENADR3_CLIENT_SECRET"):
+        home.create_app(settings)
+
+
+async def run_feeder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cycles: int, rating_kw: float) -> list[dict]:
+    """A grid agent with the VTN and one home agent as its VEN, in process; the results of ``cycles`` cycles."""
+    monkeypatch.setenv("OPENADR3_CLIENTS", json.dumps(CLIENTS))
+    grid_app = grid.create_app(
+        make_grid_settings(tmp_path, openadr3=True, transformer_rating_kw=rating_kw, ven_report_timeout_s=5.0),
+        transport=httpx.MockTransport(lambda request: httpx.Response(404)),
+    )
+    settings: HomeSettings = make_home_settings(tmp_path, **EVENING)
+    home_app = home.create_app(settings, register=False)
+    async with (
+        LifespanManager(grid_app),
+        LifespanManager(home_app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=grid_app), base_url="http://grid") as client,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=grid_app), base_url=f"http://grid{BASE_PATH}") as to_vtn,
+    ):
+        ven = DeviceVen(home_app.state.agent, settings, Vtn(to_vtn, "home_1", "home-1-s3cret"))
+        task = asyncio.create_task(ven.run())
+        try:
+            async with asyncio.timeout(10):
+                while not ven.telemetry_id:  # joined: from the next cycle on it is on the feeder
+                    await asyncio.sleep(0.01)
+            results = []
+            for _ in range(cycles):
+                response = await client.post("/coordinate")
+                assert response.status_code == 200, response.text
+                results.append(response.json())
+            async with asyncio.timeout(10):
+                while home_app.state.agent.step <= cycles:  # it follows the last cycle's events, then steps on
+                    await asyncio.sleep(0.01)
+            agents = (await client.get("/agents")).json()
+            form = {"grant_type": "client_credentials", "client_id": "bl_client", "client_secret": "bl-s3cret"}
+            token = (await client.post(f"{BASE_PATH}/auth/token", data=form)).json()["access_token"]
+            reports = (await client.get(f"{BASE_PATH}/reports", headers={"Authorization": f"Bearer {token}"})).json()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    return results, agents, reports
+
+
+async def test_a_home_agent_as_a_ven_steps_with_the_feeder_and_is_curtailed_by_events(tmp_path, monkeypatch):
+    results, agents, reports = await run_feeder(tmp_path, monkeypatch, cycles=4, rating_kw=0.5)
+    assert [a["agent_id"] for a in agents] == ["home_1"] and agents[0]["agent_type"] == "ven"
+    assert all(r["unreachable"] == [] for r in results)
+    stamps = [r["timestamp"] for r in results]
+    assert stamps == ["2025-06-01T18:00:00", "2025-06-01T18:15:00", "2025-06-01T18:30:00", "2025-06-01T18:45:00"]
+    applied = {
+        r["eventID"]: p["values"][0]
+        for r in reports
+        for p in r["resources"][0]["intervals"][0]["payloads"]
+        if p["type"] == "DELTA_USAGE"
+    }
+    for result in results:
+        (t1,) = result["transformers"]
+        assert t1["state_before"] == "overload" and t1["loading_before_kw"] > 0.5
+        (action,) = result["actions"]
+        assert action["agent_id"] == "home_1" and action["action"] == "shed_load" and action["status"] == "sent"
+        event_id = action["reason"].split()[3].rstrip(";")
+        assert applied[event_id] == pytest.approx(-action["requested_kw"])  # it shed what the event asked
+
+
+@pytest.mark.e2e
+def test_home_agent_server_with_protocol_openadr3_joins_a_grid_agent_and_steps_with_it(tmp_path):
+    """The real scripts: a grid agent with --openadr3, a home agent with --protocol openadr3, cycles by POST."""
+    grid_port, home_port = free_port(), free_port()
+    common = ["--log-dir", str(tmp_path / "logs"), "--state-dir", str(tmp_path / "state")]
+    started = []
+    try:
+        for script, port, flags, env in (
+            (
+                "grid_agent_server.py",
+                grid_port,
+                ["--openadr3", "--transformer-rating-kw", "0.5"],
+                {"OPENADR3_CLIENTS": json.dumps(CLIENTS)},
+            ),
+            (
+                "home_agent_server.py",
+                home_port,
+                [
+                    "--protocol",
+                    "openadr3",
+                    "--vtn-url",
+                    f"http://127.0.0.1:{grid_port}{BASE_PATH}",
+                    "--openadr3-client-id",
+                    "home_1",
+                    *(f"--{k.replace('_', '-')}={v}" for k, v in EVENING.items()),
+                ],
+                {"OPENADR3_CLIENT_SECRET": "home-1-s3cret"},
+            ),
+        ):
+            output = tmp_path / f"{script}.out"
+            with output.open("w") as sink:
+                process = subprocess.Popen(
+                    [sys.executable, script, "--port", str(port), *common, *flags],
+                    cwd=ROOT,
+                    stdout=sink,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=child_env(**env),
+                )
+            started.append(Agent(script, port, process, output))
+            started[-1].wait_healthy()
+        grid_agent = started[0]
+
+        def joined() -> bool:
+            httpx.post(f"{grid_agent.url}/coordinate", timeout=10.0).raise_for_status()
+            return any(a["agent_id"] == "home_1" for a in httpx.get(f"{grid_agent.url}/agents").json())
+
+        wait_until(joined, 20.0)
+        results = [httpx.post(f"{grid_agent.url}/coordinate", timeout=10.0).json() for _ in range(3)]
+        (record,) = httpx.get(f"{grid_agent.url}/agents").json()
+        assert record["agent_type"] == "ven" and record["healthy"]
+        assert all(r["unreachable"] == [] and r["transformers"][0]["agents_reporting"] == 1 for r in results)
+        assert all(r["actions"] and r["actions"][0]["status"] == "sent" for r in results)
+        assert len({r["timestamp"] for r in results}) == 3  # it stepped with the feeder
+    finally:
+        for agent in reversed(started):
+            stop(agent.process)
