@@ -6,6 +6,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import httpx
@@ -14,9 +15,11 @@ from asgi_lifespan import LifespanManager
 
 from agents import grid, home
 from agents.common.settings import HomeSettings, StartupError
+from agents.coordinator.report import run_kpis
 from agents.device.ven import DeviceVen, Vtn
 from agents.openadr3.vtn import BASE_PATH
-from tests.conftest import make_grid_settings, make_home_settings
+from models.schemas import AgentReport
+from tests.conftest import HostRouter, make_grid_settings, make_home_settings
 from tests.test_e2e import ROOT, Agent, child_env, free_port, stop, wait_until
 
 CLIENTS = [
@@ -156,3 +159,77 @@ def test_home_agent_server_with_protocol_openadr3_joins_a_grid_agent_and_steps_w
     finally:
         for agent in reversed(started):
             stop(agent.process)
+
+
+#: Four homes of different sizes on one transformer through a winter evening.
+HOMES = {
+    "home_1": {"annual_load_kwh": 18000.0, "battery_kwh": 13.5, "battery_kw": 1.0},
+    "home_2": {"annual_load_kwh": 14000.0, "battery_kwh": 10.0, "battery_kw": 1.0, "load_shift_steps": 2},
+    "home_3": {"annual_load_kwh": 16000.0, "battery_kwh": 13.5, "battery_kw": 1.0, "load_shift_steps": 4},
+    "home_4": {"annual_load_kwh": 12000.0, "battery_kwh": 5.0, "battery_kw": 1.0, "load_shift_steps": 6},
+}
+WINTER_EVENING = "2025-01-15T15:00:00"
+
+
+async def run_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openadr: set[str], cycles: int) -> list[dict]:
+    """The four homes on a 3 kW transformer, those in ``openadr`` as VENs, the rest on REST; every cycle's result."""
+    clients = [*CLIENTS[:1], *({"client_id": h, "client_secret": f"{h}-s3cret", "role": "ven"} for h in HOMES)]
+    monkeypatch.setenv("OPENADR3_CLIENTS", json.dumps(clients))
+    home_apps = {
+        h: home.create_app(make_home_settings(tmp_path, agent_id=h, start=WINTER_EVENING, **sizes), register=False)
+        for h, sizes in HOMES.items()
+    }
+    router = HostRouter({h: httpx.ASGITransport(app=app) for h, app in home_apps.items() if h not in openadr})
+    settings = make_grid_settings(
+        tmp_path, openadr3=True, planner="optimal", transformer_rating_kw=3.0, ven_report_timeout_s=5.0
+    )
+    grid_app = grid.create_app(settings, transport=router)
+    async with AsyncExitStack() as stack:
+        for app in (grid_app, *home_apps.values()):
+            await stack.enter_async_context(LifespanManager(app))
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=grid_app), base_url="http://grid")
+        )
+        to_vtn = await stack.enter_async_context(
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=grid_app), base_url=f"http://grid{BASE_PATH}")
+        )
+        for h in HOMES.keys() - openadr:
+            status = home_apps[h].state.agent.status()
+            report = AgentReport(url=f"http://{h}", status=status).model_dump(mode="json")
+            assert (await client.post(f"/agents/{h}/status", json=report)).status_code == 200
+        vens = [
+            DeviceVen(home_apps[h].state.agent, home_apps[h].state.agent.settings, Vtn(to_vtn, h, f"{h}-s3cret"))
+            for h in sorted(openadr)
+        ]
+        tasks = [asyncio.create_task(ven.run()) for ven in vens]
+        try:
+            async with asyncio.timeout(10):
+                while not all(ven.telemetry_id for ven in vens):
+                    await asyncio.sleep(0.01)
+            results = []
+            for _ in range(cycles):
+                response = await client.post("/coordinate")
+                assert response.status_code == 200, response.text
+                results.append(response.json())
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    return results
+
+
+async def test_half_the_homes_on_openadr_give_the_kpis_of_an_all_rest_feeder_within_1_percent(tmp_path, monkeypatch):
+    rest = run_kpis(await run_homes(tmp_path / "rest", monkeypatch, set(), cycles=24))
+    mixed = run_kpis(await run_homes(tmp_path / "mixed", monkeypatch, {"home_2", "home_4"}, cycles=24))
+    # the afternoon's solar pushes power back past the limit, the evening's load overloads the transformer
+    assert rest["minutes_reverse_flow_before"] > 0 and rest["minutes_overload_before"] > 0
+    assert mixed["unreachable_agent_cycles"] == 0
+    for kpi in (
+        "energy_imported_kwh",
+        "energy_exported_kwh",
+        "minutes_outside_limits_before",
+        "energy_imported_without_coordination_kwh",
+        "energy_outside_limits_after_kwh",
+        "minutes_outside_limits_after",
+    ):
+        assert mixed[kpi] == pytest.approx(rest[kpi], rel=0.01, abs=1e-6), kpi
