@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from agents.coordinator.run import CoordinatorSettings, plan_children
 from agents.openadr3.feeder import FEEDER_PROGRAM_NAME, TELEMETRY_EVENT_NAME, duration_s
 from agents.openadr3.vtn import BASE_PATH
 from tests.test_openadr3 import CLIENTS, SECRETS, Vtn, Webhooks, assert_problem, clients_env, start_vtn  # noqa: F401
@@ -265,3 +266,14 @@ async def test_a_ven_beside_rest_agents_counts_in_their_transformer_and_gets_the
     event = (await client.get(f"{BASE_PATH}/events/{event_id}", headers=ven_headers)).json()
     assert event["intervalPeriod"]["start"].rstrip("Z") == result["timestamp"].rstrip("Z")
     assert t1["state_after"] == "normal"
+
+
+def test_the_coordinator_hands_openadr3_to_the_grid_agent_only(tmp_path):
+    clients = tmp_path / "clients.json"
+    clients.write_text(json.dumps(CLIENTS))
+    settings = CoordinatorSettings(base_port=9200, log_dir=tmp_path, openadr3=True, openadr3_clients=clients)
+    grid_child, *devices = plan_children(settings)
+    command = grid_child.command
+    assert "--openadr3" in command and command[command.index("--openadr3-clients") + 1] == str(clients.resolve())
+    assert all("--openadr3" not in device.command for device in devices)
+    assert "--openadr3" not in plan_children(CoordinatorSettings(base_port=9200, log_dir=tmp_path))[0].command
