@@ -82,6 +82,7 @@ async def run_feeder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cycles: in
 
 
 async def test_a_home_agent_as_a_ven_steps_with_the_feeder_and_is_curtailed_by_events(tmp_path, monkeypatch):
+    monkeypatch.setattr("agents.device.ven.PAGE", 2)  # its events come a page at a time, as in a long run
     results, agents, reports = await run_feeder(tmp_path, monkeypatch, cycles=4, rating_kw=0.5)
     assert [a["agent_id"] for a in agents] == ["home_1"] and agents[0]["agent_type"] == "ven"
     assert all(r["unreachable"] == [] for r in results)

@@ -41,6 +41,8 @@ SERVED_BY = {
 }
 #: How often it asks the VTN whether the cycle is over.
 POLL_S = 0.05
+#: Events per page (the document's largest ``limit``).
+PAGE = 50
 
 
 def client_secret_from_env() -> str:
@@ -105,6 +107,8 @@ class DeviceVen:
         self.name = agent.agent_id
         self.program_id = ""
         self.telemetry_id = ""
+        self.offset = 0  # events of the program fetched so far
+        self.pending: AgentStatus | None = None  # a step not yet reported
 
     async def join(self) -> None:
         """Its VEN and resource (made if missing, brought up to date if its transformer moved), and the program."""
@@ -139,8 +143,8 @@ class DeviceVen:
         await self.vtn.call("POST", "reports", body)
 
     async def step(self) -> AgentStatus:
-        """Step, and report where the step left it."""
-        status = self.agent.simulate()
+        """Step (unless a step is still to be reported, after the VTN was away), and report where it left it."""
+        status = self.pending = self.pending or self.agent.simulate()
         flexibility = status.flexibility
         await self.report(
             self.telemetry_id,
@@ -151,6 +155,7 @@ class DeviceVen:
                 ("DOWN_REGULATION_AVAILABLE", flexibility.charge_battery_kw + flexibility.curtail_solar_kw),
             ],
         )
+        self.pending = None
         return status
 
     async def wait_for_cycle(self, status: AgentStatus) -> None:
@@ -169,8 +174,7 @@ class DeviceVen:
         if status.timestamp is None:
             return
         mine = _instant(utc(status.timestamp))
-        events = await self.vtn.call("GET", "events", programID=self.program_id)
-        for event in events:
+        for event in await self.new_events():
             start = (event.get("intervalPeriod") or {}).get("start")
             if event["id"] in seen or start is None or _instant(start) != mine:
                 continue
@@ -180,6 +184,17 @@ class DeviceVen:
             )
             applied_kw = self.apply(event["id"], shift_kw)
             await self.report(event["id"], self.agent.current_status(), [("DELTA_USAGE", applied_kw)])
+
+    async def new_events(self) -> list[dict[str, Any]]:
+        """The feeder program's events it may see that it has not fetched before, page by page (the VTN lists
+        them oldest first)."""
+        found: list[dict[str, Any]] = []
+        while True:
+            page = await self.vtn.call("GET", "events", programID=self.program_id, skip=self.offset, limit=PAGE)
+            found += page
+            self.offset += len(page)
+            if len(page) < PAGE:
+                return found
 
     def apply(self, event_id: str, shift_kw: float) -> float:
         """Shift net power by ``shift_kw`` as the commands of SERVED_BY; answers the signed shift applied."""
@@ -214,7 +229,7 @@ class DeviceVen:
                 delay_s = 0.25
             except (VtnError, ValueError, KeyError) as exc:
                 logger.warning("%s: the VTN at %s: %s; retrying", self.name, self.settings.vtn_url, exc)
-                self.telemetry_id = ""
+                self.telemetry_id, self.offset = "", 0
                 self.agent.check_fail_safe()
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, self.settings.heartbeat_s)

@@ -202,6 +202,7 @@ class FeederBridge:
         self._consumed: dict[str, int] = {}
         self._steps: dict[str, int] = {}
         self._seq = 0
+        self._participants: dict[str, Participant] = {}
         self._arrived = asyncio.Event()
         self._notifying: set[asyncio.Task] = set()
         self.program_id, self.telemetry_event_id = self.ensure_program()
@@ -210,6 +211,9 @@ class FeederBridge:
     # -- the program and its standing event -----------------------------------------------------------
     def ensure_program(self) -> tuple[str, str]:
         """(program id, telemetry event id), made when missing (at start-up, or after a client deleted them)."""
+        known = getattr(self, "telemetry_event_id", None)
+        if known and self.vtn.store.get("program", self.program_id) and self.vtn.store.get("event", known):
+            return self.program_id, known
         program = next(
             (p for _, p in self.vtn.store.all("program") if p["programName"] == FEEDER_PROGRAM_NAME),
             None,
@@ -317,7 +321,7 @@ class FeederBridge:
 
     def sync(self) -> dict[str, Participant]:
         """Put every participating VEN resource in the registry as an agent of type ``ven``; drop the gone ones."""
-        participants = self.participants()
+        participants = self._participants = self.participants()
         records = self.registry.records
         for agent_id in [a for a, r in records.items() if r.agent_type is AgentType.ven and a not in participants]:
             del records[agent_id]
@@ -391,7 +395,7 @@ class FeederBridge:
     ) -> dict[str, Any]:
         """The event that tells a VEN to shift its net power by ``power_kw`` the way ``action`` goes, for one step
         from ``start`` (the cycle's simulated time; now when the feeder has none); answers the event."""
-        p = self.participants().get(status.agent_id)
+        p = self._participants.get(status.agent_id)  # as of this cycle's sync
         if p is None:
             raise PeerUnavailableError(status.agent_id, "its resource is gone", self.grid_agent_id)
         shift_kw = action.direction * power_kw
