@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from contextlib import AsyncExitStack
@@ -234,3 +235,12 @@ async def test_half_the_homes_on_openadr_give_the_kpis_of_an_all_rest_feeder_wit
         "minutes_outside_limits_after",
     ):
         assert mixed[kpi] == pytest.approx(rest[kpi], rel=0.01, abs=1e-6), kpi
+
+
+def test_with_tls_on_a_plain_http_vtn_beyond_loopback_is_refused(tmp_path, tls_files, monkeypatch):
+    monkeypatch.setenv("OPENADR3_CLIENT_SECRET", "home-1-s3cret")
+    flags = {"protocol": "openadr3", "openadr3_client_id": "home_1", "tls_ca_file": tls_files.ca}
+    settings = make_home_settings(tmp_path, vtn_url="http://vtn.lab:8000/openadr3/3.0.1", **flags)
+    with pytest.raises(StartupError, match=re.escape("--vtn-url http://vtn.lab:8000/openadr3/3.0.1: plain http://")):
+        home.create_app(settings)
+    home.create_app(make_home_settings(tmp_path, vtn_url="https://vtn.lab:8000/openadr3/3.0.1", **flags))
