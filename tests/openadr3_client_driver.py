@@ -23,6 +23,7 @@ import requests
 from openadr3_client._models.common.interval import Interval
 from openadr3_client._models.common.interval_period import IntervalPeriod
 from openadr3_client.bl.http_factory import BusinessLogicHttpClientFactory
+from openadr3_client.oadr301._vtn.interfaces.filters import PaginationFilter
 from openadr3_client.oadr301.models.event.event import NewEvent
 from openadr3_client.oadr301.models.event.event_payload import EventPayload, EventPayloadType
 from openadr3_client.oadr301.models.program.program import NewProgram
@@ -189,7 +190,7 @@ def run(args: argparse.Namespace) -> None:
     ven = ven_client(args.vtn, args.ven_id, args.ven_secret)
     join(ven, args.ven_name, "site", args.transformer)
     feeder_id, telemetry_id = feeder_program(ven)
-    seen: set[str] = set()
+    fetched = 0  # the program's events read so far: the VTN lists them oldest first, at most 50 a page
     for k in range(args.cycles):
         start = START + k * STEP
         base_kw = args.base_kw + (args.peak_kw - args.base_kw) * max(0.0, math.sin(math.pi * k / args.cycles)) ** 2
@@ -204,10 +205,15 @@ def run(args: argparse.Namespace) -> None:
             [("USAGE", base_kw), ("UP_REGULATION_AVAILABLE", flex_kw)],
         )
         result = coordinate(args.grid)
-        events = [
-            e for e in ven.events.get_events(target=None, pagination=None, program_id=feeder_id) if e.id not in seen
-        ]
-        seen.update(e.id for e in events)
+        events = []
+        while True:
+            page = ven.events.get_events(
+                target=None, pagination=PaginationFilter(skip=fetched, limit=50), program_id=feeder_id
+            )
+            events += page
+            fetched += len(page)
+            if len(page) < 50:
+                break
         ours = [e for e in events if e.interval_period and e.interval_period.start == start]
         shift_kw = sum(dispatch_kw(e) for e in ours)
         applied_kw = max(shift_kw, -flex_kw)  # it follows the event as far as its flexibility goes

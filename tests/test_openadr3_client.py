@@ -137,7 +137,7 @@ def test_openadr3_client_registers_reads_its_events_reports_and_cannot_read_anot
 
 
 def test_a_ven_written_with_openadr3_client_is_curtailed_through_96_cycles(client_python, grid):
-    lines = drive(client_python, grid, "run", "--cycles", "96", "--base-kw", "4", "--peak-kw", "22", "--flex-kw", "8")
+    lines = drive(client_python, grid, "run", "--cycles", "96", "--base-kw", "12", "--peak-kw", "22", "--flex-kw", "8")
     assert len(lines) == 96
     overloaded = 0
     for line in lines:
@@ -155,4 +155,5 @@ def test_a_ven_written_with_openadr3_client_is_curtailed_through_96_cycles(clien
             assert t1["loading_after_kw"] == pytest.approx(15.0) and t1["state_after"] == "normal"
         else:
             assert result["actions"] == [] and line["events"] == []
-    assert overloaded >= 20  # the evening peak: hours of overload, every cycle of it curtailed by an event
+    # hours of overload, every cycle of it curtailed by an event: more events than one page of the VTN's lists
+    assert overloaded > 50
