@@ -203,6 +203,7 @@ class FeederBridge:
         self._steps: dict[str, int] = {}
         self._seq = 0
         self._participants: dict[str, Participant] = {}
+        self.program_id = self.telemetry_event_id = ""
         self._arrived = asyncio.Event()
         self._notifying: set[asyncio.Task] = set()
         self.program_id, self.telemetry_event_id = self.ensure_program()
@@ -211,7 +212,7 @@ class FeederBridge:
     # -- the program and its standing event -----------------------------------------------------------
     def ensure_program(self) -> tuple[str, str]:
         """(program id, telemetry event id), made when missing (at start-up, or after a client deleted them)."""
-        known = getattr(self, "telemetry_event_id", None)
+        known = self.telemetry_event_id
         if known and self.vtn.store.get("program", self.program_id) and self.vtn.store.get("event", known):
             return self.program_id, known
         program = next(
@@ -346,7 +347,7 @@ class FeederBridge:
         """Each VEN's status from its report received since the last cycle, waiting at most ``timeout_s`` for
         them all; an exception for each VEN that sent none."""
         self.ensure_program()
-        participants = self.sync()
+        participants = self._participants or self.sync()  # the cycle synced at its start
         deadline = time.monotonic() + timeout_s
         while True:
             fresh = {r.agent_id: self._fresh(participants.get(r.agent_id)) for r in records}
