@@ -2,7 +2,8 @@
 
 The client needs Python >= 3.12 and the project runs on 3.11, so it runs as a program of its own
 (tests/openadr3_client_driver.py) in a virtual environment this module makes once from the pinned
-tests/requirements-openadr3-client.txt and keeps in pytest's cache (made again when that file changes). The grid
+tests/requirements-openadr3-client.txt and keeps in pytest's cache, or in .cache/ without it (made again when that
+file changes). The grid
 agent runs as a real subprocess on a free loopback port; the client talks HTTP to it and prints JSON lines.
 """
 
@@ -52,7 +53,9 @@ def client_python(request: pytest.FixtureRequest) -> str:
             pytest.fail("openadr3-client needs Python >= 3.12, and none is installed")
         pytest.skip("openadr3-client needs Python >= 3.12, and none is installed here")
     digest = hashlib.sha256(REQUIREMENTS.read_bytes() + interpreter.encode()).hexdigest()[:12]
-    venv = Path(request.config.cache.mkdir("openadr3-client")) / digest
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider: the project's .cache/ then
+    folder = Path(cache.mkdir("openadr3-client")) if cache is not None else ROOT / ".cache" / "openadr3-client"
+    venv = folder / digest
     python, done = venv / "bin" / "python", venv / "installed"
     if not done.exists():
         shutil.rmtree(venv, ignore_errors=True)
