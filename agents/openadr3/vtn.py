@@ -524,7 +524,8 @@ def _add_report_routes(app: FastAPI, vtn: Vtn, Authed: Any, ven_only: Callable) 
 
 
 def _add_subscription_routes(app: FastAPI, vtn: Vtn, Authed: Any) -> None:
-    """Subscriptions: any client writes its own; a bl client reads and writes them all (no callbacks yet)."""
+    """Subscriptions: any client writes its own, a bl client all; callback URLs are checked, and the feeder bridge
+    (agents.openadr3.feeder) notifies them of events."""
     common = {"tags": ["subscriptions"], "response_model": Subscription, "response_model_exclude_none": True}
 
     @app.get(
