@@ -20,6 +20,10 @@ from agents.cycle.dashboard import dashboard_router
 from agents.cycle.grid_agent import GridAgent, resolve_planner
 from agents.cycle.peers import make_peers
 from agents.cycle.runs import RESULTS_KEPT, Runs, RunStore
+from agents.openadr3.clients import ClientsError, Tokens, load_clients
+from agents.openadr3.feeder import FeederBridge
+from agents.openadr3.store import ObjectStore
+from agents.openadr3.vtn import BASE_PATH, mount_vtn
 from agents.planners import PLANNERS
 from models.schemas import (
     AgentId,
@@ -67,16 +71,24 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     if resolve_planner(settings.planner, openai_settings_from_env()[0]) not in known:
         raise StartupError(f"planner {settings.planner!r} is not available here (known: {', '.join(known)})")
     ssl_context = client_ssl_context(settings)
+    tokens = _openadr3_tokens(settings)
+    vtn_stores: list[ObjectStore] = []  # closed by the lifespan
     agent = GridAgent(settings)
     runs = Runs(agent, RunStore(settings.state_dir, agent.agent_id), settings.coordinate_wait_s)
     app = FastAPI(
         title="grid agent",
         description="Watches transformers and coordinates curtailment.",
-        lifespan=_lifespan(agent, runs, settings, transport, ssl_context),
+        lifespan=_lifespan(agent, runs, settings, transport, ssl_context, vtn_stores),
         telemetry=TELEMETRY_OFF,
     )
     app.state.agent = agent
     app.state.runs = runs
+    if tokens is not None:
+        app.state.openadr3 = mount_vtn(app, settings.state_dir, tokens)
+        vtn_stores.append(app.state.openadr3.store)
+        scheme = "https" if settings.tls_on else "http"
+        vtn_url = f"{scheme}://{settings.host}:{settings.port}{BASE_PATH}"
+        agent.vens = FeederBridge(app.state.openadr3, agent.registry, agent.calls, vtn_url, agent.agent_id)
     install_error_handlers(app, agent.agent_id)
     mount_metrics(app, agent.metrics.registry)
     app.include_router(dashboard_router(agent))
@@ -89,15 +101,26 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     return app
 
 
+def _openadr3_tokens(settings: GridSettings) -> Tokens | None:
+    """With ``--openadr3``, the VTN's clients and tokens (a StartupError without clients); else None."""
+    if not settings.openadr3:
+        return None
+    try:
+        return Tokens(load_clients(settings.openadr3_clients))
+    except (ClientsError, OSError) as exc:
+        raise StartupError(str(exc)) from exc
+
+
 def _lifespan(
     agent: GridAgent,
     runs: Runs,
     settings: GridSettings,
     transport: httpx.AsyncBaseTransport | None,
     ssl_context: ssl.SSLContext | None,
+    vtn_stores: list[ObjectStore],
 ):
     """The client to other agents (verifying them with ``ssl_context``) opens with the app and closes with it,
-    with the log; a run in flight ends first."""
+    with the log and the VTN's objects; a run in flight ends first."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -106,9 +129,13 @@ def _lifespan(
             yield
         finally:
             await runs.close()
+            if agent.vens is not None:
+                await agent.vens.aclose()
             await agent.peers.aclose()
             await agent.planning.aclose()
             agent.close()
+            for store in vtn_stores:
+                store.close()
 
     return lifespan
 

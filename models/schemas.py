@@ -62,6 +62,7 @@ class AgentType(str, Enum):
     grid = "grid"
     home = "home"
     battery = "battery"
+    ven = "ven"  # an OpenADR 3 VEN's resource, on the feeder through the grid agent's VTN
 
 
 class CurtailAction(str, Enum):
@@ -421,7 +422,9 @@ class ActionReport(BaseModel):
     action: CurtailAction
     requested_kw: float
     applied_kw: float
-    status: CommandStatus | Literal["unreachable"]
+    status: CommandStatus | Literal["unreachable", "sent"] = Field(
+        description="The agent's answer; `sent`: an OpenADR 3 event for a VEN, which it follows on its own"
+    )
     reason: str | None = None
 
 

@@ -57,11 +57,11 @@ BATTERY_COLD_START = "2025-06-01T00:45"
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No token, no OpenAI or OpenWeatherMap key (so no network) and no EMS_* settings leak in from the environment."""
+    """No token, no OpenAI or OpenWeatherMap key (so no network), no EMS_* settings or OpenADR 3 clients leak in."""
     monkeypatch.delenv("AGENT_TOKEN", raising=False)
     monkeypatch.delenv("OPENWEATHERMAP_API_KEY", raising=False)
     for name in list(os.environ):
-        if name.startswith(("EMS_", "OPENAI_")):
+        if name.startswith(("EMS_", "OPENAI_", "OPENADR3_")):
             monkeypatch.delenv(name, raising=False)
 
 

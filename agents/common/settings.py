@@ -107,6 +107,33 @@ class DeviceSettings(ServerSettings):
     data_row: int | None = Field(
         None, ge=0, description="With a profile array (.npy) as --data-file: this agent's row; the values are its own"
     )
+    protocol: str = Field(
+        "rest",
+        pattern=r"^(rest|openadr3)$",
+        description="rest (the grid agent calls /simulate and /curtail), or openadr3: a VEN of the VTN at --vtn-url",
+    )
+    vtn_url: str | None = Field(
+        None, description="With --protocol openadr3: the VTN's base URL (http://GRID/openadr3/3.0.1)"
+    )
+    openadr3_client_id: str | None = Field(
+        None,
+        min_length=1,
+        description="With --protocol openadr3: this VEN's client id (secret: OPENADR3_CLIENT_SECRET)",
+    )
+
+    @model_validator(mode="after")
+    def _openadr3_needs_a_vtn(self) -> DeviceSettings:
+        if self.protocol == "openadr3":
+            missing = [
+                flag
+                for flag, value in (("--vtn-url", self.vtn_url), ("--openadr3-client-id", self.openadr3_client_id))
+                if not value
+            ]
+            if missing:
+                raise ValueError(f"--protocol openadr3 needs {' and '.join(missing)}")
+            if self.scenario is not None:
+                raise ValueError("--protocol openadr3 runs one agent as one VEN: leave out --scenario")
+        return self
 
     @property
     def shard_index(self) -> tuple[int, int]:
@@ -194,6 +221,17 @@ class GridSettings(ServerSettings):
     vm_max_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Highest voltage at buses below 1 kV (p.u.)")
     pv_reactive: str = Field(
         "unity", pattern=r"^(unity|cosphi_p)$", description="PV reactive power: unity, or cosphi_p (VDE-AR-N 4105)"
+    )
+    openadr3: bool = Field(False, description="Serve the OpenADR 3.0.1 VTN API under /openadr3/3.0.1")
+    ven_report_timeout_s: float | None = Field(
+        None,
+        gt=0,
+        le=300,
+        description="How long a cycle waits for each VEN's report of its interval (default: --step-timeout-s)",
+    )
+    openadr3_clients: FilePath | None = Field(
+        None,
+        description="JSON list of OpenADR 3 clients {client_id, client_secret, role} (default: OPENADR3_CLIENTS)",
     )
 
 

@@ -74,6 +74,11 @@ class CoordinatorSettings(ServerSettings):
     vm_min_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Lowest voltage at buses below 1 kV (p.u.)")
     vm_max_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Highest voltage at buses below 1 kV (p.u.)")
     pv_reactive: str = Field("unity", pattern=r"^(unity|cosphi_p)$", description="PV reactive power: unity or cosphi_p")
+    openadr3: bool = Field(False, description="Start the grid agent with its OpenADR 3 VTN on (--openadr3)")
+    openadr3_clients: Path | None = Field(
+        None,
+        description="With --openadr3: the VTN's clients file, handed to the grid agent (default: OPENADR3_CLIENTS)",
+    )
 
     @model_validator(mode="after")
     def _own_client_certificate(self) -> CoordinatorSettings:
@@ -212,6 +217,10 @@ def plan_children(
     path = scenario_path or settings.scenario
     if path is not None:
         grid_flags += ["--scenario", str(path)]
+    if settings.openadr3:  # VENs may then join the run through the VTN; the clients come from the environment too
+        grid_flags += ["--openadr3"]
+        if settings.openadr3_clients is not None:
+            grid_flags += ["--openadr3-clients", str(settings.openadr3_clients.resolve())]
     if settings.network is not None:  # the network the coordinator checked and saved, quicker to load than SimBench
         grid_flags += ["--network", str(network_dir(settings) / "network.json"), "--pv-reactive", settings.pv_reactive]
         for flag in ("slack_vm_pu", "vm_min_pu", "vm_max_pu"):

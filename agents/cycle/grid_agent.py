@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import openai
 
-from agents.common.errors import FeederBusyError
+from agents.common.errors import FeederBusyError, PeerUnavailableError
 from agents.common.metrics import GridMetrics
 from agents.common.scenario import Scenario, load_scenario
 from agents.common.settings import GridSettings, openai_settings_from_env
@@ -33,6 +33,7 @@ from models.schemas import (
     ActionReport,
     AgentRecord,
     AgentStatus,
+    AgentType,
     CoordinationResult,
     GridStatus,
     TransformerReport,
@@ -40,6 +41,7 @@ from models.schemas import (
 
 if TYPE_CHECKING:
     from agents.cycle.network import NetworkMonitor
+    from agents.openadr3.feeder import FeederBridge
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +123,7 @@ class GridAgent:
         self.calls = AgentCalls(settings, self.metrics)
         self.registry = Registry(settings, scenario, probe=self.calls.probe, on_forget=self.metrics.forget_peers)
         self.recorder = CycleRecorder(settings, self.metrics)
+        self.vens: FeederBridge | None = None  # with --openadr3: VENs on the feeder through the VTN
         self.cycle = 0
         self.run_id = uuid.uuid4().hex[:8]
         self._lock = asyncio.Lock()  # the feeder: cycles run only while it is held
@@ -201,19 +204,35 @@ class GridAgent:
         started = time.perf_counter()
         self.cycle += 1
         unreachable: list[str] = []
+        if self.vens is not None:
+            self.vens.sync()
         statuses = await self._step(self.registry.agents(), unreachable)
         stepped = time.perf_counter()
         snapshot = self._assess(statuses)
         plan = await self._plan(snapshot)
         planned = time.perf_counter()
-        actions = await self._act(plan.commands, statuses, unreachable)
+        actions = await self._act(plan.commands, statuses, unreachable, snapshot)
         replanned = await self._replan(plan, statuses, actions, unreachable)
+        if self.vens is not None:
+            self.vens.cycle_done(snapshot.timestamp, snapshot.step_s)
         clock = PhaseClock(started, stepped, planned, time.perf_counter())
         return self._record(snapshot, plan, statuses, actions, unreachable, clock, replanned)
 
     async def _step(self, records: list[AgentRecord], unreachable: list[str]) -> dict[str, AgentStatus]:
-        """1. Step every agent in parallel; those that fail are listed in ``unreachable`` and marked unhealthy."""
-        answers = await self.calls.step_all(records)
+        """1. Step every agent in parallel; those that fail are listed in ``unreachable`` and marked unhealthy.
+
+        VENs are not called: their reports to the VTN since the last cycle are their steps (waited for at most
+        ``--ven-report-timeout-s``, while the other agents step)."""
+        vens = [r for r in records if r.agent_type is AgentType.ven]
+        records = [r for r in records if r.agent_type is not AgentType.ven] + vens
+        if self.vens is not None and vens:
+            timeout_s = self.settings.ven_report_timeout_s or self.settings.step_timeout_s
+            stepped, reported = await asyncio.gather(
+                self.calls.step_all(records[: len(records) - len(vens)]), self.vens.collect(vens, timeout_s)
+            )
+            answers = [*stepped, *reported]
+        else:
+            answers = await self.calls.step_all(records)
         statuses: dict[str, AgentStatus] = {}
         for record, answer in zip(records, answers, strict=True):
             if isinstance(answer, Exception):
@@ -263,15 +282,25 @@ class GridAgent:
         if not again.commands:
             return False
         self.network.replans += 1
-        actions += await self._act(again.commands, statuses, unreachable, round_=2)
+        actions += await self._act(again.commands, statuses, unreachable, snapshot, round_=2)
         plan.commands += again.commands
         return True
 
     async def _act(
-        self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str], round_: int = 1
+        self,
+        commands: list[Command],
+        statuses: dict[str, AgentStatus],
+        unreachable: list[str],
+        snapshot: Snapshot,
+        round_: int = 1,
     ) -> list[ActionReport]:
-        """4. Send the commands; each agent's answer replaces its status, so the record sees the loading after."""
+        """4. Send the commands; each agent's answer replaces its status, so the record sees the loading after.
+
+        A VEN's command becomes an OpenADR 3 event (``sent``); the loading after counts it as followed."""
         records = self.registry.records
+        vens = [c for c in commands if records[c.agent_id].agent_type is AgentType.ven]
+        commands = [c for c in commands if records[c.agent_id].agent_type is not AgentType.ven]
+        reports = self._send_events(vens, statuses, unreachable, snapshot)
         addressed = [
             (
                 records[c.agent_id],
@@ -285,7 +314,6 @@ class GridAgent:
             for c in commands
         ]
         answers = await self.calls.curtail_all(addressed)
-        reports = []
         for command, answer in zip(commands, answers, strict=True):
             where = {"agent_id": command.agent_id, "transformer_id": statuses[command.agent_id].transformer_id}
             asked = {"action": command.action, "requested_kw": command.power_kw}
@@ -299,6 +327,30 @@ class GridAgent:
             reports.append(
                 ActionReport(**where, **asked, applied_kw=answer.applied_kw, status=answer.status, reason=answer.reason)
             )
+        return reports
+
+    def _send_events(
+        self, commands: list[Command], statuses: dict[str, AgentStatus], unreachable: list[str], snapshot: Snapshot
+    ) -> list[ActionReport]:
+        """4b. Each VEN's command as an event of the feeder's program; its status moves by the shift it is told."""
+        reports = []
+        for command in commands:
+            status = statuses[command.agent_id]
+            where = {"agent_id": command.agent_id, "transformer_id": status.transformer_id}
+            asked = {"action": command.action, "requested_kw": command.power_kw}
+            assert self.vens is not None, "VEN agents exist only with --openadr3"
+            try:
+                event = self.vens.dispatch(
+                    status, command.action, command.power_kw, snapshot.timestamp, snapshot.step_s
+                )
+            except PeerUnavailableError as exc:
+                unreachable.append(command.agent_id)
+                reports.append(ActionReport(**where, **asked, applied_kw=0.0, status="unreachable", reason=exc.reason))
+                continue
+            shifted = status.net_power_kw + command.action.direction * command.power_kw
+            statuses[command.agent_id] = status.model_copy(update={"net_power_kw": shifted})
+            reason = f"OpenADR 3 event {event['id']}; the VEN reports what it applied (DELTA_USAGE)"
+            reports.append(ActionReport(**where, **asked, applied_kw=command.power_kw, status="sent", reason=reason))
         return reports
 
     def _record(

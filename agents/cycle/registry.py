@@ -67,7 +67,7 @@ class Registry:
         for agent_id, report in reports:
             self._check_id(agent_id, report)
         urls = list(dict.fromkeys(url for agent_id, report in reports for url in self._urls_to_check(agent_id, report)))
-        refusals = {url: reason for url in urls if (reason := self._refusal(url)) is not None}
+        refusals = {url: reason for url in urls if (reason := self.refusal(url)) is not None}
         to_probe = [url for url in urls if url not in refusals]
         if to_probe:
             limit = asyncio.Semaphore(self.settings.max_concurrency)
@@ -171,7 +171,7 @@ class Registry:
             return [url]
         return [batch_url] if url == batch_url or url.startswith(batch_url + "/") else [batch_url, url]
 
-    def _refusal(self, url: str) -> str | None:
+    def refusal(self, url: str) -> str | None:
         """Why ``url`` cannot be a callback URL without calling it, or None."""
         parts = urlsplit(url)
         try:

@@ -23,7 +23,14 @@ from agents.common.settings import DeviceSettings, StartupError, agent_token_fro
 from agents.common.state import StateStore
 from agents.device.agent import DeviceAgent
 from agents.device.fastpath import BatchFastPath
-from agents.device.registration import register_forever, registration_client, registration_ssl_context
+from agents.device.registration import (
+    check_vtn_url,
+    register_forever,
+    registration_client,
+    registration_ssl_context,
+    vtn_client,
+)
+from agents.device.ven import DeviceVen, Vtn, client_secret_from_env
 from models.schemas import (
     AgentInfo,
     AgentStatus,
@@ -156,12 +163,21 @@ def _lifespan(
 ):
     """Registration with the grid agent while the app runs; every agent's log and state closed after."""
 
+    secret = client_secret_from_env() if settings.protocol == "openadr3" else None
+    check_vtn_url(settings)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         task = None
-        client = registration_client(settings, ssl_context)
-        if register:
-            task = asyncio.create_task(register_forever(hosted.agents, client, settings, settings.own_url))
+        if secret is not None:  # a VEN of the VTN instead of an agent the grid agent calls
+            client = vtn_client(settings, ssl_context)
+            assert settings.openadr3_client_id is not None, "the settings require it with --protocol openadr3"
+            ven = DeviceVen(hosted.agents[0], settings, Vtn(client, settings.openadr3_client_id, secret))
+            task = asyncio.create_task(ven.run()) if register else None
+        else:
+            client = registration_client(settings, ssl_context)
+            if register:
+                task = asyncio.create_task(register_forever(hosted.agents, client, settings, settings.own_url))
         try:
             yield
         finally:

@@ -28,6 +28,20 @@ def registration_ssl_context(settings: DeviceSettings) -> ssl.SSLContext | None:
     return client_ssl_context(settings)
 
 
+def check_vtn_url(settings: DeviceSettings) -> None:
+    """StartupError when TLS is on and --vtn-url is plain HTTP beyond loopback."""
+    if settings.vtn_url and settings.tls_on and plain_http_beyond_loopback(settings.vtn_url):
+        raise StartupError(f"--vtn-url {settings.vtn_url}: {PLAIN_HTTP_REFUSED}")
+
+
+def vtn_client(settings: DeviceSettings, ssl_context: ssl.SSLContext | None) -> httpx.AsyncClient:
+    """With --protocol openadr3, the client to the VTN, with the same TLS as the client to the grid agent."""
+    assert settings.vtn_url is not None, "the settings require --vtn-url with --protocol openadr3"
+    check_vtn_url(settings)
+    verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
+    return httpx.AsyncClient(base_url=settings.vtn_url, timeout=settings.request_timeout_s, verify=verify)
+
+
 def registration_client(settings: DeviceSettings, ssl_context: ssl.SSLContext | None) -> httpx.AsyncClient:
     """The client to the grid agent, verifying it (and presenting this agent's certificate) with ``ssl_context``."""
     verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
