@@ -118,8 +118,9 @@ def make_battery_settings(tmp_path: Path, **overrides: Any) -> BatterySettings:
 
 
 def make_grid_settings(tmp_path: Path, **overrides: Any) -> GridSettings:
-    """Grid settings with logs and state under tmp_path; overrides win."""
-    return GridSettings(**{**_dirs(tmp_path), **overrides})
+    """Grid settings with logs and state under tmp_path; overrides win. In process, a registration's probe
+    answers within microseconds; its timeout is generous so that a machine loaded by other runs cannot fail it."""
+    return GridSettings(**{**_dirs(tmp_path), "probe_timeout_s": 10.0, **overrides})
 
 
 @dataclass(frozen=True)
