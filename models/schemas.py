@@ -319,6 +319,12 @@ class RegistrationsResult(BaseModel):
     registered: int
 
 
+#: ``X-Cycle-Id`` on /simulate and /batch/simulate: ``{the grid agent's run id}:{cycle}``. An agent steps at most once a
+#: cycle: a call whose cycle it has already stepped for, or an earlier one of the same grid agent's run (a request
+#: the grid agent gave up on, delivered late by TCP after a partition healed), answers its status unstepped.
+CYCLE_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}:[0-9]{1,18}$"
+
+
 class BatchSimulate(BaseModel):
     """Step these hosted agents."""
 

@@ -252,6 +252,38 @@ async def test_batch_routes_answer_as_fastapi_does(tmp_path, scenario_file, monk
         assert (await c.get("/agents/h1/status")).json()["step"] == 0  # nothing refused was stepped
 
 
+async def test_an_agent_steps_at_most_once_a_cycle(tmp_path, scenario_file):
+    """``X-Cycle-Id``: a repeated call for a cycle, or a late one for an earlier cycle of the same grid agent's run
+    (a request the grid agent gave up on, delivered after a partition healed), steps nothing; a new run does."""
+    app = create_home_app(make_home_settings(tmp_path, scenario=scenario_file), register=False)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://homes") as c,
+    ):
+
+        async def batch(cycle_id: str) -> int:
+            answer = await c.post("/batch/simulate", json={"agent_ids": ["h1"]}, headers={"X-Cycle-Id": cycle_id})
+            assert answer.status_code == 200, answer.text
+            return answer.json()["statuses"][0]["step"]
+
+        async def single(cycle_id: str) -> int:
+            answer = await c.post("/agents/h2/simulate", headers={"X-Cycle-Id": cycle_id})
+            assert answer.status_code == 200, answer.text
+            return answer.json()["step"]
+
+        for step in (batch, single):
+            assert [await step(i) for i in ("run1:1", "run1:1", "run1:2", "run1:1", "run1:3")] == [1, 1, 2, 2, 3]
+            assert await step("run2:1") == 4  # a restarted grid agent: a new run, counting from 1 again
+        assert (await c.post("/batch/simulate", json={"agent_ids": ["h1"]})).json()["statuses"][0]["step"] == 5
+        bad = await c.post("/batch/simulate", json={"agent_ids": ["h1"]}, headers={"X-Cycle-Id": "run 1"})
+        assert bad.status_code == 422 and "x-cycle-id" in bad.json()["message"]
+        assert (await c.get("/agents/h1/status")).json()["step"] == 5
+
+    again = create_home_app(make_home_settings(tmp_path, scenario=scenario_file, fresh=False), register=False)
+    async with LifespanManager(again):  # a restart keeps the last cycle stepped for with the state
+        assert again.state.agents["h1"].simulate("run2:1").step == 5
+
+
 async def test_shards_split_the_homes(tmp_path, scenario_file):
     hosted = []
     for shard in ("0/2", "1/2"):

@@ -26,7 +26,9 @@ class AgentCalls:
         self._metrics = metrics
         self.peers: PeerClient | None = None  # opened and closed with the grid agent's lifespan
 
-    async def post(self, url: str, body: Any, addressee: str, retry: bool) -> bytes:
+    async def post(
+        self, url: str, body: Any, addressee: str, retry: bool, headers: dict[str, str] | None = None
+    ) -> bytes:
         """POST JSON and return the answer's bytes; any failure is a PeerUnavailableError naming ``addressee``.
 
         A call that is safe to repeat (``retry``: commands carry ids the agents apply once) and
@@ -35,7 +37,7 @@ class AgentCalls:
         """
         assert self.peers is not None, "the grid agent's client opens with its lifespan"
         attempts = 1 + (self._settings.curtail_retries if retry else 0)
-        headers = {**auth_headers(), "X-Agent-Id": addressee}
+        headers = {**auth_headers(), "X-Agent-Id": addressee, **(headers or {})}
         for attempt in range(attempts):
             try:
                 return await self.peers.post(url, body, headers)
@@ -53,8 +55,10 @@ class AgentCalls:
         assert self.peers is not None, "the grid agent's client opens with its lifespan"
         await probe_health(self.peers, url, self._settings.probe_timeout_s)
 
-    async def _simulate_one(self, record: AgentRecord) -> AgentStatus:
-        answer = await self.post(f"{record.url}/simulate", None, record.agent_id, retry=False)
+    async def _simulate_one(self, record: AgentRecord, cycle_id: str) -> AgentStatus:
+        answer = await self.post(
+            f"{record.url}/simulate", None, record.agent_id, retry=False, headers={"X-Cycle-Id": cycle_id}
+        )
         try:
             status = AgentStatus.model_validate_json(answer)
         except ValidationError as exc:
@@ -64,11 +68,14 @@ class AgentCalls:
             raise PeerUnavailableError(record.agent_id, f"answered as {status.agent_id}", self._agent_id)
         return status
 
-    async def _simulate_batch(self, batch_url: str, group: list[AgentRecord]) -> list[AgentStatus | Exception]:
+    async def _simulate_batch(
+        self, batch_url: str, group: list[AgentRecord], cycle_id: str
+    ) -> list[AgentStatus | Exception]:
         body = {"agent_ids": [r.agent_id for r in group]}
+        headers = {"X-Cycle-Id": cycle_id}
         try:
             answer = BatchSimulateResult.model_validate_json(
-                await self.post(f"{batch_url}/batch/simulate", body, batch_url, retry=False)
+                await self.post(f"{batch_url}/batch/simulate", body, batch_url, retry=False, headers=headers)
             )
         except (PeerUnavailableError, ValidationError) as exc:
             reason = exc.reason if isinstance(exc, PeerUnavailableError) else _describe(exc)
@@ -126,9 +133,15 @@ class AgentCalls:
                 answers[i] = answer
         return answers
 
-    async def step_all(self, records: list[AgentRecord]) -> list[AgentStatus | Exception]:
-        """/simulate every agent: one batch request per hosting process, single calls for the rest."""
-        return await self._per_process(records, lambda r: r, self._simulate_one, self._simulate_batch)
+    async def step_all(self, records: list[AgentRecord], cycle_id: str) -> list[AgentStatus | Exception]:
+        """/simulate every agent: one batch request per hosting process, single calls for the rest. ``cycle_id``
+        (``X-Cycle-Id``, ``run:cycle``) keeps a late copy of a call given up on from stepping an agent again."""
+        return await self._per_process(
+            records,
+            lambda r: r,
+            lambda r: self._simulate_one(r, cycle_id),
+            lambda url, group: self._simulate_batch(url, group, cycle_id),
+        )
 
     async def _curtail_one(self, record: AgentRecord, body: dict) -> CurtailResult:
         answer = await self.post(f"{record.url}/curtail", body, record.agent_id, retry=True)

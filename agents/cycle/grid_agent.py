@@ -129,6 +129,11 @@ class GridAgent:
         self._lock = asyncio.Lock()  # the feeder: cycles run only while it is held
         self._holder: Callable[[], str] = lambda: "nobody"
 
+    @property
+    def cycle_id(self) -> str:
+        """This cycle as the agents are told it (``X-Cycle-Id``): the grid agent's run id and the cycle number."""
+        return f"{self.run_id}:{self.cycle}"
+
     # -- what others read ----------------------------------------------------------------------
     def agents(self) -> list[AgentRecord]:
         """Every registered agent; one unheard of for ``stale_after_s`` counts as unhealthy."""
@@ -228,11 +233,12 @@ class GridAgent:
         if self.vens is not None and vens:
             timeout_s = self.settings.ven_report_timeout_s or self.settings.step_timeout_s
             stepped, reported = await asyncio.gather(
-                self.calls.step_all(records[: len(records) - len(vens)]), self.vens.collect(vens, timeout_s)
+                self.calls.step_all(records[: len(records) - len(vens)], self.cycle_id),
+                self.vens.collect(vens, timeout_s),
             )
             answers = [*stepped, *reported]
         else:
-            answers = await self.calls.step_all(records)
+            answers = await self.calls.step_all(records, self.cycle_id)
         statuses: dict[str, AgentStatus] = {}
         for record, answer in zip(records, answers, strict=True):
             if isinstance(answer, Exception):

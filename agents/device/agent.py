@@ -77,6 +77,7 @@ class DeviceAgent:
         self._status: AgentStatus | None = None
         self.active: dict[str, ActiveCommand] = {}
         self.control_reason: str | None = None
+        self.last_cycle_id: str | None = None  # the X-Cycle-Id it last stepped for
         self.local_setpoint_kw = 0.0  # the battery setpoint the local policy chose this step, before commands
         self.last_grid_contact: float | None = None  # time.monotonic() of the last word from the grid agent
         self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -114,6 +115,7 @@ class DeviceAgent:
         self.commands_this_step = int(saved.get("commands_this_step", 0))
         self.active = {c["command_id"]: ActiveCommand.model_validate(c) for c in saved.get("active_commands", [])}
         self.control_reason = saved.get("control_reason")
+        self.last_cycle_id = saved.get("last_cycle_id")
         if self.battery is not None and saved.get("soc_start_fraction") is not None:
             self.battery.soc_fraction = float(saved["soc_start_fraction"])
             self.battery.begin_step()
@@ -148,6 +150,7 @@ class DeviceAgent:
             "commands_this_step": self.commands_this_step,
             "active_commands": [c.model_dump(mode="json") for c in self.active.values()],
             "control_reason": self.control_reason,
+            "last_cycle_id": self.last_cycle_id,
             **self._operating_point(),
         }
         self.store.save(self.agent_id, state, self._unsaved)
@@ -186,8 +189,16 @@ class DeviceAgent:
             "%s step %d: %s; dropped %d command(s), back on local policy", self.agent_id, self.step, reason, dropped
         )
 
-    def simulate(self) -> AgentStatus:
-        """Advance one step through the data, run the local policy, then re-apply commands still holding."""
+    def simulate(self, cycle_id: str | None = None) -> AgentStatus:
+        """Advance one step through the data, run the local policy, then re-apply commands still holding.
+
+        ``cycle_id`` (``X-Cycle-Id``, ``run:cycle``) makes it at most once a cycle: a cycle already stepped for,
+        or an earlier cycle of the same run, answers the status as it is (see ``models.schemas.CYCLE_ID_PATTERN``).
+        """
+        if cycle_id is not None and self._stepped_for(cycle_id):
+            return self.current_status()
+        if cycle_id is not None:
+            self.last_cycle_id = cycle_id
         self._write_log_row()
         self.step += 1
         self.row = self._read_row(self.start_index + self.step - 1)
@@ -205,6 +216,17 @@ class DeviceAgent:
             self.commands_this_step += applied > POWER_TOLERANCE_KW
         self._save()
         return self.current_status()
+
+    def _stepped_for(self, cycle_id: str) -> bool:
+        """Whether this agent has stepped for ``cycle_id`` or a later cycle of the same grid agent's run."""
+        if self.last_cycle_id is None:
+            return False
+        run, _, number = cycle_id.rpartition(":")
+        last_run, _, last_number = self.last_cycle_id.rpartition(":")
+        if run != last_run or int(number) > int(last_number):
+            return False
+        logger.info("%s: no step for cycle %s, already stepped for %s", self.agent_id, cycle_id, self.last_cycle_id)
+        return True
 
     def _read_row(self, index: int) -> dict[str, float]:
         """The data this agent sees at row ``index`` (wrapping at the end of the data)."""

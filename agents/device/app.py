@@ -32,6 +32,7 @@ from agents.device.registration import (
 )
 from agents.device.ven import DeviceVen, Vtn, client_secret_from_env
 from models.schemas import (
+    CYCLE_ID_PATTERN,
     AgentInfo,
     AgentStatus,
     AgentType,
@@ -84,8 +85,8 @@ class Hosted:
             )
         return agent
 
-    def simulate(self, body: BatchSimulate) -> BatchSimulateResult:
-        """Step many hosted agents at once (one state commit for them all)."""
+    def simulate(self, body: BatchSimulate, cycle_id: str | None = None) -> BatchSimulateResult:
+        """Step many hosted agents at once (one state commit for them all); ``cycle_id`` as DeviceAgent.simulate."""
         statuses, errors = [], []
         with _one_transaction(self.store):
             for agent_id in body.agent_ids:
@@ -94,7 +95,7 @@ class Hosted:
                     errors.append(BatchError(agent_id=agent_id, error="not hosted here"))
                     continue
                 agent.heard_from_grid()
-                statuses.append(agent.simulate())
+                statuses.append(agent.simulate(cycle_id))
         return BatchSimulateResult(statuses=statuses, errors=errors)
 
     def curtail(self, body: BatchCurtail) -> BatchCurtailResult:
@@ -113,6 +114,10 @@ class Hosted:
                 except AgentError as exc:
                     errors.append(BatchError(agent_id=item.agent_id, command_id=command_id, error=exc.message))
         return BatchCurtailResult(results=results, errors=errors)
+
+
+#: ``X-Cycle-Id``, checked against its pattern (a 422 naming the header otherwise).
+CycleIdHeader = Annotated[str | None, Header(pattern=CYCLE_ID_PATTERN, description="run:cycle of the grid agent")]
 
 
 def build_device_app(
@@ -149,7 +154,10 @@ def build_device_app(
     _add_batch_routes(app, hosted, authorized)
     if single is None:
         _add_host_routes(app, hosted)
-    fast = {"/batch/simulate": (BatchSimulate, hosted.simulate), "/batch/curtail": (BatchCurtail, hosted.curtail)}
+    fast = {
+        "/batch/simulate": (BatchSimulate, lambda body, cycle_id: hosted.simulate(body, cycle_id)),
+        "/batch/curtail": (BatchCurtail, lambda body, _: hosted.curtail(body)),
+    }
     app.add_middleware(BatchFastPath, routes=fast, token=agent_token_from_env())
     return app
 
@@ -203,9 +211,9 @@ def _add_batch_routes(app: FastAPI, hosted: Hosted, authorized: Any) -> None:
         dependencies=[authorized],
         responses=error_responses(400, 401, 422),
     )
-    async def batch_simulate(body: BatchSimulate) -> Response:
-        """Step many hosted agents at once (one state commit for them all)."""
-        return json_response(hosted.simulate(body))
+    async def batch_simulate(body: BatchSimulate, x_cycle_id: CycleIdHeader = None) -> Response:
+        """Step many hosted agents at once (one state commit for them all), at most once a cycle (``X-Cycle-Id``)."""
+        return json_response(hosted.simulate(body, x_cycle_id))
 
     @app.post(
         "/batch/curtail",
@@ -342,11 +350,16 @@ def _add_agent_routes(app: FastAPI, prefix: str, resolve: Callable[..., DeviceAg
         tags=tag,
         responses=error_responses(401, *by_path, 409, 422),
     )
-    async def simulate(agent: DeviceAgent = hosted, x_agent_id: Annotated[str | None, Header()] = None) -> AgentStatus:
-        """Advance one step, run the local policy and re-apply commands still holding."""
+    async def simulate(
+        agent: DeviceAgent = hosted,
+        x_agent_id: Annotated[str | None, Header()] = None,
+        x_cycle_id: CycleIdHeader = None,
+    ) -> AgentStatus:
+        """Advance one step, run the local policy and re-apply commands still holding; at most once a cycle
+        when the grid agent says which (``X-Cycle-Id``: a late copy of a call it gave up on steps nothing)."""
         agent.check_addressee(x_agent_id)
         agent.heard_from_grid()
-        return agent.simulate()
+        return agent.simulate(x_cycle_id)
 
     @app.post(
         f"{prefix}/curtail",

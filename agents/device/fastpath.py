@@ -5,7 +5,8 @@ request by matching it against each route in turn, solving the route's dependenc
 token) and validating the body from Python objects: about 250 us of the 350 us a home agent spent
 on one ``/batch/simulate`` in process, the step itself included (``bench/profile_cycle.py`` finds
 the same share in a running feeder). This middleware answers those two routes itself when the
-request is one FastAPI would accept and answer 200 (a JSON body that validates, the right token),
+request is one FastAPI would accept and answer 200 (a JSON body that validates, the right token, a
+well-formed ``X-Cycle-Id`` if any),
 with the same handler and the same JSON. Anything else (a missing or wrong token, a body that does
 not validate, another content type) goes on to FastAPI with its body replayed, so every error keeps
 its one shape, and the routes stay declared in FastAPI for the OpenAPI document.
@@ -13,6 +14,7 @@ its one shape, and the routes stay declared in FastAPI for the OpenAPI document.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -20,10 +22,12 @@ from pydantic import BaseModel, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agents.common.auth import bearer_accepted
+from models.schemas import CYCLE_ID_PATTERN
 
-#: A fast route: the body's model and the handler that answers it.
-Route = tuple[type[BaseModel], Callable[[Any], BaseModel]]
+#: A fast route: the body's model and the handler that answers it (given the body and ``X-Cycle-Id`` or None).
+Route = tuple[type[BaseModel], Callable[[Any, str | None], BaseModel]]
 
+_CYCLE_ID = re.compile(CYCLE_ID_PATTERN)
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 
@@ -58,12 +62,16 @@ class BatchFastPath:
 
     def _answer(self, route: Route, scope: Scope, body: bytes) -> bytes | None:
         """The answer's JSON, or None for a request FastAPI should answer (with its error)."""
-        authorization = content_type = None
+        authorization = content_type = cycle_id = None
         for name, value in scope["headers"]:
             if name == b"authorization":
                 authorization = value.decode("latin-1")
             elif name == b"content-type":
                 content_type = value.decode("latin-1")
+            elif name == b"x-cycle-id":
+                cycle_id = value.decode("latin-1")
+        if cycle_id is not None and _CYCLE_ID.fullmatch(cycle_id) is None:
+            return None
         if content_type is None or content_type.split(";", 1)[0].strip().lower() != "application/json":
             return None
         if not bearer_accepted(self.token, authorization):
@@ -73,7 +81,7 @@ class BatchFastPath:
             request = model.model_validate_json(body)
         except ValidationError:
             return None
-        return handler(request).model_dump_json().encode()
+        return handler(request, cycle_id).model_dump_json().encode()
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
