@@ -6,6 +6,7 @@ them for the process, too).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import subprocess
@@ -251,8 +252,9 @@ async def test_network_homes_host_from_their_profile_row(lv_networks, tmp_path):
 
 
 # -- a cycle on a network ------------------------------------------------------------------------------
-async def run_network_cycle(tmp_path, network, **grid):
-    """One cycle of the rural1 feeder at peak PV, in process; answers (result, GET /network, GET /agents)."""
+@contextlib.asynccontextmanager
+async def network_grid(tmp_path, network, **grid):
+    """The rural1 feeder at peak PV, in process, its 33 agents registered: yields a client of the grid agent."""
     feeder = network_feeder(network, tmp_path / "network")
     path = tmp_path / "feeder.toml"
     path.write_text(feeder.scenario.to_toml(), encoding="utf-8")
@@ -269,6 +271,12 @@ async def run_network_cycle(tmp_path, network, **grid):
         ]
         body = {"reports": [r.model_dump(mode="json") for r in reports]}
         assert (await c.post("/registrations", json=body)).json() == {"registered": 33}
+        yield c
+
+
+async def run_network_cycle(tmp_path, network, **grid):
+    """One cycle of the rural1 feeder at peak PV, in process; answers (result, GET /network, GET /agents)."""
+    async with network_grid(tmp_path, network, **grid) as c:
         response = await c.post("/coordinate")
         assert response.status_code == 200, response.text
         return response.json(), (await c.get("/network")).json(), (await c.get("/agents")).json()
@@ -318,6 +326,42 @@ async def test_cycle_at_peak_pv_breaks_a_limit_and_says_so(lv_networks, tmp_path
     assert all(b["p_kw"] == 0.0 and b["q_kvar"] == 0.0 for b in network["buses"] if b["bus"] not in with_agents)
     assert sum(b["p_kw"] for b in network["buses"]) == pytest.approx(transformer["loading_after_kw"])
     assert {a["agent_id"]: a["bus"] for a in agents}["lv1_101_load_2"] == 8
+
+
+async def test_dashboard_data_draws_the_network_and_its_worst_feeders(lv_networks, tmp_path):
+    async with network_grid(tmp_path, lv_networks[RURAL1], planner="rule") as c:
+        assert (await c.get("/dashboard/data")).json()["network"]["cycle"] == 0  # the unloaded network, at start
+        result = (await c.post("/coordinate")).json()
+        data = (await c.get("/dashboard/data")).json()
+        network = (await c.get("/network")).json()
+        quiet = (await c.get("/dashboard/data", params={"since": 1, "run": data["run_id"]})).json()
+        (await c.post("/coordinate")).raise_for_status()
+        update = (await c.get("/dashboard/data", params={"since": 1, "run": data["run_id"]})).json()
+    net = data["network"]
+    assert (net["network"], net["cycle"], net["converged"]) == (RURAL1, 1, True)
+    assert net["vm_pu"] == [b["vm_pu"] for b in network["buses"]]
+    assert net["line_loading_percent"] == [line["loading_percent"] for line in network["lines"]]
+    assert net["transformer_loading_percent"] == [t["loading_percent"] for t in network["transformers"]]
+    topology = net["topology"]
+    assert topology["layout"] == "geodata"  # SimBench ships coordinates for every bus
+    assert topology["bus"] == [b["bus"] for b in network["buses"]] and len(topology["x"]) == 15
+    ends = [[topology["bus"][k] for k in pair] for pair in topology["line_ends"]]
+    assert ends == [[line["from_bus"], line["to_bus"]] for line in network["lines"]]
+    # the feeders run from the transformer's LV busbar out to the buses of highest and lowest voltage
+    feeders = {f["to"]: f for f in net["feeders"]}
+    assert set(feeders) == {"highest", "lowest"}
+    lv = [v for v, kv in zip(net["vm_pu"], topology["vn_kv"], strict=True) if kv < 1]  # behind the transformer
+    assert net["vm_pu"][feeders["highest"]["buses"][-1]] == max(lv)
+    assert net["vm_pu"][feeders["lowest"]["buses"][-1]] == min(lv)
+    (trafo_ends,) = topology["transformer_ends"]
+    assert feeders["highest"]["buses"][0] == trafo_ends[1] and feeders["highest"]["distance_ohm"][0] == 0
+    assert feeders["highest"]["distance_ohm"] == sorted(feeders["highest"]["distance_ohm"])
+    # each history row keeps the cycle's voltage band; nothing new, no network; a new cycle, no topology again
+    row = data["history"][-1]["network"]
+    assert row["vm_max_pu_before"] == result["network"]["vm_max_pu_before"]
+    assert row["vm_min_pu_after"] == result["network"]["vm_min_pu_after"]
+    assert quiet["history"] == [] and quiet["network"] is None
+    assert update["network"]["cycle"] == 2 and "topology" not in update["network"]
 
 
 async def test_voltage_limits_and_cosphi_p_at_peak_pv(lv_networks, tmp_path):

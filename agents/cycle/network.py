@@ -10,6 +10,7 @@ then stands.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ import numpy as np
 
 from agents.common.scenario import TransformerSpec
 from agents.common.settings import GridSettings, StartupError
+from agents.network.layout import Layout, network_layout
 from agents.network.load import load_network
 from agents.network.powerflow import FlowResult, PowerFlow, PowerFlowError
 from agents.network.sensitivity import SensitivityCache
@@ -285,6 +287,11 @@ class NetworkMonitor:
         result = solved.result
         flows = zip(self.trafo_ids, result.trafo_loading_percent, result.trafo_p_kw, strict=True)
         return {tid: (float(loading), float(p)) for tid, loading, p in flows if np.isfinite(loading)}
+
+    @functools.cached_property
+    def layout(self) -> Layout:
+        """Where the dashboard draws each bus and how far it lies from its transformer; made when first asked."""
+        return network_layout(self.network.net)
 
     # -- GET /network ----------------------------------------------------------------------------
     def state(self) -> NetworkState:
