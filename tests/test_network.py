@@ -308,6 +308,7 @@ async def test_cycle_at_peak_pv_breaks_a_limit_and_says_so(lv_networks, tmp_path
     ):
         assert report[field] is not None, field
     assert report["vm_max_pu_after"] < report["vm_max_pu_before"]  # curtailing PV lowers the voltage rise
+    assert report["most_loaded_transformer_before"] == transformer["transformer_id"]
 
     # GET /network: every bus, line and transformer as of the power flow after acting
     assert (network["network"], network["cycle"], network["converged"]) == (RURAL1, 1, True)
@@ -318,6 +319,9 @@ async def test_cycle_at_peak_pv_breaks_a_limit_and_says_so(lv_networks, tmp_path
     assert (bus["min_vm_pu"], bus["max_vm_pu"]) == (0.9, 1.1)
     assert max(b["vm_pu"] for b in network["buses"]) == pytest.approx(report["vm_max_pu_after"])
     assert set(network["lines"][0]) == {"line", "from_bus", "to_bus", "loading_percent"}
+    most_loaded = max(network["lines"], key=lambda line: line["loading_percent"])
+    assert report["most_loaded_line_after"] == most_loaded["line"]
+    assert most_loaded["loading_percent"] == pytest.approx(report["line_loading_max_percent_after"])
     (trafo,) = network["transformers"]
     assert trafo["transformer"] == 0 and trafo["name"] == "MV1.101-LV1.101-Trafo 1"
     assert trafo["loading_percent"] == pytest.approx(transformer["loading_percent_after"])
@@ -419,6 +423,7 @@ def test_coordinator_runs_a_simbench_grid(lv_networks, tmp_path):
     network = write_net(tmp_path, lv_networks[RURAL1].net, "rural1.json")
     base = free_port_block(4)
     flags = ["--network", str(network), "--start", RURAL1_PEAK_PV, "--cycles", "2", "--interval", "0", "--exit"]
+    flags += ["--report", str(tmp_path / "report")]
     command = coordinator_command(tmp_path, base, *flags)
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180, env=child_env())
     assert result.returncode == 0, result.stdout + result.stderr
@@ -431,3 +436,15 @@ def test_coordinator_runs_a_simbench_grid(lv_networks, tmp_path):
     assert (grid_log["loading_percent_before"] > 100).all()  # the uncoordinated noon of May overloads it
     home_log = pd.read_csv(logs / "lv1_101_load_2_log.csv")
     assert home_log["timestamp"].tolist() == ["2016-05-20T12:00:00", "2016-05-20T12:15:00"]
+    # the run summary, the report's summary and its cycles carry the power flows; the voltage plot is drawn
+    assert "highest bus voltage" in result.stdout and "network V " in result.stdout, result.stdout
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
+    kpis = summary["kpis"]["network"]
+    assert kpis["cycles"] == 2 and kpis["power_flows_failed"] == 0
+    assert kpis["transformer_loading_max_percent_before"] > 100
+    assert kpis["hours_transformers_outside_before"] == 0.5
+    assert kpis["most_loaded_transformer_before"] == "mv1_101_lv1_101_trafo_1"
+    assert {(g["min_vm_pu"], g["max_vm_pu"]) for g in summary["voltage_limits"]} == {(0.9, 1.1), (0.965, 1.055)}
+    assert (tmp_path / "report" / "voltage.png").stat().st_size > 10_000
+    first = json.loads((tmp_path / "report" / "cycles.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["network"]["vm_max_pu_after"] == pytest.approx(grid_log["vm_max_pu_after"][0])

@@ -245,6 +245,16 @@ class NetworkMonitor:
                     f"lines_outside_{when}": summary.lines_outside,
                     f"transformer_loading_max_percent_{when}": summary.transformer_loading_max_percent,
                     f"transformers_outside_{when}": summary.transformers_outside,
+                    f"most_loaded_line_{when}": (
+                        None
+                        if summary.line_loading_max_position is None
+                        else int(self.flow.line_index[summary.line_loading_max_position])
+                    ),
+                    f"most_loaded_transformer_{when}": (
+                        None
+                        if summary.transformer_loading_max_position is None
+                        else self.trafo_ids[summary.transformer_loading_max_position]
+                    ),
                 }
             )
         return NetworkCycle(
