@@ -65,6 +65,7 @@ class CycleRecorder:
         """Keep one cycle: ``records`` are the registered agents as the cycle left them."""
         self.last_result = result
         self.metrics.observe_cycle(result)
+        self.metrics.observe_network(result)
         self.history.append(result, records)
         self.cycle_ms.append(result.duration_ms)
         del self.cycle_ms[:-CYCLE_TIMES_KEPT]
