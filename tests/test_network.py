@@ -29,6 +29,7 @@ from agents.battery import create_app as create_battery_app
 from agents.common.scenario import load_scenario
 from agents.common.settings import StartupError
 from agents.cycle.grid_agent import GridAgent
+from agents.cycle.network import NetworkMonitor
 from agents.grid import create_app as create_grid_app
 from agents.home import create_app as create_home_app
 from agents.network.feeder import network_feeder, prepare_network_run
@@ -392,6 +393,33 @@ async def test_failed_power_flow_is_reported_and_the_cycle_goes_on(lv_networks, 
     assert transformer["loading_percent_before"] is None
     assert transformer["state_before"] == "reverse_power_flow"  # the transformer-only assessment stands
     assert network["converged"] is False and network["buses"][1]["vm_pu"] is None
+
+
+def test_sensitivities_perturb_only_the_lv_grids_near_their_limits(tmp_path):
+    net = pp.create_empty_network(name="two LV grids")
+    mv = pp.create_bus(net, 20.0, name="MV")
+    pp.create_ext_grid(net, mv, vm_pu=1.02)
+    houses = []
+    for grid in ("A", "B"):
+        busbar = pp.create_bus(net, 0.4, name=f"{grid} busbar")
+        house = pp.create_bus(net, 0.4, name=f"{grid} house")
+        pp.create_transformer(net, mv, busbar, std_type="0.4 MVA 20/0.4 kV", name=f"T {grid}")
+        pp.create_line(net, busbar, house, 0.2, std_type="NAYY 4x150 SE")
+        pp.create_load(net, house, p_mw=0.004)
+        houses.append(house)
+    monitor = NetworkMonitor(make_grid_settings(tmp_path, network=str(write_net(tmp_path, net))))
+    columns = np.array([monitor._position[h] for h in houses])
+    buses, lines, trafos = np.zeros(5, dtype=bool), np.zeros(2, dtype=bool), np.zeros(2, dtype=bool)
+
+    def near(bus=(), line=(), trafo=()):
+        b, ln, t = buses.copy(), lines.copy(), trafos.copy()
+        b[list(bus)], ln[list(line)], t[list(trafo)] = True, True, True
+        return monitor.columns_to_perturb(columns, b, ln, t).tolist()
+
+    assert near(bus=[monitor._position[houses[0]]]) == [True, False]  # A's house: only A's agents
+    assert near(line=[1], trafo=[0]) == [True, True]  # B's line and A's transformer
+    assert near(trafo=[1]) == [False, True]
+    assert near(bus=[monitor._position[mv]]) == [True, True]  # the MV bus: every agent moves it
 
 
 async def test_get_network_without_a_network_is_a_404(feeder):

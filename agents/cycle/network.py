@@ -184,8 +184,12 @@ class NetworkMonitor:
         if not (near_bus.any() or near_line.any() or near_trafo.any()) or len(columns) == 0:
             sens_vm = sens_line = sens_trafo = np.zeros((0, len(columns)))
         else:
-            sens = self.sensitivity.get(solved.injections.p_kw, solved.injections.q_kvar, columns)
-            sens_vm, sens_line, sens_trafo = sens.vm[near_bus], sens.line[near_line], sens.trafo[near_trafo]
+            moved = self.columns_to_perturb(columns, near_bus, near_line, near_trafo)
+            sens = self.sensitivity.get(solved.injections.p_kw, solved.injections.q_kvar, columns[moved])
+            sens_vm, sens_line, sens_trafo = (
+                _widen(part, moved, len(columns))
+                for part in (sens.vm[near_bus], sens.line[near_line], sens.trafo[near_trafo])
+            )
         buses, lines, trafos = np.flatnonzero(near_bus), np.flatnonzero(near_line), np.flatnonzero(near_trafo)
         no_lower = np.full(len(lines) + len(trafos), -np.inf)  # loadings have an upper limit only
         return NetworkView(
@@ -199,6 +203,40 @@ class NetworkMonitor:
             upper=np.concatenate([self.max_vm_pu[buses], np.full(len(lines) + len(trafos), MAX_LOADING_PERCENT)]),
             sensitivity=np.vstack([sens_vm, sens_line, sens_trafo]).reshape(-1, len(columns)),
         )
+
+    def columns_to_perturb(
+        self, columns: np.ndarray, near_bus: np.ndarray, near_line: np.ndarray, near_trafo: np.ndarray
+    ) -> np.ndarray:
+        """Which of ``columns`` (bus positions with agents) to take sensitivities of: a mask.
+
+        When every near-limit element lies in LV grids (below 1 kV: buses, lines, and transformers by their LV
+        side), only the agents of those LV grids are perturbed; the others reach them through the MV grid only,
+        by far less, and read 0. An element at MV or above, which every agent moves, perturbs them all. So a
+        feeder of a thousand homes takes tens of power flows to linearise a troubled LV grid, not thousands.
+        """
+        zone_of = self._zone_of
+        near_zones: set[int] = set()
+        for k in np.flatnonzero(near_bus):
+            near_zones.add(zone_of[k])
+        for k in np.flatnonzero(near_line):
+            near_zones.add(zone_of[self._position[int(self.line_ends[k][0])]])
+        for k in np.flatnonzero(near_trafo):
+            near_zones.add(zone_of[self._position[int(self.trafo_lv_bus[k])]])
+        if -1 in near_zones:
+            return np.ones(len(columns), dtype=bool)
+        return np.isin(zone_of[columns], list(near_zones))
+
+    @functools.cached_property
+    def _zone_of(self) -> np.ndarray:
+        """Per bus position: the index of the transformer feeding its LV grid, or -1 at 1 kV and above."""
+        feeding = self.network.feeding_transformer
+        zone = np.array([feeding.get(int(b)) if feeding.get(int(b)) is not None else -1 for b in self.buses])
+        return np.where(self.vn_kv < LOW_VOLTAGE_KV, zone, -1)
+
+    @functools.cached_property
+    def trafo_lv_bus(self) -> np.ndarray:
+        """Each transformer's low-voltage bus, in the order of the power flow's transformers."""
+        return self.network.net.trafo.loc[self.flow.trafo_index, "lv_bus"].to_numpy(dtype=int)
 
     def outside(self, solved: Solved | None) -> bool:
         """True when ``solved`` converged and left a bus, line or transformer outside its limits."""
@@ -348,6 +386,13 @@ class NetworkMonitor:
                 for k, trafo in enumerate(self.flow.trafo_index)
             ],
         )
+
+
+def _widen(part: np.ndarray, moved: np.ndarray, n: int) -> np.ndarray:
+    """Sensitivities of the perturbed columns placed among all ``n`` columns; the others 0."""
+    whole = np.zeros((part.shape[0], n))
+    whole[:, moved] = part
+    return whole
 
 
 def _limit(bus, column: str, default: float) -> np.ndarray:
