@@ -414,12 +414,17 @@ def test_sensitivities_perturb_only_the_lv_grids_near_their_limits(tmp_path):
     def near(bus=(), line=(), trafo=()):
         b, ln, t = buses.copy(), lines.copy(), trafos.copy()
         b[list(bus)], ln[list(line)], t[list(trafo)] = True, True, True
-        return monitor.columns_to_perturb(columns, b, ln, t).tolist()
+        perturbed, source = monitor.perturbation(columns, b, ln, t)
+        return [int(monitor.buses[perturbed[k]]) if k >= 0 else None for k in source]
 
-    assert near(bus=[monitor._position[houses[0]]]) == [True, False]  # A's house: only A's agents
-    assert near(line=[1], trafo=[0]) == [True, True]  # B's line and A's transformer
-    assert near(trafo=[1]) == [False, True]
-    assert near(bus=[monitor._position[mv]]) == [True, True]  # the MV bus: every agent moves it
+    a, b = houses
+    assert near(bus=[monitor._position[a]]) == [a, None]  # A's house: only A's agents, B's read 0
+    assert near(line=[1], trafo=[0]) == [a, b]  # B's line and A's transformer
+    assert near(trafo=[1]) == [None, b]
+    # the MV bus: every agent moves it; those of a grid with nothing near take their LV busbar's sensitivity
+    busbars = net.trafo["lv_bus"].tolist()
+    assert near(bus=[monitor._position[mv]]) == busbars
+    assert near(bus=[monitor._position[mv], monitor._position[b]]) == [busbars[0], b]
 
 
 async def test_get_network_without_a_network_is_a_404(feeder):

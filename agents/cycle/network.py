@@ -184,11 +184,10 @@ class NetworkMonitor:
         if not (near_bus.any() or near_line.any() or near_trafo.any()) or len(columns) == 0:
             sens_vm = sens_line = sens_trafo = np.zeros((0, len(columns)))
         else:
-            moved = self.columns_to_perturb(columns, near_bus, near_line, near_trafo)
-            sens = self.sensitivity.get(solved.injections.p_kw, solved.injections.q_kvar, columns[moved])
+            perturbed, source = self.perturbation(columns, near_bus, near_line, near_trafo)
+            sens = self.sensitivity.get(solved.injections.p_kw, solved.injections.q_kvar, perturbed)
             sens_vm, sens_line, sens_trafo = (
-                _widen(part, moved, len(columns))
-                for part in (sens.vm[near_bus], sens.line[near_line], sens.trafo[near_trafo])
+                _widen(part, source) for part in (sens.vm[near_bus], sens.line[near_line], sens.trafo[near_trafo])
             )
         buses, lines, trafos = np.flatnonzero(near_bus), np.flatnonzero(near_line), np.flatnonzero(near_trafo)
         no_lower = np.full(len(lines) + len(trafos), -np.inf)  # loadings have an upper limit only
@@ -204,27 +203,48 @@ class NetworkMonitor:
             sensitivity=np.vstack([sens_vm, sens_line, sens_trafo]).reshape(-1, len(columns)),
         )
 
-    def columns_to_perturb(
+    def perturbation(
         self, columns: np.ndarray, near_bus: np.ndarray, near_line: np.ndarray, near_trafo: np.ndarray
-    ) -> np.ndarray:
-        """Which of ``columns`` (bus positions with agents) to take sensitivities of: a mask.
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Which buses to perturb for the sensitivities of ``columns`` (bus positions with agents), and whence each
+        column takes its own: (bus positions to perturb, per column an index into them or -1 for none).
 
-        When every near-limit element lies in LV grids (below 1 kV: buses, lines, and transformers by their LV
-        side), only the agents of those LV grids are perturbed; the others reach them through the MV grid only,
-        by far less, and read 0. An element at MV or above, which every agent moves, perturbs them all. So a
-        feeder of a thousand homes takes tens of power flows to linearise a troubled LV grid, not thousands.
+        An LV grid (below 1 kV, behind its transformer) with a near-limit bus, line or transformer (by its LV side)
+        has its agents perturbed one bus at a time. Agents of other LV grids reach it only through the MV grid, by
+        far less, and read 0. An element at 1 kV or above is moved by every agent: those of an LV grid without a
+        near element of its own then share the sensitivity of their transformer's LV busbar (their own LV grid's
+        losses aside), so that a feeder of a thousand homes in forty LV grids takes about a hundred power flows
+        to linearise, not two thousand; agents at 1 kV and above are perturbed one bus at a time.
         """
         zone_of = self._zone_of
         near_zones: set[int] = set()
         for k in np.flatnonzero(near_bus):
-            near_zones.add(zone_of[k])
+            near_zones.add(int(zone_of[k]))
         for k in np.flatnonzero(near_line):
-            near_zones.add(zone_of[self._position[int(self.line_ends[k][0])]])
+            near_zones.add(int(zone_of[self._position[int(self.line_ends[k][0])]]))
         for k in np.flatnonzero(near_trafo):
-            near_zones.add(zone_of[self._position[int(self.trafo_lv_bus[k])]])
-        if -1 in near_zones:
-            return np.ones(len(columns), dtype=bool)
-        return np.isin(zone_of[columns], list(near_zones))
+            near_zones.add(int(zone_of[self._position[int(self.trafo_lv_bus[k])]]))
+        upstream = -1 in near_zones  # an element at MV or above
+        zones = zone_of[columns]
+        own = np.isin(zones, list(near_zones)) | (zones == -1) if upstream else np.isin(zones, list(near_zones))
+        perturbed = list(columns[own])
+        source = np.full(len(columns), -1, dtype=np.int64)
+        source[own] = np.arange(len(perturbed))
+        if upstream:
+            busbar = self._zone_busbar
+            for zone in np.unique(zones[~own]):
+                source[~own & (zones == zone)] = len(perturbed)
+                perturbed.append(busbar[int(zone)])
+        return np.array(perturbed, dtype=np.int64), source
+
+    @functools.cached_property
+    def _zone_busbar(self) -> dict[int, int]:
+        """Per transformer index: the bus position of its LV side."""
+        return {
+            int(t): self._position[int(b)]
+            for t, b in zip(self.flow.trafo_index, self.trafo_lv_bus, strict=True)
+            if int(b) in self._position
+        }
 
     @functools.cached_property
     def _zone_of(self) -> np.ndarray:
@@ -388,10 +408,11 @@ class NetworkMonitor:
         )
 
 
-def _widen(part: np.ndarray, moved: np.ndarray, n: int) -> np.ndarray:
-    """Sensitivities of the perturbed columns placed among all ``n`` columns; the others 0."""
-    whole = np.zeros((part.shape[0], n))
-    whole[:, moved] = part
+def _widen(part: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Each column's sensitivities from the perturbed bus it takes them from (``source``; -1: none, 0)."""
+    whole = np.zeros((part.shape[0], len(source)))
+    taken = source >= 0
+    whole[:, taken] = part[:, source[taken]]
     return whole
 
 
