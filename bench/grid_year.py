@@ -5,6 +5,16 @@ process over ASGI, one ``POST /coordinate`` a step, as in tests/test_netplan.py.
 counts the hours with a bus voltage, a line or a transformer outside its limits by the AC power flow before
 planning (the agents on their own policies: "uncoordinated"; in that planner's run, so batteries' states follow
 its earlier commands) and after acting, the solar curtailed (kWh, applied), re-plans and the planner's time.
+
+The row ``bound`` is the perfect-foresight optimum on the same network: the horizon program the mpc planner
+solves (``agents.planners.horizon``, same physics and costs) with every future value known, solved day by day
+(96 steps; each day starts with the energy the previous day's optimum left in each battery), with the same
+linearised network rows the grid agent gives its planners (``NetworkMonitor.view`` at each step's operating point
+with every agent on its own policy: the near-limit buses, lines and transformers, aimed ``LINEAR_MARGIN`` inside
+their limits, slack at ``NETWORK_SLACK_COST``) and the transformers' kW rows. The agents' state machines give the
+uncoordinated steps (homes and storage on their own policies, no HTTP); the optimum is then checked with the AC
+power flow at every step, which gives its hours outside limits ("after"; "before" is the uncoordinated run).
+Reactive power stays as the agents' own (PV at unity, the default).
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 from asgi_lifespan import LifespanManager
 from rich.console import Console
 from rich.table import Table
@@ -24,15 +35,169 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agents.battery import create_app as create_battery_app
+from agents.cycle.network import NetworkMonitor
 from agents.grid import create_app as create_grid_app
 from agents.home import create_app as create_home_app
 from agents.network.feeder import network_feeder
 from agents.network.load import load_network
+from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonNetwork, HorizonProblem, solve_horizon
+from agents.planners.network import aimed_limits
+from agents.planners.optimal import NETWORK_SLACK_COST
+from models.network import summarize_flow
 from models.schemas import AgentReport
 from tests.conftest import HostRouter, make_battery_settings, make_grid_settings, make_home_settings
 
 S_PER_H = 3600.0
 KINDS = ("buses", "lines", "transformers")
+STEPS_PER_DAY = 96
+
+
+def _outside(monitor, result) -> dict[str, bool]:
+    """Which kinds of element a power flow left outside their limits (the cycle report's own tolerances)."""
+    summary = summarize_flow(
+        result.vm_pu, monitor.min_vm_pu, monitor.max_vm_pu, result.line_loading_percent, result.trafo_loading_percent
+    )
+    return {
+        "buses": summary.buses_outside > 0,
+        "lines": summary.lines_outside > 0,
+        "transformers": summary.transformers_outside > 0,
+    }
+
+
+def _day_problem(monitor, days_steps: list[list], energy_kwh: dict[str, float], step_s: float):
+    """The horizon program of one day: its steps' statuses in, (problem, per-step views, battery ids, home ids) out."""
+    first = days_steps[0]
+    batteries = [s for s in first if s.battery is not None]
+    homes = [s for s in first if s.battery is None]
+    trafo_ids = sorted({s.transformer_id for s in first})
+    k_of = {tid: k for k, tid in enumerate(trafo_ids)}
+    ratings = {spec.id: spec.rating_kw for spec in monitor.transformer_specs()}
+    n_t = len(days_steps)
+    loading = np.zeros((len(trafo_ids), n_t))
+    power = np.zeros((len(batteries), n_t))
+    max_ch, max_dis = np.zeros_like(power), np.zeros_like(power)
+    curtail_max, shed_max = np.zeros((len(homes), n_t)), np.zeros((len(homes), n_t))
+    rows: dict[str, list] = {key: [] for key in ("step", "value", "lower", "upper", "bs", "fs", "cost")}
+    for t, statuses in enumerate(days_steps):
+        by_id = {s.agent_id: s for s in statuses}
+        for i, home in enumerate(homes):
+            s = by_id[home.agent_id]
+            loading[k_of[s.transformer_id], t] += s.net_power_kw
+            curtail_max[i, t] = s.flexibility.curtail_solar_kw if s.flexibility else 0.0
+            shed_max[i, t] = s.flexibility.shed_load_kw if s.flexibility else 0.0
+        for j, battery in enumerate(batteries):
+            b = by_id[battery.agent_id].battery
+            power[j, t], max_ch[j, t], max_dis[j, t] = b.power_kw, b.max_charge_kw, b.max_discharge_kw
+        solved = monitor.assess(statuses, t)
+        view = monitor.view(statuses, solved)
+        if view is None or not view.rows:
+            continue
+        lower, upper = aimed_limits(view)
+
+        def column(agent_id: str, view=view) -> np.ndarray:
+            c = view.column_of(agent_id)
+            return view.sensitivity[:, c] if c is not None else np.zeros(view.rows)
+
+        rows["step"] += [t] * view.rows
+        rows["value"].append(view.value)
+        rows["lower"].append(lower)
+        rows["upper"].append(upper)
+        rows["bs"].append(
+            np.column_stack([column(b.agent_id) for b in batteries]) if batteries else np.zeros((view.rows, 0))
+        )
+        rows["fs"].append(np.column_stack([column(h.agent_id) for h in homes]))
+        rows["cost"].append(np.array([NETWORK_SLACK_COST[kind] for kind in view.kind]))
+    network = None
+    if rows["step"]:
+        network = HorizonNetwork(
+            step=np.array(rows["step"]),
+            value=np.concatenate(rows["value"]),
+            lower=np.concatenate(rows["lower"]),
+            upper=np.concatenate(rows["upper"]),
+            battery_sensitivity=np.vstack(rows["bs"]),
+            flex_sensitivity=np.vstack(rows["fs"]),
+            slack_cost=np.concatenate(rows["cost"]),
+        )
+    horizon_batteries = []
+    for j, battery in enumerate(batteries):
+        b = battery.battery
+        horizon_batteries.append(
+            HorizonBattery(
+                transformer=k_of[battery.transformer_id],
+                energy_min_kwh=b.soc_min_fraction * b.capacity_kwh,
+                energy_max_kwh=b.soc_max_fraction * b.capacity_kwh,
+                charge_efficiency_fraction=b.charge_efficiency_fraction or 0.95,
+                discharge_efficiency_fraction=b.discharge_efficiency_fraction or 0.95,
+                setpoint_kw=power[j],
+                max_charge_kw=max_ch[j],
+                max_discharge_kw=max_dis[j],
+                energy_kwh=energy_kwh.get(
+                    battery.agent_id,
+                    (b.soc_start_fraction if b.soc_start_fraction is not None else b.soc_fraction) * b.capacity_kwh,
+                ),
+            )
+        )
+    problem = HorizonProblem(
+        step_s=step_s,
+        loading_kw=loading,
+        rating_kw=np.array([ratings.get(tid, np.inf) for tid in trafo_ids]),
+        reverse_limit_kw=np.array([ratings.get(tid, np.inf) for tid in trafo_ids]),
+        batteries=horizon_batteries,
+        flex=[HorizonFlex(k_of[h.transformer_id], curtail_max[i], shed_max[i]) for i, h in enumerate(homes)],
+        network=network,
+    )
+    return problem, batteries, homes
+
+
+async def run_bound(code: str, start: str, days: float, work: Path) -> dict:
+    """The perfect-foresight bound of ``days`` from ``start``, day by day, checked by AC power flow; the totals."""
+    network = load_network(code)
+    feeder = network_feeder(network, work / "network")
+    path = work / "feeder.toml"
+    path.write_text(feeder.scenario.to_toml(), encoding="utf-8")
+    homes = create_home_app(make_home_settings(work, scenario=path, start=start), register=False)
+    storage = create_battery_app(make_battery_settings(work, scenario=path, start=start), register=False)
+    monitor = NetworkMonitor(make_grid_settings(work, network=network.source))
+    totals = {f"{kind}_{when}_h": 0.0 for kind in (*KINDS, "any") for when in ("before", "after")}
+    totals.update(curtailed_kwh=0.0, replans="-", plan_ms=0.0, cycles=0, linear_outside=0)
+    energy: dict[str, float] = {}
+    async with LifespanManager(homes), LifespanManager(storage):
+        agents = [*homes.state.agents.values(), *storage.state.agents.values()]
+        remaining = None
+        while remaining is None or remaining > 0:
+            day = [[agent.simulate() for agent in agents] for _ in range(STEPS_PER_DAY)]
+            step_s = day[0][0].step_s
+            if remaining is None:
+                remaining = round(days * 24 * S_PER_H / step_s)
+            day = day[:remaining]
+            started = time.perf_counter()
+            problem, batteries, home_list = _day_problem(monitor, day, energy, step_s)
+            solution = solve_horizon(problem)
+            totals["plan_ms"] += (time.perf_counter() - started) * 1000
+            step_h = step_s / S_PER_H
+            for j, battery in enumerate(batteries):
+                energy[battery.agent_id] = float(solution.energy_kwh[j, -1])
+            if solution.network_outside is not None:
+                totals["linear_outside"] += int(np.sum(solution.network_outside > 1e-6))
+            for t, statuses in enumerate(day):
+                before = monitor.assess(statuses, t)  # cached: the same injections as in _day_problem
+                shift = np.zeros(len(monitor.buses))
+                for j, battery in enumerate(batteries):
+                    shift[monitor._position[battery.bus]] += (
+                        solution.battery_power_kw[j, t] - problem.batteries[j].setpoint_kw[t]
+                    )
+                for i, home in enumerate(home_list):
+                    shift[monitor._position[home.bus]] += solution.curtail_kw[i, t] - solution.shed_kw[i, t]
+                after = monitor.flow.solve(before.injections.p_kw + shift, before.injections.q_kvar)
+                for when, result in (("before", before.result), ("after", after)):
+                    outside = _outside(monitor, result)
+                    for kind in KINDS:
+                        totals[f"{kind}_{when}_h"] += step_h * outside[kind]
+                    totals[f"any_{when}_h"] += step_h * any(outside.values())
+            totals["curtailed_kwh"] += float(solution.curtail_kw.sum() * step_h)
+            totals["cycles"] += len(day)
+            remaining -= len(day)
+    return totals
 
 
 async def run(code: str, start: str, days: float, planner: str, work: Path) -> dict:
@@ -80,7 +245,7 @@ def main() -> None:
     parser.add_argument("--network", default="1-LV-rural1--2-sw")
     parser.add_argument("--start", default="2016-05-01T00:00")
     parser.add_argument("--days", type=float, default=30.0)
-    parser.add_argument("--planners", default="rule,optimal,mpc")
+    parser.add_argument("--planners", default="rule,optimal,mpc,bound", help="'bound': perfect foresight, day by day")
     args = parser.parse_args()
     console = Console(width=160)
     table = Table(title=f"{args.network}, {args.days:g} days from {args.start}: hours outside limits before -> after")
@@ -89,7 +254,10 @@ def main() -> None:
     for planner in args.planners.split(","):
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(prefix="grid-year-") as work:
-            t = asyncio.run(run(args.network, args.start, args.days, planner, Path(work)))
+            if planner == "bound":
+                t = asyncio.run(run_bound(args.network, args.start, args.days, Path(work)))
+            else:
+                t = asyncio.run(run(args.network, args.start, args.days, planner, Path(work)))
         console.print(f"{planner}: {t['cycles']} cycles in {time.perf_counter() - started:.0f} s")
         table.add_row(
             planner,
