@@ -4,10 +4,10 @@ The grid is a part of ``1-MVLV-rural-all-0-sw`` (5,479 buses, 5,373 loads): its 
 below it taken in transformer order until they hold ``--loads`` loads (``pandapower.toolbox.select_subnet``,
 SimBench's profiles kept), saved as pandapower JSON. The coordinator then runs it as a user would
 (``run_distributed_simulation.py --network part.json --planner optimal --interval 0 --exit --report DIR``:
-the grid agent, five processes hosting 250 homes each, one the storage), from 11:00 of a sunny day, and the table
-gives, from the report's ``cycles.jsonl``: the grid agent's whole cycle (step, plan with the network
-linearised, act, record), its phases, and the two power flows (before planning and after acting), median and
-95th percentile. The first cycles (the sensitivities' first batch, caches) are left out.
+the grid agent and five processes hosting up to 250 homes each; the grid has no storage units), from 11:00 of
+a sunny day, and the table gives, from the report's ``cycles.jsonl``: the grid agent's whole cycle (step, plan
+with the network linearised, act, record), its phases, and the two power flows (before planning and after
+acting), median and 95th percentile. The first cycles (the sensitivities' first batch, caches) are left out.
 """
 
 from __future__ import annotations
