@@ -467,6 +467,8 @@ def test_coordinator_runs_a_simbench_grid(lv_networks, tmp_path):
     assert grid_log["cycle"].tolist() == [1, 2]
     assert (grid_log["agents_reporting"] == 33).all() and (grid_log["network_converged"] == 1).all()
     assert (grid_log["loading_percent_before"] > 100).all()  # the uncoordinated noon of May overloads it
+    assert (grid_log["most_loaded_transformer_before"] == "mv1_101_lv1_101_trafo_1").all()
+    assert (grid_log["vm_max_pu_before"] > grid_log["vm_max_pu_after"]).all()
     home_log = pd.read_csv(logs / "lv1_101_load_2_log.csv")
     assert home_log["timestamp"].tolist() == ["2016-05-20T12:00:00", "2016-05-20T12:15:00"]
     # the run summary, the report's summary and its cycles carry the power flows; the voltage plot is drawn

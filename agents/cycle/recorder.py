@@ -45,6 +45,17 @@ GRID_LOG_COLUMNS = (
     "line_loading_max_percent_after",
     "buses_outside_after",
     "lines_outside_after",
+    # the same before planning, and which line and transformer were the most loaded
+    "vm_min_pu_before",
+    "vm_max_pu_before",
+    "line_loading_max_percent_before",
+    "buses_outside_before",
+    "lines_outside_before",
+    "most_loaded_line_before",
+    "most_loaded_line_after",
+    "most_loaded_transformer_before",
+    "most_loaded_transformer_after",
+    "replanned",
 )
 
 #: Cycle durations kept for the median in /status.
@@ -119,4 +130,14 @@ def _network_columns(result: CoordinationResult) -> dict:
         "line_loading_max_percent_after": network.line_loading_max_percent_after,
         "buses_outside_after": network.buses_outside_after,
         "lines_outside_after": network.lines_outside_after,
+        "vm_min_pu_before": network.vm_min_pu_before,
+        "vm_max_pu_before": network.vm_max_pu_before,
+        "line_loading_max_percent_before": network.line_loading_max_percent_before,
+        "buses_outside_before": network.buses_outside_before,
+        "lines_outside_before": network.lines_outside_before,
+        "most_loaded_line_before": network.most_loaded_line_before,
+        "most_loaded_line_after": network.most_loaded_line_after,
+        "most_loaded_transformer_before": network.most_loaded_transformer_before,
+        "most_loaded_transformer_after": network.most_loaded_transformer_after,
+        "replanned": int(network.replanned),
     }
