@@ -35,6 +35,7 @@ from agents.home import create_app as create_home_app
 from agents.network.feeder import network_feeder, prepare_network_run
 from agents.network.load import load_network
 from agents.network.powerflow import PowerFlow, PowerFlowError
+from agents.network.sensitivity import sensitivities
 from models.schemas import AgentReport
 from tests.conftest import HostRouter, make_battery_settings, make_grid_settings, make_home_settings
 from tests.test_e2e import ROOT, child_env, coordinator_command, free_port_block
@@ -425,6 +426,27 @@ def test_sensitivities_perturb_only_the_lv_grids_near_their_limits(tmp_path):
     busbars = net.trafo["lv_bus"].tolist()
     assert near(bus=[monitor._position[mv]]) == busbars
     assert near(bus=[monitor._position[mv], monitor._position[b]]) == [busbars[0], b]
+
+
+def test_an_lv_grids_busbar_stands_for_its_agents_at_mv(tmp_path):
+    """What the shared column assumes: an MV bus and MV line see an LV house's kW as they see its busbar's, within
+    10 % (the LV grid's marginal losses: 6 % here, a house exporting 60 kW at the end of a 200 m cable)."""
+    net = pp.create_empty_network(name="MV line, one LV grid")
+    slack = pp.create_bus(net, 20.0, name="substation")
+    mv = pp.create_bus(net, 20.0, name="MV node")
+    busbar = pp.create_bus(net, 0.4, name="busbar")
+    house = pp.create_bus(net, 0.4, name="house")
+    pp.create_ext_grid(net, slack, vm_pu=1.02)
+    pp.create_line(net, slack, mv, 5.0, std_type="NA2XS2Y 1x95 RM/25 12/20 kV")
+    pp.create_transformer(net, mv, busbar, std_type="0.4 MVA 20/0.4 kV")
+    pp.create_line(net, busbar, house, 0.2, std_type="NAYY 4x150 SE")
+    pp.create_load(net, house, p_mw=0.004)
+    flow = PowerFlow(load_network(write_net(tmp_path, net)).net)
+    p_kw, q_kvar = np.array([0.0, 0.0, 0.0, -60.0]), np.zeros(4)  # the house exports 60 kW
+    sens = sensitivities(flow, p_kw, q_kvar, np.array([2, 3]))  # busbar, house
+    assert sens.vm[1, 1] == pytest.approx(sens.vm[1, 0], rel=0.1)  # the MV node's voltage
+    assert sens.line[0, 1] == pytest.approx(sens.line[0, 0], rel=0.1)  # the MV line's loading
+    assert abs(sens.vm[3, 1]) > 5 * abs(sens.vm[3, 0])  # at the house itself, its own column is what counts
 
 
 async def test_get_network_without_a_network_is_a_404(feeder):
