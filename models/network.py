@@ -117,6 +117,8 @@ class FlowSummary:
     lines_outside: int
     transformer_loading_max_percent: float
     transformers_outside: int
+    line_loading_max_position: int | None = None  # which line (position in the arrays given); None when no line
+    transformer_loading_max_position: int | None = None
 
 
 def summarize_flow(
@@ -137,8 +139,8 @@ def summarize_flow(
     high = energised & (vm > np.asarray(max_vm_pu) + VOLTAGE_TOLERANCE_PU)
     loading = np.asarray(line_loading_percent, dtype=float)
     loaded = loading[np.isfinite(loading)]
-    trafo = np.asarray(trafo_loading_percent, dtype=float)
-    trafo = trafo[np.isfinite(trafo)]
+    trafo_all = np.asarray(trafo_loading_percent, dtype=float)
+    trafo = trafo_all[np.isfinite(trafo_all)]
     return FlowSummary(
         vm_min_pu=float(vm[energised].min()) if energised.any() else math.nan,
         vm_max_pu=float(vm[energised].max()) if energised.any() else math.nan,
@@ -147,4 +149,6 @@ def summarize_flow(
         lines_outside=int((loaded > 100.0 + LOADING_TOLERANCE_PERCENT).sum()),
         transformer_loading_max_percent=float(trafo.max()) if trafo.size else 0.0,
         transformers_outside=int((trafo > 100.0 + LOADING_TOLERANCE_PERCENT).sum()),
+        line_loading_max_position=int(np.nanargmax(loading)) if loaded.size else None,
+        transformer_loading_max_position=int(np.nanargmax(trafo_all)) if trafo.size else None,
     )

@@ -473,6 +473,10 @@ class NetworkCycle(BaseModel):
     transformer_loading_max_percent_after: float | None = None
     transformers_outside_before: int | None = Field(None, description="Transformers loaded above 100 %")
     transformers_outside_after: int | None = None
+    most_loaded_line_before: int | None = Field(None, description="The network's index of the most loaded line")
+    most_loaded_line_after: int | None = None
+    most_loaded_transformer_before: str | None = Field(None, description="The transformer_id of the most loaded one")
+    most_loaded_transformer_after: str | None = None
     agents_placed: int = Field(0, description="Agents whose net power entered the power flow at their bus")
     agents_unplaced: list[str] = Field(default_factory=list, description="Agents with no bus or one the network lacks")
     powerflow_ms: float = Field(0.0, description="Time spent in both power flows")

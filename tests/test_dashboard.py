@@ -145,3 +145,9 @@ def test_cycle_history_is_bounded():
         )
     assert [row["cycle"] for row in history.since(0)] == [4, 5, 6, 7, 8]
     assert [row["cycle"] for row in history.since(6)] == [7, 8]
+
+
+async def test_dashboard_data_without_a_network_has_none(feeder):
+    await feeder.coordinate()
+    data = (await feeder.client.get("/dashboard/data")).json()
+    assert data["network"] is None and data["history"][0]["network"] is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from pytest import approx
 
-from tests.test_e2e import HOST, REGISTER_TIMEOUT_S, coordinate, free_port, registered, spawn, wait_until  # noqa: F401 (spawn is a fixture)
+from tests.test_e2e import HOST, REGISTER_TIMEOUT_S, ROOT, coordinate, free_port, registered, spawn, wait_until  # noqa: F401 (spawn is a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -139,3 +140,60 @@ def test_dashboard_shows_live_numbers_that_match_status(spawn, browser, tmp_path
     assert elsewhere == [], f"the page asked other hosts: {elsewhere}"
     assert errors == [], f"the page logged errors: {errors}"
     assert page.inner_text("#connection") == "live"
+
+
+def test_dashboard_draws_the_network_of_a_network_run(browser, tmp_path):
+    pytest.importorskip("pandapower", reason="--network needs pandapower: pip install -r requirements.txt")
+    from tests.test_e2e import child_env, coordinator_command, free_port_block, stop
+    from tests.test_network import RURAL1, RURAL1_PEAK_PV
+
+    base = free_port_block(4)
+    flags = ["--network", RURAL1, "--start", RURAL1_PEAK_PV, "--cycles", "2", "--interval", "0"]
+    output = (tmp_path / "coordinator.out").open("w", encoding="utf-8")
+    coordinator = subprocess.Popen(
+        coordinator_command(tmp_path, base, *flags),
+        cwd=ROOT,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env=child_env(),
+    )
+    grid_url = f"http://{HOST}:{base}"
+
+    def two_cycles() -> bool:
+        try:
+            last = httpx.get(f"{grid_url}/status", timeout=2).json()["last_cycle"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return False
+        return last is not None and last["cycle"] == 2
+
+    try:
+        assert wait_until(two_cycles, 180), (tmp_path / "coordinator.out").read_text()[-2000:]
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{grid_url}/dashboard?poll_ms=200")
+        expect(page.locator("body")).to_have_attribute("data-cycle", "2", timeout=WAIT_MS)
+        expect(page.locator("#network-card")).to_be_visible()
+        report = httpx.get(f"{grid_url}/status", timeout=5).json()["last_cycle"]["network"]
+        assert number(page, "#vm-max-before") == approx(report["vm_max_pu_before"], abs=5e-5)
+        assert number(page, "#vm-min-after") == approx(report["vm_min_pu_after"], abs=5e-5)
+        assert page.inner_text("#network-name") == RURAL1
+        # the graph: 15 buses as markers; the profile: a feeder to the highest and one to the lowest voltage, each
+        # with its limit; the band over time: lowest and highest, before and after
+        expect(page.locator("#network-graph .scatterlayer .trace:last-child .points path")).to_have_count(
+            15, timeout=WAIT_MS
+        )
+        expect(page.locator("#voltage-profile .scatterlayer .trace")).to_have_count(4, timeout=WAIT_MS)
+        expect(page.locator("#voltage-band .scatterlayer .trace")).to_have_count(4, timeout=WAIT_MS)
+        # 5 batteries: their names in a legend under the plot, not over it
+        expect(page.locator("#soc-chart .legend .traces")).to_have_count(5, timeout=WAIT_MS)
+        plot = page.locator("#soc-chart .nsewdrag").first.bounding_box()
+        legend = page.locator("#soc-chart .legend").bounding_box()
+        assert legend["y"] >= plot["y"] + plot["height"] - 1
+        shot = tmp_path / "dashboard-network.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"dashboard screenshot: {shot}")
+        assert errors == [], f"the page logged errors: {errors}"
+    finally:
+        stop(coordinator, grace_s=15)
+        output.close()

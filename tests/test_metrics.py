@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import httpx
 import prometheus_client
 import pytest
@@ -204,3 +206,48 @@ def test_fallbacks_are_labelled_by_the_kind_the_cycle_carries():
 )
 def test_peer_error_kind(exc, kind):
     assert peer_error_kind(exc) == kind
+
+
+# -- with a network ------------------------------------------------------------------------------
+async def test_network_metrics_follow_the_cycle_before_and_after(tmp_path, monkeypatch):
+    pytest.importorskip("pandapower", reason="--network needs pandapower: pip install -r requirements.txt")
+    from agents.network.load import load_network
+    from agents.network.powerflow import PowerFlow, PowerFlowError
+    from tests.test_network import RURAL1, network_grid
+
+    # a tight upper limit at LV buses, so that the uncoordinated noon breaks voltage limits too
+    async with network_grid(tmp_path, load_network(RURAL1), planner="rule", vm_max_pu=1.03) as client:
+        start = scrape(await get_metrics(client))
+        assert value(start, "ems_network_powerflow_failures_total", when="before") == 0
+        assert value(start, "ems_network_replans_total") == 0
+        result = (await client.post("/coordinate")).json()
+        s = scrape(await get_metrics(client))
+        network = result["network"]
+        for when in ("before", "after"):
+            assert value(s, "ems_network_bus_voltage_min_pu", when=when) == approx(network[f"vm_min_pu_{when}"])
+            assert value(s, "ems_network_bus_voltage_max_pu", when=when) == approx(network[f"vm_max_pu_{when}"])
+            assert value(s, "ems_network_line_loading_max_percent", when=when) == approx(
+                network[f"line_loading_max_percent_{when}"]
+            )
+            assert value(s, "ems_network_transformer_loading_max_percent", when=when) == approx(
+                network[f"transformer_loading_max_percent_{when}"]
+            )
+            assert value(s, "ems_network_buses_outside_limits", when=when) == network[f"buses_outside_{when}"]
+            assert value(s, "ems_network_lines_outside_limits", when=when) == network[f"lines_outside_{when}"]
+        assert value(s, "ems_network_buses_outside_limits", when="before") > 0
+        assert value(s, "ems_network_replans_total") == (1 if network["replanned"] else 0)
+
+        def diverge(self, p_kw, q_kvar):
+            raise PowerFlowError("Iteration failed to converge after 30 iterations")
+
+        monkeypatch.setattr(PowerFlow, "solve", diverge)
+        assert (await client.post("/coordinate")).json()["network"]["converged"] is False
+        s = scrape(await get_metrics(client))
+    assert value(s, "ems_network_powerflow_failures_total", when="before") == 1
+    assert value(s, "ems_network_powerflow_failures_total", when="after") == 1
+    assert math.isnan(value(s, "ems_network_bus_voltage_max_pu", when="after"))
+
+
+async def test_no_network_metrics_without_a_network(feeder):
+    await feeder.coordinate()
+    assert not any(name.startswith("ems_network") for name in families(await get_metrics(feeder.client)))

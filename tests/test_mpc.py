@@ -11,7 +11,7 @@ import pytest
 from agents.common.settings import HomeSettings
 from agents.device.home import HomeAgent
 from agents.planners import PLANNERS, AgentFlex, Plan, Snapshot, TransformerSnapshot, plan_optimal
-from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonProblem, solve_horizon
+from agents.planners.horizon import HorizonBattery, HorizonFlex, HorizonNetwork, HorizonProblem, solve_horizon
 from agents.planners.mpc import MpcPlanner
 from agents.planners.snapshot import build_snapshot
 from models.schemas import (
@@ -72,6 +72,60 @@ def test_solve_horizon_three_steps_pre_discharges_for_the_peak():
     assert solution.energy_kwh[0] == pytest.approx([9.0, 6.4, 10.0, 10.0], abs=KW_TOL)
     assert solution.curtail_kw[0] == pytest.approx([0.0, 0.0, 0.0], abs=KW_TOL)
     assert solution.cost == pytest.approx(6.08, abs=1e-6)
+
+
+def test_solve_horizon_network_rows_bind_where_the_transformer_does_not():
+    """A bus 0.01 p.u. above its limit at step 1 only, -0.001 p.u. per kW of net power at it (the transformer far
+    from its rating). The battery there (half full, 5 kW) charges 5 kW first, as driving it is cheaper than
+    curtailing; solar curtails the other 5 kW. Step 0's row is inside its limit and stays there; the battery,
+    which could not have made room earlier at a lower cost, idles then."""
+    network = HorizonNetwork(
+        step=np.array([0, 1]),
+        value=np.array([1.04, 1.06]),
+        lower=np.array([0.9, 0.9]),
+        upper=np.array([1.05, 1.05]),
+        battery_sensitivity=np.array([[-0.001], [-0.001]]),
+        flex_sensitivity=np.array([[-0.001], [-0.001]]),
+        slack_cost=np.array([1e7, 1e7]),
+    )
+    problem = HorizonProblem(
+        step_s=3600.0,
+        loading_kw=np.array([[-20.0, -20.0]]),
+        rating_kw=np.array([100.0]),
+        reverse_limit_kw=np.array([100.0]),
+        batteries=[battery([0.0, 0.0], energy_kwh=5.0)],
+        flex=[HorizonFlex(0, np.full(2, 20.0), np.zeros(2))],
+        network=network,
+    )
+    solution = solve_horizon(problem)
+    assert solution.battery_power_kw[0] == pytest.approx([0.0, 5.0], abs=KW_TOL)
+    assert solution.curtail_kw[0] == pytest.approx([0.0, 5.0], abs=KW_TOL)
+    assert solution.network_outside == pytest.approx([0.0, 0.0], abs=1e-9)
+    without = solve_horizon(HorizonProblem(**{**problem.__dict__, "network": None}))
+    assert without.curtail_kw.sum() == pytest.approx(0.0, abs=KW_TOL) and without.network_outside is None
+
+
+def test_solve_horizon_network_rows_left_outside_go_to_slack():
+    network = HorizonNetwork(
+        step=np.array([0]),
+        value=np.array([1.08]),
+        lower=np.array([0.9]),
+        upper=np.array([1.05]),
+        battery_sensitivity=np.zeros((1, 0)),
+        flex_sensitivity=np.array([[-0.001]]),
+        slack_cost=np.array([1e7]),
+    )
+    problem = HorizonProblem(
+        step_s=3600.0,
+        loading_kw=np.array([[-20.0]]),
+        rating_kw=np.array([100.0]),
+        reverse_limit_kw=np.array([100.0]),
+        flex=[HorizonFlex(0, np.array([20.0]), np.zeros(1))],
+        network=network,
+    )
+    solution = solve_horizon(problem)
+    assert solution.curtail_kw[0] == pytest.approx([20.0], abs=KW_TOL)  # all it can, and 0.01 p.u. left over
+    assert solution.network_outside == pytest.approx([0.01], abs=1e-9)
 
 
 def test_solve_horizon_following_setpoints_costs_nothing():

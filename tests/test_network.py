@@ -6,6 +6,7 @@ them for the process, too).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import subprocess
@@ -28,11 +29,13 @@ from agents.battery import create_app as create_battery_app
 from agents.common.scenario import load_scenario
 from agents.common.settings import StartupError
 from agents.cycle.grid_agent import GridAgent
+from agents.cycle.network import NetworkMonitor
 from agents.grid import create_app as create_grid_app
 from agents.home import create_app as create_home_app
 from agents.network.feeder import network_feeder, prepare_network_run
 from agents.network.load import load_network
 from agents.network.powerflow import PowerFlow, PowerFlowError
+from agents.network.sensitivity import sensitivities
 from models.schemas import AgentReport
 from tests.conftest import HostRouter, make_battery_settings, make_grid_settings, make_home_settings
 from tests.test_e2e import ROOT, child_env, coordinator_command, free_port_block
@@ -251,8 +254,9 @@ async def test_network_homes_host_from_their_profile_row(lv_networks, tmp_path):
 
 
 # -- a cycle on a network ------------------------------------------------------------------------------
-async def run_network_cycle(tmp_path, network, **grid):
-    """One cycle of the rural1 feeder at peak PV, in process; answers (result, GET /network, GET /agents)."""
+@contextlib.asynccontextmanager
+async def network_grid(tmp_path, network, **grid):
+    """The rural1 feeder at peak PV, in process, its 33 agents registered: yields a client of the grid agent."""
     feeder = network_feeder(network, tmp_path / "network")
     path = tmp_path / "feeder.toml"
     path.write_text(feeder.scenario.to_toml(), encoding="utf-8")
@@ -269,6 +273,12 @@ async def run_network_cycle(tmp_path, network, **grid):
         ]
         body = {"reports": [r.model_dump(mode="json") for r in reports]}
         assert (await c.post("/registrations", json=body)).json() == {"registered": 33}
+        yield c
+
+
+async def run_network_cycle(tmp_path, network, **grid):
+    """One cycle of the rural1 feeder at peak PV, in process; answers (result, GET /network, GET /agents)."""
+    async with network_grid(tmp_path, network, **grid) as c:
         response = await c.post("/coordinate")
         assert response.status_code == 200, response.text
         return response.json(), (await c.get("/network")).json(), (await c.get("/agents")).json()
@@ -300,6 +310,7 @@ async def test_cycle_at_peak_pv_breaks_a_limit_and_says_so(lv_networks, tmp_path
     ):
         assert report[field] is not None, field
     assert report["vm_max_pu_after"] < report["vm_max_pu_before"]  # curtailing PV lowers the voltage rise
+    assert report["most_loaded_transformer_before"] == transformer["transformer_id"]
 
     # GET /network: every bus, line and transformer as of the power flow after acting
     assert (network["network"], network["cycle"], network["converged"]) == (RURAL1, 1, True)
@@ -310,6 +321,9 @@ async def test_cycle_at_peak_pv_breaks_a_limit_and_says_so(lv_networks, tmp_path
     assert (bus["min_vm_pu"], bus["max_vm_pu"]) == (0.9, 1.1)
     assert max(b["vm_pu"] for b in network["buses"]) == pytest.approx(report["vm_max_pu_after"])
     assert set(network["lines"][0]) == {"line", "from_bus", "to_bus", "loading_percent"}
+    most_loaded = max(network["lines"], key=lambda line: line["loading_percent"])
+    assert report["most_loaded_line_after"] == most_loaded["line"]
+    assert most_loaded["loading_percent"] == pytest.approx(report["line_loading_max_percent_after"])
     (trafo,) = network["transformers"]
     assert trafo["transformer"] == 0 and trafo["name"] == "MV1.101-LV1.101-Trafo 1"
     assert trafo["loading_percent"] == pytest.approx(transformer["loading_percent_after"])
@@ -318,6 +332,42 @@ async def test_cycle_at_peak_pv_breaks_a_limit_and_says_so(lv_networks, tmp_path
     assert all(b["p_kw"] == 0.0 and b["q_kvar"] == 0.0 for b in network["buses"] if b["bus"] not in with_agents)
     assert sum(b["p_kw"] for b in network["buses"]) == pytest.approx(transformer["loading_after_kw"])
     assert {a["agent_id"]: a["bus"] for a in agents}["lv1_101_load_2"] == 8
+
+
+async def test_dashboard_data_draws_the_network_and_its_worst_feeders(lv_networks, tmp_path):
+    async with network_grid(tmp_path, lv_networks[RURAL1], planner="rule") as c:
+        assert (await c.get("/dashboard/data")).json()["network"]["cycle"] == 0  # the unloaded network, at start
+        result = (await c.post("/coordinate")).json()
+        data = (await c.get("/dashboard/data")).json()
+        network = (await c.get("/network")).json()
+        quiet = (await c.get("/dashboard/data", params={"since": 1, "run": data["run_id"]})).json()
+        (await c.post("/coordinate")).raise_for_status()
+        update = (await c.get("/dashboard/data", params={"since": 1, "run": data["run_id"]})).json()
+    net = data["network"]
+    assert (net["network"], net["cycle"], net["converged"]) == (RURAL1, 1, True)
+    assert net["vm_pu"] == [b["vm_pu"] for b in network["buses"]]
+    assert net["line_loading_percent"] == [line["loading_percent"] for line in network["lines"]]
+    assert net["transformer_loading_percent"] == [t["loading_percent"] for t in network["transformers"]]
+    topology = net["topology"]
+    assert topology["layout"] == "geodata"  # SimBench ships coordinates for every bus
+    assert topology["bus"] == [b["bus"] for b in network["buses"]] and len(topology["x"]) == 15
+    ends = [[topology["bus"][k] for k in pair] for pair in topology["line_ends"]]
+    assert ends == [[line["from_bus"], line["to_bus"]] for line in network["lines"]]
+    # the feeders run from the transformer's LV busbar out to the buses of highest and lowest voltage
+    feeders = {f["to"]: f for f in net["feeders"]}
+    assert set(feeders) == {"highest", "lowest"}
+    lv = [v for v, kv in zip(net["vm_pu"], topology["vn_kv"], strict=True) if kv < 1]  # behind the transformer
+    assert net["vm_pu"][feeders["highest"]["buses"][-1]] == max(lv)
+    assert net["vm_pu"][feeders["lowest"]["buses"][-1]] == min(lv)
+    (trafo_ends,) = topology["transformer_ends"]
+    assert feeders["highest"]["buses"][0] == trafo_ends[1] and feeders["highest"]["distance_ohm"][0] == 0
+    assert feeders["highest"]["distance_ohm"] == sorted(feeders["highest"]["distance_ohm"])
+    # each history row keeps the cycle's voltage band; nothing new, no network; a new cycle, no topology again
+    row = data["history"][-1]["network"]
+    assert row["vm_max_pu_before"] == result["network"]["vm_max_pu_before"]
+    assert row["vm_min_pu_after"] == result["network"]["vm_min_pu_after"]
+    assert quiet["history"] == [] and quiet["network"] is None
+    assert update["network"]["cycle"] == 2 and "topology" not in update["network"]
 
 
 async def test_voltage_limits_and_cosphi_p_at_peak_pv(lv_networks, tmp_path):
@@ -344,6 +394,59 @@ async def test_failed_power_flow_is_reported_and_the_cycle_goes_on(lv_networks, 
     assert transformer["loading_percent_before"] is None
     assert transformer["state_before"] == "reverse_power_flow"  # the transformer-only assessment stands
     assert network["converged"] is False and network["buses"][1]["vm_pu"] is None
+
+
+def test_sensitivities_perturb_only_the_lv_grids_near_their_limits(tmp_path):
+    net = pp.create_empty_network(name="two LV grids")
+    mv = pp.create_bus(net, 20.0, name="MV")
+    pp.create_ext_grid(net, mv, vm_pu=1.02)
+    houses = []
+    for grid in ("A", "B"):
+        busbar = pp.create_bus(net, 0.4, name=f"{grid} busbar")
+        house = pp.create_bus(net, 0.4, name=f"{grid} house")
+        pp.create_transformer(net, mv, busbar, std_type="0.4 MVA 20/0.4 kV", name=f"T {grid}")
+        pp.create_line(net, busbar, house, 0.2, std_type="NAYY 4x150 SE")
+        pp.create_load(net, house, p_mw=0.004)
+        houses.append(house)
+    monitor = NetworkMonitor(make_grid_settings(tmp_path, network=str(write_net(tmp_path, net))))
+    columns = np.array([monitor._position[h] for h in houses])
+    buses, lines, trafos = np.zeros(5, dtype=bool), np.zeros(2, dtype=bool), np.zeros(2, dtype=bool)
+
+    def near(bus=(), line=(), trafo=()):
+        b, ln, t = buses.copy(), lines.copy(), trafos.copy()
+        b[list(bus)], ln[list(line)], t[list(trafo)] = True, True, True
+        perturbed, source = monitor.perturbation(columns, b, ln, t)
+        return [int(monitor.buses[perturbed[k]]) if k >= 0 else None for k in source]
+
+    a, b = houses
+    assert near(bus=[monitor._position[a]]) == [a, None]  # A's house: only A's agents, B's read 0
+    assert near(line=[1], trafo=[0]) == [a, b]  # B's line and A's transformer
+    assert near(trafo=[1]) == [None, b]
+    # the MV bus: every agent moves it; those of a grid with nothing near take their LV busbar's sensitivity
+    busbars = net.trafo["lv_bus"].tolist()
+    assert near(bus=[monitor._position[mv]]) == busbars
+    assert near(bus=[monitor._position[mv], monitor._position[b]]) == [busbars[0], b]
+
+
+def test_an_lv_grids_busbar_stands_for_its_agents_at_mv(tmp_path):
+    """What the shared column assumes: an MV bus and MV line see an LV house's kW as they see its busbar's, within
+    10 % (the LV grid's marginal losses: 6 % here, a house exporting 60 kW at the end of a 200 m cable)."""
+    net = pp.create_empty_network(name="MV line, one LV grid")
+    slack = pp.create_bus(net, 20.0, name="substation")
+    mv = pp.create_bus(net, 20.0, name="MV node")
+    busbar = pp.create_bus(net, 0.4, name="busbar")
+    house = pp.create_bus(net, 0.4, name="house")
+    pp.create_ext_grid(net, slack, vm_pu=1.02)
+    pp.create_line(net, slack, mv, 5.0, std_type="NA2XS2Y 1x95 RM/25 12/20 kV")
+    pp.create_transformer(net, mv, busbar, std_type="0.4 MVA 20/0.4 kV")
+    pp.create_line(net, busbar, house, 0.2, std_type="NAYY 4x150 SE")
+    pp.create_load(net, house, p_mw=0.004)
+    flow = PowerFlow(load_network(write_net(tmp_path, net)).net)
+    p_kw, q_kvar = np.array([0.0, 0.0, 0.0, -60.0]), np.zeros(4)  # the house exports 60 kW
+    sens = sensitivities(flow, p_kw, q_kvar, np.array([2, 3]))  # busbar, house
+    assert sens.vm[1, 1] == pytest.approx(sens.vm[1, 0], rel=0.1)  # the MV node's voltage
+    assert sens.line[0, 1] == pytest.approx(sens.line[0, 0], rel=0.1)  # the MV line's loading
+    assert abs(sens.vm[3, 1]) > 5 * abs(sens.vm[3, 0])  # at the house itself, its own column is what counts
 
 
 async def test_get_network_without_a_network_is_a_404(feeder):
@@ -375,6 +478,7 @@ def test_coordinator_runs_a_simbench_grid(lv_networks, tmp_path):
     network = write_net(tmp_path, lv_networks[RURAL1].net, "rural1.json")
     base = free_port_block(4)
     flags = ["--network", str(network), "--start", RURAL1_PEAK_PV, "--cycles", "2", "--interval", "0", "--exit"]
+    flags += ["--report", str(tmp_path / "report")]
     command = coordinator_command(tmp_path, base, *flags)
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=180, env=child_env())
     assert result.returncode == 0, result.stdout + result.stderr
@@ -385,5 +489,19 @@ def test_coordinator_runs_a_simbench_grid(lv_networks, tmp_path):
     assert grid_log["cycle"].tolist() == [1, 2]
     assert (grid_log["agents_reporting"] == 33).all() and (grid_log["network_converged"] == 1).all()
     assert (grid_log["loading_percent_before"] > 100).all()  # the uncoordinated noon of May overloads it
+    assert (grid_log["most_loaded_transformer_before"] == "mv1_101_lv1_101_trafo_1").all()
+    assert (grid_log["vm_max_pu_before"] > grid_log["vm_max_pu_after"]).all()
     home_log = pd.read_csv(logs / "lv1_101_load_2_log.csv")
     assert home_log["timestamp"].tolist() == ["2016-05-20T12:00:00", "2016-05-20T12:15:00"]
+    # the run summary, the report's summary and its cycles carry the power flows; the voltage plot is drawn
+    assert "highest bus voltage" in result.stdout and "network V " in result.stdout, result.stdout
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
+    kpis = summary["kpis"]["network"]
+    assert kpis["cycles"] == 2 and kpis["power_flows_failed"] == 0
+    assert kpis["transformer_loading_max_percent_before"] > 100
+    assert kpis["hours_transformers_outside_before"] == 0.5
+    assert kpis["most_loaded_transformer_before"] == "mv1_101_lv1_101_trafo_1"
+    assert {(g["min_vm_pu"], g["max_vm_pu"]) for g in summary["voltage_limits"]} == {(0.9, 1.1), (0.965, 1.055)}
+    assert (tmp_path / "report" / "voltage.png").stat().st_size > 10_000
+    first = json.loads((tmp_path / "report" / "cycles.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["network"]["vm_max_pu_after"] == pytest.approx(grid_log["vm_max_pu_after"][0])

@@ -97,3 +97,4 @@ def test_summarize_flow_counts_what_is_outside():
     assert summary.buses_outside == 2  # the unenergised bus is not counted
     assert (summary.lines_outside, summary.line_loading_max_percent) == (1, 101.0)
     assert (summary.transformers_outside, summary.transformer_loading_max_percent) == (1, 130.0)
+    assert (summary.line_loading_max_position, summary.transformer_loading_max_position) == (1, 1)

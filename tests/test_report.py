@@ -17,7 +17,17 @@ from pytest import approx
 from rich.console import Console
 
 from agents.coordinator.progress import LINES_UP_TO_CYCLES, cycle_display, uses_progress_bar
-from agents.coordinator.report import PLOTS, run_kpis, summary_rows, transformer_kpis, write_report
+from agents.coordinator.report import (
+    PLOTS,
+    VOLTAGE_PLOT,
+    network_kpis,
+    network_line,
+    run_kpis,
+    summary_rows,
+    transformer_kpis,
+    voltage_limits,
+    write_report,
+)
 from tests.test_e2e import (
     ROOT,
     child_env,
@@ -187,6 +197,115 @@ def test_write_report_of_no_cycle_still_draws(tmp_path):
     write_report(tmp_path, [], [])
     for name in PLOTS:
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+
+
+# -- a run on a network ----------------------------------------------------------------------------
+def network_block(vm_before, vm_after, line_before, line_after, buses_outside, lines_outside=(0, 0), **extra) -> dict:
+    """A cycle's ``network``: (min, max) voltages, the most loaded line as (index, percent), counts before/after."""
+    return {
+        "converged": True,
+        "error": None,
+        "vm_min_pu_before": vm_before[0],
+        "vm_max_pu_before": vm_before[1],
+        "vm_min_pu_after": vm_after[0],
+        "vm_max_pu_after": vm_after[1],
+        "line_loading_max_percent_before": line_before[1],
+        "most_loaded_line_before": line_before[0],
+        "line_loading_max_percent_after": line_after[1],
+        "most_loaded_line_after": line_after[0],
+        "transformer_loading_max_percent_before": 130.0,
+        "most_loaded_transformer_before": "trafo_1",
+        "transformer_loading_max_percent_after": 99.0,
+        "most_loaded_transformer_after": "trafo_1",
+        "buses_outside_before": buses_outside[0],
+        "buses_outside_after": buses_outside[1],
+        "lines_outside_before": lines_outside[0],
+        "lines_outside_after": lines_outside[1],
+        "transformers_outside_before": 1,
+        "transformers_outside_after": 0,
+        "powerflow_ms": 1.5,
+        "replanned": False,
+        **extra,
+    }
+
+
+NETWORK_CYCLES = [
+    {**CYCLES[0], "network": network_block((0.99, 1.06), (0.99, 1.04), (3, 80.0), (3, 60.0), (2, 0), (0, 0))},
+    {
+        **CYCLES[1],
+        "network": network_block((0.95, 1.03), (0.97, 1.02), (5, 110.0), (5, 95.0), (1, 1), (1, 0), replanned=True),
+    },
+    {
+        **CYCLES[1],
+        "cycle": 3,
+        "timestamp": "2025-07-15T12:30:00",
+        "network": {"converged": False, "error": "before: Iteration failed to converge", "powerflow_ms": 2.5},
+    },
+]
+NETWORK_STATE = {
+    "buses": [
+        {"bus": 0, "vn_kv": 20.0, "min_vm_pu": 0.965, "max_vm_pu": 1.055},
+        *({"bus": k, "vn_kv": 0.4, "min_vm_pu": 0.9, "max_vm_pu": 1.1} for k in range(1, 4)),
+    ]
+}
+
+
+def test_network_kpis_extremes_and_hours_outside_before_and_after():
+    n = network_kpis(NETWORK_CYCLES)
+    assert (n["cycles"], n["power_flows_failed"], n["replans"]) == (3, 1, 1)
+    assert (n["vm_min_pu_before"], n["vm_max_pu_before"]) == (0.95, 1.06)
+    assert (n["vm_min_pu_after"], n["vm_max_pu_after"]) == (0.97, 1.04)
+    assert (n["line_loading_max_percent_before"], n["most_loaded_line_before"]) == (110.0, 5)
+    assert (n["line_loading_max_percent_after"], n["most_loaded_line_after"]) == (95.0, 5)
+    assert n["most_loaded_transformer_before"] == "trafo_1" and n["transformer_loading_max_percent_after"] == 99.0
+    assert (n["buses_outside_max_before"], n["buses_outside_max_after"]) == (2, 1)
+    assert (n["lines_outside_max_before"], n["lines_outside_max_after"]) == (1, 0)
+    # 15-minute steps: a bus outside in both converged cycles before, in one after; a line only before
+    assert (n["hours_buses_outside_before"], n["hours_buses_outside_after"]) == (0.5, 0.25)
+    assert (n["hours_lines_outside_before"], n["hours_lines_outside_after"]) == (0.25, 0.0)
+    assert (n["hours_transformers_outside_before"], n["hours_transformers_outside_after"]) == (0.5, 0.0)
+    assert (n["hours_any_outside_before"], n["hours_any_outside_after"]) == (0.5, 0.25)
+    assert network_kpis(CYCLES) is None and run_kpis(CYCLES)["network"] is None
+
+
+def test_summary_rows_show_the_network_after_and_before():
+    rows = {figure: (after, before) for figure, after, before in summary_rows(run_kpis(NETWORK_CYCLES))}
+    assert rows["highest bus voltage (p.u.)"] == ("1.0400", "1.0600")
+    assert rows["most loaded line (%)"] == ("95.0", "110.0") and rows["  which line"] == ("5", "5")
+    assert rows["most loaded transformer (%)"] == ("99.0", "130.0") and rows["  which transformer"][0] == "trafo_1"
+    assert rows["hours with a bus outside its limits"] == ("0.25", "0.5")
+    assert rows["power flows that failed (cycles)"][0] == "1"
+    assert rows["cycles planned twice (re-plans)"][0] == "1"
+    assert "lowest bus voltage (p.u.)" not in [figure for figure, _, _ in summary_rows(run_kpis(CYCLES))]
+
+
+def test_network_line_says_before_and_after():
+    line = network_line(NETWORK_CYCLES[1]["network"])
+    assert line == (
+        "V 0.9500-1.0300 -> 0.9700-1.0200 p.u.; line max 110.0 -> 95.0 %; outside: buses 1 -> 1, lines 1 -> 0;"
+        " planned twice"
+    )
+    assert network_line(NETWORK_CYCLES[2]["network"]) == "power flow failed: before: Iteration failed to converge"
+
+
+def test_voltage_limits_group_the_buses():
+    assert voltage_limits(NETWORK_STATE) == [
+        {"min_vm_pu": 0.9, "max_vm_pu": 1.1, "vn_kv": [0.4], "buses": 3},
+        {"min_vm_pu": 0.965, "max_vm_pu": 1.055, "vn_kv": [20.0], "buses": 1},
+    ]
+    assert voltage_limits(None) == []
+
+
+def test_write_report_of_a_network_run_has_the_voltage_plot(tmp_path):
+    written = write_report(tmp_path, NETWORK_CYCLES, HISTORY, {"cycles": 3}, NETWORK_STATE)
+    assert {p.name for p in written} == {"summary.json", "cycles.jsonl", *PLOTS, VOLTAGE_PLOT}
+    assert_nontrivial_png(tmp_path / VOLTAGE_PLOT)
+    summary = json.loads((tmp_path / "summary.json").read_text(encoding="utf-8"))
+    assert summary["kpis"]["network"]["hours_any_outside_after"] == 0.25
+    assert summary["voltage_limits"][0]["max_vm_pu"] == 1.1
+    cycles = [json.loads(line) for line in (tmp_path / "cycles.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert cycles[0]["network"]["most_loaded_line_after"] == 3
+    assert VOLTAGE_PLOT not in {p.name for p in write_report(tmp_path / "plain", CYCLES, HISTORY)}
 
 
 # -- how cycles are shown ------------------------------------------------------------------------

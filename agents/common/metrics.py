@@ -18,6 +18,11 @@ Grid agent                                   Home and battery agents
   ems_planner_fallbacks_total{kind}
   ems_peer_errors_total{peer,kind}
   ems_agents_registered, ems_agents_healthy, ems_agent_up{agent_id,agent_type,transformer_id}
+  with --network, each of the last cycle's power flows (when = before planning | after acting):
+  ems_network_bus_voltage_min_pu{when}, ems_network_bus_voltage_max_pu{when}
+  ems_network_line_loading_max_percent{when}, ems_network_transformer_loading_max_percent{when}
+  ems_network_buses_outside_limits{when}, ems_network_lines_outside_limits{when}
+  ems_network_powerflow_failures_total{when}, ems_network_replans_total
 """
 
 from __future__ import annotations
@@ -100,6 +105,9 @@ class AgentMetrics:
 class GridMetrics(AgentMetrics):
     """The grid agent's metrics: cycles, loadings, plans; registered agents read at scrape time."""
 
+    #: The network's gauges by NetworkCycle figure (without its _before/_after); None until enable_network.
+    network_gauges: dict[str, Gauge] | None = None
+
     def __init__(self, agents: Callable[[], Iterable[AgentRecord]]) -> None:
         super().__init__()
         r = self.registry
@@ -181,6 +189,77 @@ class GridMetrics(AgentMetrics):
                     self._child(self.outside_limits, tid, when)  # the series exists from the first cycle, at 0
         for action in result.actions:
             self.command(action.action, action.status)
+
+    def enable_network(self) -> None:
+        """Register the network's metrics (a grid agent with ``--network``); ``observe_network`` fills them."""
+        r = self.registry
+        when = ["when"]
+        self.network_gauges = {
+            "vm_min_pu": Gauge(
+                "ems_network_bus_voltage_min_pu",
+                "Lowest bus voltage of the last cycle's power flow (p.u.; NaN when it failed)",
+                when,
+                registry=r,
+            ),
+            "vm_max_pu": Gauge(
+                "ems_network_bus_voltage_max_pu",
+                "Highest bus voltage of the last cycle's power flow (p.u.; NaN when it failed)",
+                when,
+                registry=r,
+            ),
+            "line_loading_max_percent": Gauge(
+                "ems_network_line_loading_max_percent",
+                "Loading of the most loaded line in the last cycle's power flow (percent of its rating)",
+                when,
+                registry=r,
+            ),
+            "transformer_loading_max_percent": Gauge(
+                "ems_network_transformer_loading_max_percent",
+                "AC loading of the most loaded transformer in the last cycle's power flow (percent of its rating)",
+                when,
+                registry=r,
+            ),
+            "buses_outside": Gauge(
+                "ems_network_buses_outside_limits",
+                "Buses with a voltage outside their limits in the last cycle's power flow",
+                when,
+                registry=r,
+            ),
+            "lines_outside": Gauge(
+                "ems_network_lines_outside_limits",
+                "Lines loaded above 100 % in the last cycle's power flow",
+                when,
+                registry=r,
+            ),
+        }
+        self.powerflow_failures = Counter(
+            "ems_network_powerflow_failures",
+            "Power flows that did not converge (when: before planning, after acting)",
+            when,
+            registry=r,
+        )
+        self.replans = Counter(
+            "ems_network_replans",
+            "Cycles planned a second time because the AC check after acting found a limit broken",
+            registry=r,
+        )
+        for label in ("before", "after"):
+            self.powerflow_failures.labels(when=label)  # at 0 from the start
+
+    def observe_network(self, result: CoordinationResult) -> None:
+        """Record one cycle's power flows (nothing without ``enable_network`` or without a network block)."""
+        network = result.network
+        if network is None or self.network_gauges is None:
+            return
+        for when in ("before", "after"):
+            failed = getattr(network, f"vm_min_pu_{when}") is None
+            if failed and not network.converged:
+                self.powerflow_failures.labels(when=when).inc()
+            for key, gauge in self.network_gauges.items():
+                figure = getattr(network, f"{key}_{when}")
+                gauge.labels(when=when).set(float("nan") if figure is None else figure)
+        if network.replanned:
+            self.replans.inc()
 
     def forget_peers(self, peers: Iterable[str]) -> None:
         """Drop the series labelled with these agent ids or batch URLs (agents the registry forgot)."""

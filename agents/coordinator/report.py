@@ -5,6 +5,12 @@ cycle) and, for the state of charge, on the history rows of ``GET /dashboard/dat
 integrate each cycle's power over its simulated step (``step_s``): a transformer's import is its
 positive loading, its export its negative loading; curtailment, shedding and battery throughput
 are what the agents applied of the grid agent's commands.
+
+A run on a network (``--network``) also reports its power flows: each cycle's ``network`` block
+(lowest and highest bus voltage, most loaded line and transformer, how many buses and lines were
+outside their limits, before planning and after acting) gathered over the run, the hours with
+something outside its limits, and a plot of the voltage band against the buses' limits (those of
+``GET /network``).
 """
 
 from __future__ import annotations
@@ -23,9 +29,11 @@ from models.units import energy_kwh
 #: Step assumed for a cycle in which no agent answered (and so none said how long its step was).
 DEFAULT_STEP_S = 900.0
 SECONDS_PER_MINUTE = 60.0
+SECONDS_PER_HOUR = 3600.0
 
-#: The plots a report holds, by file name.
+#: The plots a report holds, by file name; the voltage plot only for a run on a network.
 PLOTS = ("transformer_loading.png", "soc.png", "curtailment_shedding.png")
+VOLTAGE_PLOT = "voltage.png"
 #: The most transformers drawn, one panel each, in transformer_loading.png.
 MAX_TRANSFORMER_PANELS = 12
 
@@ -97,8 +105,57 @@ def run_kpis(cycles: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "unreachable_agent_cycles": sum(len(c["unreachable"]) for c in cycles),
             "median_cycle_ms": statistics.median(durations) if durations else None,
             "max_cycle_ms": max(durations) if durations else None,
+            "network": network_kpis(cycles),
         }
     )
+    return kpis
+
+
+def network_kpis(cycles: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The run's power flows, before planning and after acting; None when no cycle carried a ``network`` block.
+
+    Extremes are over the cycles whose power flow converged (``None`` when none did); the most loaded line and
+    transformer are named at the cycle of their highest loading; ``hours_*_outside_*`` sum the steps of the cycles
+    with at least one bus, line or transformer (or any of them) outside its limits.
+    """
+    reports = [(c["network"], step_s) for c, step_s in zip(cycles, _steps_s(cycles), strict=True) if c.get("network")]
+    if not reports:
+        return None
+    kpis: dict[str, Any] = {
+        "cycles": len(reports),
+        "power_flows_failed": sum(1 for n, _ in reports if not n.get("converged", True)),
+        "replans": sum(1 for n, _ in reports if n.get("replanned")),
+        "powerflow_ms_median": statistics.median(n.get("powerflow_ms", 0.0) for n, _ in reports),
+    }
+    for when in ("before", "after"):
+
+        def figures(key: str, when: str = when) -> list[tuple[float, dict[str, Any]]]:
+            return [(n[f"{key}_{when}"], n) for n, _ in reports if n.get(f"{key}_{when}") is not None]
+
+        lows, highs = figures("vm_min_pu"), figures("vm_max_pu")
+        lines, trafos = figures("line_loading_max_percent"), figures("transformer_loading_max_percent")
+        line = max(lines, key=lambda f: f[0], default=None)
+        trafo = max(trafos, key=lambda f: f[0], default=None)
+        kpis.update(
+            {
+                f"vm_min_pu_{when}": min((v for v, _ in lows), default=None),
+                f"vm_max_pu_{when}": max((v for v, _ in highs), default=None),
+                f"line_loading_max_percent_{when}": line[0] if line else None,
+                f"most_loaded_line_{when}": line[1].get(f"most_loaded_line_{when}") if line else None,
+                f"transformer_loading_max_percent_{when}": trafo[0] if trafo else None,
+                f"most_loaded_transformer_{when}": trafo[1].get(f"most_loaded_transformer_{when}") if trafo else None,
+                f"buses_outside_max_{when}": max((v for v, _ in figures("buses_outside")), default=None),
+                f"lines_outside_max_{when}": max((v for v, _ in figures("lines_outside")), default=None),
+            }
+        )
+        outside = {"buses": 0.0, "lines": 0.0, "transformers": 0.0, "any": 0.0}
+        for n, step_s in reports:
+            hours = step_s / SECONDS_PER_HOUR
+            counts = {kind: n.get(f"{kind}_outside_{when}") or 0 for kind in ("buses", "lines", "transformers")}
+            for kind, count in counts.items():
+                outside[kind] += hours if count > 0 else 0.0
+            outside["any"] += hours if any(counts.values()) else 0.0
+        kpis.update({f"hours_{kind}_outside_{when}": hours for kind, hours in outside.items()})
     return kpis
 
 
@@ -158,7 +215,60 @@ def summary_rows(kpis: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("unreachable (agent-cycles)", str(k["unreachable_agent_cycles"]), ""),
         ("median cycle, grid agent (ms)", f"{k['median_cycle_ms']:.1f}", ""),
     ]
+    if k.get("network"):
+        rows += network_rows(k["network"])
     return rows
+
+
+def network_rows(n: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The power flows' figures as (figure, coordinated = after acting, uncoordinated = before planning) rows."""
+
+    def both(key: str, spec: str) -> tuple[str, str]:
+        return tuple(_fmt(n.get(f"{key}_{when}"), spec) for when in ("after", "before"))  # type: ignore[return-value]
+
+    return [
+        ("lowest bus voltage (p.u.)", *both("vm_min_pu", ".4f")),
+        ("highest bus voltage (p.u.)", *both("vm_max_pu", ".4f")),
+        ("most loaded line (%)", *both("line_loading_max_percent", ".1f")),
+        ("  which line", *both("most_loaded_line", "")),
+        ("most loaded transformer (%)", *both("transformer_loading_max_percent", ".1f")),
+        ("  which transformer", *both("most_loaded_transformer", "")),
+        ("most buses outside limits in a cycle", *both("buses_outside_max", "d")),
+        ("most lines above 100 % in a cycle", *both("lines_outside_max", "d")),
+        ("hours with a bus outside its limits", *both("hours_buses_outside", "g")),
+        ("hours with a line above 100 %", *both("hours_lines_outside", "g")),
+        ("hours with a transformer above 100 %", *both("hours_transformers_outside", "g")),
+        ("hours with any limit broken", *both("hours_any_outside", "g")),
+        ("power flows that failed (cycles)", str(n["power_flows_failed"]), ""),
+        ("cycles planned twice (re-plans)", str(n["replans"]), ""),
+        ("median power flow, both (ms)", f"{n['powerflow_ms_median']:.1f}", ""),
+    ]
+
+
+def network_line(n: dict[str, Any]) -> str:
+    """One cycle's ``network`` block in a line: before -> after."""
+    if not n.get("converged", True) and n.get("vm_min_pu_after") is None:
+        return f"power flow failed: {n.get('error')}"
+
+    def span(when: str) -> str:
+        return f"{_fmt(n.get(f'vm_min_pu_{when}'), '.4f')}-{_fmt(n.get(f'vm_max_pu_{when}'), '.4f')}"
+
+    def pair(key: str, spec: str) -> str:
+        return f"{_fmt(n.get(f'{key}_before'), spec)} -> {_fmt(n.get(f'{key}_after'), spec)}"
+
+    text = (
+        f"V {span('before')} -> {span('after')} p.u.; line max {pair('line_loading_max_percent', '.1f')} %; "
+        f"outside: buses {pair('buses_outside', 'd')}, lines {pair('lines_outside', 'd')}"
+    )
+    if n.get("replanned"):
+        text += "; planned twice"
+    if not n.get("converged", True):
+        text += f"; {n.get('error')}"
+    return text
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 # -- the report on disk --------------------------------------------------------------------------
@@ -167,11 +277,13 @@ def write_report(
     cycles: Sequence[dict[str, Any]],
     history: Sequence[dict[str, Any]] = (),
     run: dict[str, Any] | None = None,
+    network: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Write summary.json, cycles.jsonl and the PNG plots into ``directory``; return the paths written.
 
     ``history`` are the grid agent's dashboard rows (for the state of charge); ``run`` says how
-    the run was made (flags), and goes into summary.json as it is.
+    the run was made (flags), and goes into summary.json as it is; ``network`` is the grid agent's
+    ``GET /network`` (for the buses' voltage limits), on a run with a network.
     """
     directory.mkdir(parents=True, exist_ok=True)
     written = [
@@ -179,6 +291,9 @@ def write_report(
         _plot_soc(directory / PLOTS[1], history),
         _plot_actions(directory / PLOTS[2], cycles),
     ]
+    limits = voltage_limits(network)
+    if network is not None or any(c.get("network") for c in cycles):
+        written.append(_plot_voltage(directory / VOLTAGE_PLOT, cycles, limits))
     with (directory / "cycles.jsonl").open("w", encoding="utf-8") as out:
         for cycle in cycles:
             out.write(json.dumps(cycle, separators=(",", ":")) + "\n")
@@ -189,11 +304,27 @@ def write_report(
         "kpis": run_kpis(cycles),
         "transformers": transformer_kpis(cycles),
         "soc_agents": sorted({a for row in history for a in row.get("soc_fraction", {})}),
+        "voltage_limits": limits,
         "files": [p.name for p in written],
     }
     path = directory / "summary.json"
     path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n", encoding="utf-8")
     return [path, *written]
+
+
+def voltage_limits(network: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The distinct voltage limits of a network's buses (``GET /network``), with their nominal voltages and count."""
+    if not network:
+        return []
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    for bus in network.get("buses", []):
+        group = groups.setdefault(
+            (bus["min_vm_pu"], bus["max_vm_pu"]),
+            {"min_vm_pu": bus["min_vm_pu"], "max_vm_pu": bus["max_vm_pu"], "vn_kv": set(), "buses": 0},
+        )
+        group["vn_kv"].add(bus["vn_kv"])
+        group["buses"] += 1
+    return [{**g, "vn_kv": sorted(g["vn_kv"])} for g in sorted(groups.values(), key=lambda g: -g["buses"])]
 
 
 def _json_default(value: Any) -> Any:
@@ -335,4 +466,33 @@ def _plot_actions(path: Path, cycles: Sequence[dict[str, Any]]) -> Path:
     bottom.axhline(0.0, color="black", linewidth=0.6)
     bottom.set_ylabel("kW")
     bottom.set_title("Battery dispatch ordered by the grid agent", fontsize=11, loc="left")
+    return _finish(plt, fig, axes, xlabel, path)
+
+
+def _plot_voltage(path: Path, cycles: Sequence[dict[str, Any]], limits: Sequence[dict[str, Any]]) -> Path:
+    """The lowest and highest bus voltage of each cycle, before planning and after acting, with the buses' limits."""
+    plt, fig, axes = _figure()
+    ax = axes[0]
+    rows = [c for c in cycles if c.get("network")]
+    x, xlabel = _x(rows)
+
+    def series(key: str) -> list[float]:
+        return [math.nan if c["network"].get(key) is None else c["network"][key] for c in rows]
+
+    ax.plot(
+        x, series("vm_max_pu_before"), color="#e8a0a0", linestyle=":", linewidth=1.5, label="highest, uncoordinated"
+    )
+    ax.plot(x, series("vm_min_pu_before"), color="#9ab8e8", linestyle=":", linewidth=1.5, label="lowest, uncoordinated")
+    ax.plot(x, series("vm_max_pu_after"), color="#c62828", linewidth=2, label="highest bus voltage")
+    ax.plot(x, series("vm_min_pu_after"), color="#1f6feb", linewidth=2, label="lowest bus voltage")
+    styles = ("--", "-.", (0, (1, 1)))
+    for group, style in zip(limits, styles, strict=False):  # the commonest limits first; three kinds at most
+        kv = ", ".join(f"{v:g}" for v in group["vn_kv"])
+        for key in ("min_vm_pu", "max_vm_pu"):
+            ax.axhline(group[key], color="#5f6b7a", linestyle=style, linewidth=1.1)
+        ax.plot([], [], color="#5f6b7a", linestyle=style, label=f"limits at {kv} kV ({group['buses']} buses)")
+    if not rows:
+        ax.text(0.5, 0.5, "no power flow in this run", ha="center", va="center", transform=ax.transAxes)
+    ax.set_ylabel("bus voltage (p.u.)")
+    ax.set_title("Lowest and highest bus voltage of each step, against the buses' limits", fontsize=11, loc="left")
     return _finish(plt, fig, axes, xlabel, path)

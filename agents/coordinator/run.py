@@ -25,7 +25,7 @@ from agents.common.scenario import Scenario, generate_feeder, load_scenario
 from agents.common.settings import ServerSettings, StartupError
 from agents.common.tls import client_ssl_context
 from agents.coordinator.progress import cycle_display
-from agents.coordinator.report import run_kpis, summary_rows, write_report
+from agents.coordinator.report import network_line, run_kpis, summary_rows, write_report
 from models.schemas import RUN_CYCLES_MAX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -519,8 +519,17 @@ class Coordinator:
             "cycles_run": len(self.stats.cycles),
             "median_round_trip_ms": statistics.median(self.stats.round_trip_ms) if self.stats.round_trip_ms else None,
         }
+        network = None
+        if self.settings.network is not None:  # the buses' voltage limits, for the voltage plot
+            try:
+                answer = self.http.get(f"{self.children[0].url}/network")
+                answer.raise_for_status()
+                network = answer.json()
+            except (httpx.HTTPError, ValueError) as exc:
+                self.errors.print(f"[yellow]warning:[/yellow] could not fetch the network for the report: {exc}")
+        run["network"] = self.settings.network
         try:
-            paths = write_report(directory, self.stats.cycles, self.stats.history, run)
+            paths = write_report(directory, self.stats.cycles, self.stats.history, run, network)
         except OSError as exc:
             self.errors.print(f"[red]error:[/red] cannot write the report into {directory}: {exc}")
             return False
@@ -547,6 +556,9 @@ class Coordinator:
                 f"    {a['agent_id']:<16} {a['action']:<18} {a['requested_kw']:6.2f} kW, applied "
                 f"{a['applied_kw']:6.2f} ({a['status']})"
             )
+        network = result.get("network")
+        if network:
+            self.console.print(f"  network {network_line(network)}")
         if result["unreachable"]:
             self.console.print(f"    [red]unreachable:[/red] {', '.join(result['unreachable'])}")
         if result.get("fallback_reason"):

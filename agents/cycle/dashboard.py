@@ -5,6 +5,11 @@ closed lab networks); it loads ``/dashboard/plotly.min.js`` (the bundle shipped 
 Python package, read once and kept in memory) and polls ``GET /dashboard/data?since=N``, which
 answers the grid agent's state as ``/status`` does plus the history of cycles after ``N`` kept in
 a bounded in-memory ``CycleHistory``.
+
+With ``--network`` the feed carries ``network``: every bus's voltage and every line's and transformer's loading
+as of the last power flow after acting (arrays aligned with the topology), and the feeder paths to the buses of
+highest and lowest voltage. The topology itself (bus names, positions, limits, which buses each line and
+transformer joins) never changes, so it is sent only with a whole history (``since=0`` or another run).
 """
 
 from __future__ import annotations
@@ -14,21 +19,35 @@ import importlib.util
 from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from agents.common.errors import AgentError, error_responses
 from agents.cycle.history import CycleHistory
-from models.schemas import AgentRecord, GridStatus
+from models.schemas import AgentRecord, GridStatus, NetworkState
+
+if TYPE_CHECKING:  # pandapower, which the layout needs, loads only with --network
+    from agents.network.layout import Layout
+
+
+class NetworkSource(Protocol):
+    """What the dashboard reads of the grid agent's network: the last power flow and where to draw each bus."""
+
+    @property
+    def layout(self) -> Layout: ...
+
+    def state(self) -> NetworkState: ...
 
 
 class DashboardSource(Protocol):
-    """What the dashboard reads of a grid agent: its status, its agents, its run and its history of cycles."""
+    """What the dashboard reads of a grid agent: its status, its agents, its run, its history and its network."""
 
     run_id: str
     history: CycleHistory
+    network: NetworkSource | None
 
     def status(self) -> GridStatus: ...
 
@@ -74,15 +93,65 @@ def dashboard_data(agent: DashboardSource, since: int = 0, run: str | None = Non
                 "battery_power_kw": s.battery.power_kw if s and s.battery else None,
             }
         )
-    return {
+    history = agent.history.since(since)
+    data = {
         **status,
         "run_id": agent.run_id,
         "cycle": last["cycle"] if last else 0,
         "agents": agents,
-        "history": agent.history.since(since),
+        "history": history,
         "history_limit": agent.history.limit,
         "soc_agents": list(agent.history.soc_agents),
+        "network": None,
     }
+    if agent.network is not None and (since == 0 or history):  # only when there is something new to draw
+        data["network"] = network_data(agent.network, with_topology=since == 0)
+    return data
+
+
+def network_data(network: NetworkSource, with_topology: bool) -> dict[str, Any]:
+    """The network as of the last power flow after acting; the topology too when ``with_topology``.
+
+    Buses, lines and transformers are positions into the topology's arrays (the network's tables in index order).
+    """
+    from agents.network.layout import extreme_feeders
+
+    state = network.state()
+    layout = network.layout
+    vm = np.array([np.nan if b.vm_pu is None else b.vm_pu for b in state.buses])
+    data: dict[str, Any] = {
+        "network": state.network,
+        "cycle": state.cycle,
+        "converged": state.converged,
+        "vm_pu": [b.vm_pu for b in state.buses],
+        "line_loading_percent": [line.loading_percent for line in state.lines],
+        "transformer_loading_percent": [t.loading_percent for t in state.transformers],
+        "feeders": [
+            {"to": which, "buses": path, "distance_ohm": _numbers(layout.distance_ohm[path])}
+            for which, path in extreme_feeders(layout, vm).items()
+        ],
+    }
+    if with_topology:
+        data["topology"] = {
+            "layout": layout.source,
+            "bus": [b.bus for b in state.buses],
+            "name": [b.name or f"bus {b.bus}" for b in state.buses],
+            "vn_kv": [b.vn_kv for b in state.buses],
+            "min_vm_pu": [b.min_vm_pu for b in state.buses],
+            "max_vm_pu": [b.max_vm_pu for b in state.buses],
+            "x": _numbers(layout.x),
+            "y": _numbers(layout.y),
+            "line": [line.line for line in state.lines],
+            "line_ends": layout.line_ends.tolist(),
+            "transformer": [t.transformer_id for t in state.transformers],
+            "transformer_ends": layout.transformer_ends.tolist(),
+        }
+    return data
+
+
+def _numbers(values: np.ndarray) -> list[float | None]:
+    """JSON numbers, null where not finite."""
+    return [float(v) if np.isfinite(v) else None for v in values]
 
 
 @lru_cache(maxsize=1)

@@ -120,6 +120,8 @@ class GridAgent:
         if self.network is not None and not scenario.transformers:  # the network's transformers, at their ratings
             scenario = scenario.model_copy(update={"transformers": self.network.transformer_specs()})
         self.metrics = GridMetrics(self.agents)
+        if self.network is not None:
+            self.metrics.enable_network()
         self.calls = AgentCalls(settings, self.metrics)
         self.registry = Registry(settings, scenario, probe=self.calls.probe, on_forget=self.metrics.forget_peers)
         self.recorder = CycleRecorder(settings, self.metrics)

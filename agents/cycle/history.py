@@ -12,6 +12,15 @@ from models.schemas import AgentRecord, CoordinationResult
 HISTORY_CYCLES = 2880
 #: Agents whose state of charge is kept per cycle; past this many the chart would be unreadable anyway.
 SOC_SERIES_LIMIT = 24
+#: What a cycle row keeps of the network's power flows (with --network).
+NETWORK_FIGURES = (
+    "vm_min_pu_before",
+    "vm_max_pu_before",
+    "vm_min_pu_after",
+    "vm_max_pu_after",
+    "line_loading_max_percent_before",
+    "line_loading_max_percent_after",
+)
 
 
 class CycleHistory:
@@ -55,6 +64,11 @@ class CycleHistory:
                 "shed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "shed_load"),
                 "commands": len(result.actions),
                 "unreachable": len(result.unreachable),
+                "network": (
+                    {key: getattr(result.network, key) for key in NETWORK_FIGURES}
+                    if result.network is not None
+                    else None
+                ),
             }
         )
 

@@ -10,6 +10,7 @@ then stands.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ import numpy as np
 
 from agents.common.scenario import TransformerSpec
 from agents.common.settings import GridSettings, StartupError
+from agents.network.layout import Layout, network_layout
 from agents.network.load import load_network
 from agents.network.powerflow import FlowResult, PowerFlow, PowerFlowError
 from agents.network.sensitivity import SensitivityCache
@@ -182,8 +184,11 @@ class NetworkMonitor:
         if not (near_bus.any() or near_line.any() or near_trafo.any()) or len(columns) == 0:
             sens_vm = sens_line = sens_trafo = np.zeros((0, len(columns)))
         else:
-            sens = self.sensitivity.get(solved.injections.p_kw, solved.injections.q_kvar, columns)
-            sens_vm, sens_line, sens_trafo = sens.vm[near_bus], sens.line[near_line], sens.trafo[near_trafo]
+            perturbed, source = self.perturbation(columns, near_bus, near_line, near_trafo)
+            sens = self.sensitivity.get(solved.injections.p_kw, solved.injections.q_kvar, perturbed)
+            sens_vm, sens_line, sens_trafo = (
+                _widen(part, source) for part in (sens.vm[near_bus], sens.line[near_line], sens.trafo[near_trafo])
+            )
         buses, lines, trafos = np.flatnonzero(near_bus), np.flatnonzero(near_line), np.flatnonzero(near_trafo)
         no_lower = np.full(len(lines) + len(trafos), -np.inf)  # loadings have an upper limit only
         return NetworkView(
@@ -197,6 +202,61 @@ class NetworkMonitor:
             upper=np.concatenate([self.max_vm_pu[buses], np.full(len(lines) + len(trafos), MAX_LOADING_PERCENT)]),
             sensitivity=np.vstack([sens_vm, sens_line, sens_trafo]).reshape(-1, len(columns)),
         )
+
+    def perturbation(
+        self, columns: np.ndarray, near_bus: np.ndarray, near_line: np.ndarray, near_trafo: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Which buses to perturb for the sensitivities of ``columns`` (bus positions with agents), and whence each
+        column takes its own: (bus positions to perturb, per column an index into them or -1 for none).
+
+        An LV grid (below 1 kV, behind its transformer) with a near-limit bus, line or transformer (by its LV side)
+        has its agents perturbed one bus at a time. Agents of other LV grids reach it only through the MV grid, by
+        far less, and read 0. An element at 1 kV or above is moved by every agent: those of an LV grid without a
+        near element of its own then share the sensitivity of their transformer's LV busbar (their own LV grid's
+        losses aside), so that a feeder of a thousand homes in forty LV grids takes about a hundred power flows
+        to linearise, not two thousand; agents at 1 kV and above are perturbed one bus at a time.
+        """
+        zone_of = self._zone_of
+        near_zones: set[int] = set()
+        for k in np.flatnonzero(near_bus):
+            near_zones.add(int(zone_of[k]))
+        for k in np.flatnonzero(near_line):
+            near_zones.add(int(zone_of[self._position[int(self.line_ends[k][0])]]))
+        for k in np.flatnonzero(near_trafo):
+            near_zones.add(int(zone_of[self._position[int(self.trafo_lv_bus[k])]]))
+        upstream = -1 in near_zones  # an element at MV or above
+        zones = zone_of[columns]
+        own = np.isin(zones, list(near_zones)) | (zones == -1) if upstream else np.isin(zones, list(near_zones))
+        perturbed = list(columns[own])
+        source = np.full(len(columns), -1, dtype=np.int64)
+        source[own] = np.arange(len(perturbed))
+        if upstream:
+            busbar = self._zone_busbar
+            for zone in np.unique(zones[~own]):
+                source[~own & (zones == zone)] = len(perturbed)
+                perturbed.append(busbar[int(zone)])
+        return np.array(perturbed, dtype=np.int64), source
+
+    @functools.cached_property
+    def _zone_busbar(self) -> dict[int, int]:
+        """Per transformer index: the bus position of its LV side."""
+        return {
+            int(t): self._position[int(b)]
+            for t, b in zip(self.flow.trafo_index, self.trafo_lv_bus, strict=True)
+            if int(b) in self._position
+        }
+
+    @functools.cached_property
+    def _zone_of(self) -> np.ndarray:
+        """Per bus position: the index of the transformer feeding its LV grid, or -1 at 1 kV and above."""
+        feeding = self.network.feeding_transformer
+        zone = np.array([feeding.get(int(b)) if feeding.get(int(b)) is not None else -1 for b in self.buses])
+        return np.where(self.vn_kv < LOW_VOLTAGE_KV, zone, -1)
+
+    @functools.cached_property
+    def trafo_lv_bus(self) -> np.ndarray:
+        """Each transformer's low-voltage bus, in the order of the power flow's transformers."""
+        return self.network.net.trafo.loc[self.flow.trafo_index, "lv_bus"].to_numpy(dtype=int)
 
     def outside(self, solved: Solved | None) -> bool:
         """True when ``solved`` converged and left a bus, line or transformer outside its limits."""
@@ -243,6 +303,16 @@ class NetworkMonitor:
                     f"lines_outside_{when}": summary.lines_outside,
                     f"transformer_loading_max_percent_{when}": summary.transformer_loading_max_percent,
                     f"transformers_outside_{when}": summary.transformers_outside,
+                    f"most_loaded_line_{when}": (
+                        None
+                        if summary.line_loading_max_position is None
+                        else int(self.flow.line_index[summary.line_loading_max_position])
+                    ),
+                    f"most_loaded_transformer_{when}": (
+                        None
+                        if summary.transformer_loading_max_position is None
+                        else self.trafo_ids[summary.transformer_loading_max_position]
+                    ),
                 }
             )
         return NetworkCycle(
@@ -285,6 +355,11 @@ class NetworkMonitor:
         result = solved.result
         flows = zip(self.trafo_ids, result.trafo_loading_percent, result.trafo_p_kw, strict=True)
         return {tid: (float(loading), float(p)) for tid, loading, p in flows if np.isfinite(loading)}
+
+    @functools.cached_property
+    def layout(self) -> Layout:
+        """Where the dashboard draws each bus and how far it lies from its transformer; made when first asked."""
+        return network_layout(self.network.net)
 
     # -- GET /network ----------------------------------------------------------------------------
     def state(self) -> NetworkState:
@@ -331,6 +406,14 @@ class NetworkMonitor:
                 for k, trafo in enumerate(self.flow.trafo_index)
             ],
         )
+
+
+def _widen(part: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Each column's sensitivities from the perturbed bus it takes them from (``source``; -1: none, 0)."""
+    whole = np.zeros((part.shape[0], len(source)))
+    taken = source >= 0
+    whole[:, taken] = part[:, source[taken]]
+    return whole
 
 
 def _limit(bus, column: str, default: float) -> np.ndarray:

@@ -46,6 +46,17 @@ GRID_LOG_COLUMNS = (
     "line_loading_max_percent_after",
     "buses_outside_after",
     "lines_outside_after",
+    # the same before planning, and which line and transformer were the most loaded
+    "vm_min_pu_before",
+    "vm_max_pu_before",
+    "line_loading_max_percent_before",
+    "buses_outside_before",
+    "lines_outside_before",
+    "most_loaded_line_before",
+    "most_loaded_line_after",
+    "most_loaded_transformer_before",
+    "most_loaded_transformer_after",
+    "replanned",
 )
 
 #: Cycle durations kept for the median in /status.
@@ -66,6 +77,7 @@ class CycleRecorder:
         """Keep one cycle: ``records`` are the registered agents as the cycle left them."""
         self.last_result = result
         self.metrics.observe_cycle(result)
+        self.metrics.observe_network(result)
         self.history.append(result, records)
         self.cycle_ms.append(result.duration_ms)
         del self.cycle_ms[:-CYCLE_TIMES_KEPT]
@@ -130,4 +142,14 @@ def _network_columns(result: CoordinationResult) -> dict:
         "line_loading_max_percent_after": network.line_loading_max_percent_after,
         "buses_outside_after": network.buses_outside_after,
         "lines_outside_after": network.lines_outside_after,
+        "vm_min_pu_before": network.vm_min_pu_before,
+        "vm_max_pu_before": network.vm_max_pu_before,
+        "line_loading_max_percent_before": network.line_loading_max_percent_before,
+        "buses_outside_before": network.buses_outside_before,
+        "lines_outside_before": network.lines_outside_before,
+        "most_loaded_line_before": network.most_loaded_line_before,
+        "most_loaded_line_after": network.most_loaded_line_after,
+        "most_loaded_transformer_before": network.most_loaded_transformer_before,
+        "most_loaded_transformer_after": network.most_loaded_transformer_after,
+        "replanned": int(network.replanned),
     }

@@ -20,11 +20,20 @@ With l_bt >= 0: ch = l - hold + more, dis = rev; with l_bt < 0: ch = rev, dis = 
 Following the local setpoint therefore costs nothing, and the costs keep the order of the
 optimal planner: holding back, then driving a battery, then curtailing solar (c_u), then
 shedding load (c_s), slack (M) last. A pool of batteries (``takes_over``) stands for their sum.
+
+With ``network`` rows (``HorizonNetwork``: the network linearised at each step's operating point, as
+``agents.planners.network`` describes), each row r at its step t adds
+
+    lower_r <= v_r + sum_b S_rb (p_bt - l_bt) + sum_f S_rf (u_ft - s_ft) - h_r + m_r <= upper_r,   h, m >= 0
+
+where v_r is the row's value with every battery at its setpoint and nothing curtailed or shed, S the
+sensitivities to each battery's and each flexibility's net power (per kW, > 0 imports), and h_r, m_r
+its slack at the row's own cost per unit (``slack_cost``), as in the optimal planner.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -91,6 +100,23 @@ class HorizonFlex:
 
 
 @dataclass(frozen=True)
+class HorizonNetwork:
+    """Linearised network limits, each row at one step (see the module docstring); arrays have one value per row.
+
+    Sensitivities are per kW of net power (> 0 imports): a battery charging raises its bus's net power, curtailing
+    solar raises it, shedding load lowers it.
+    """
+
+    step: np.ndarray  # the step each row holds at
+    value: np.ndarray  # with every battery at its setpoint and nothing curtailed or shed (p.u. or percent)
+    lower: np.ndarray  # -inf where there is no lower limit
+    upper: np.ndarray
+    battery_sensitivity: np.ndarray  # (rows, batteries)
+    flex_sensitivity: np.ndarray  # (rows, flex)
+    slack_cost: np.ndarray  # per unit left outside the row's limits
+
+
+@dataclass(frozen=True)
 class HorizonProblem:
     """Everything the program needs; ``loading_kw`` is (transformers, steps) with batteries at their setpoints."""
 
@@ -105,6 +131,7 @@ class HorizonProblem:
     reversal_premium: bool = (
         True  # False: reversing costs BATTERY_COST, and an optimum may burn energy (see reversal_cost_per_kw)
     )
+    network: HorizonNetwork | None = None  # linearised network rows (the perfect-foresight bound on a network)
 
 
 @dataclass(frozen=True)
@@ -118,6 +145,7 @@ class HorizonSolution:
     overload_kw: np.ndarray  # (transformers, T) left above the rating
     reverse_kw: np.ndarray  # (transformers, T) left beyond the reverse limit
     cost: float
+    network_outside: np.ndarray | None = None  # per network row: left outside its limits by the linear estimate
 
 
 class HorizonInfeasible(RuntimeError):
@@ -164,6 +192,9 @@ class _Builder:
     energy_rows: _Entries = field(default_factory=_Entries)
     energy_rhs: list[np.ndarray] = field(default_factory=list)
     n_energy: int = 0
+    network_rows: _Entries = field(default_factory=_Entries)  # ranged rows after the energy rows
+    network_lower: np.ndarray = field(default_factory=lambda: np.empty(0))
+    network_upper: np.ndarray = field(default_factory=lambda: np.empty(0))
 
     def columns(self, cost: np.ndarray, lower: np.ndarray, upper: np.ndarray, always: bool = False) -> np.ndarray:
         """Add len(cost) variables; those fixed at 0 are dropped before solving unless ``always``."""
@@ -255,8 +286,44 @@ def solve_horizon(problem: HorizonProblem) -> HorizonSolution:
     spans = _add_batteries(build, problem, base, weight)
     flex = [_add_flex(build, f, weight) for f in problem.flex]
     slack = [_add_slack(build, k, weight) for k in range(n_k)]
+    network_slack = _add_network(build, problem.network, spans, flex) if problem.network is not None else None
     x, cost = _solve(build, problem, base)
-    return _solution(problem, x, cost, spans, flex, slack)
+    solution = _solution(problem, x, cost, spans, flex, slack)
+    if network_slack is not None:
+        solution = replace(solution, network_outside=x[network_slack[0]] + x[network_slack[1]])
+    return solution
+
+
+def _add_network(
+    build: _Builder, network: HorizonNetwork, spans: dict[int, _Span], flex: list[_FlexColumns]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The network rows of the module docstring; answers their slack columns (above the upper, below the lower)."""
+    n_r = len(network.step)
+    step = np.asarray(network.step, dtype=np.int64)
+    rows = np.arange(n_r)
+    for b, span in spans.items():
+        at = step - span.steps[0]
+        inside = (at >= 0) & (at < len(span.steps)) & (network.battery_sensitivity[:, b] != 0)
+        r, k = rows[inside], at[inside]
+        coef = network.battery_sensitivity[r, b] * span.sign[k]  # p - l = sign (more - hold - rev)
+        for cols, factor in ((span.more, 1.0), (span.hold, -1.0), (span.rev, -1.0)):
+            build.network_rows.add(r, cols[k], factor * coef)
+    for f, columns in enumerate(flex):
+        at = step - columns.steps[0]
+        inside = (at >= 0) & (at < len(columns.steps)) & (network.flex_sensitivity[:, f] != 0)
+        r, k = rows[inside], at[inside]
+        coef = network.flex_sensitivity[r, f]
+        build.network_rows.add(r, columns.curtail[k], float(CurtailAction.curtail_solar.direction) * coef)
+        build.network_rows.add(r, columns.shed[k], float(CurtailAction.shed_load.direction) * coef)
+    unbounded = np.full(n_r, np.inf)
+    high = build.columns(np.asarray(network.slack_cost, dtype=float), np.zeros(n_r), unbounded, always=True)
+    low = build.columns(np.asarray(network.slack_cost, dtype=float), np.zeros(n_r), unbounded, always=True)
+    build.network_rows.add(rows, high, -1.0)
+    build.network_rows.add(rows, low, 1.0)
+    value = np.asarray(network.value, dtype=float)
+    build.network_lower = np.asarray(network.lower, dtype=float) - value
+    build.network_upper = np.asarray(network.upper, dtype=float) - value
+    return high, low
 
 
 def _add_batteries(build: _Builder, problem: HorizonProblem, base: np.ndarray, weight: np.ndarray) -> dict[int, _Span]:
@@ -404,20 +471,23 @@ def _solve(build: _Builder, problem: HorizonProblem, base: np.ndarray) -> tuple[
     keep = np.concatenate(build.keep)
     new_index = np.cumsum(keep) - 1
     cost, lower, upper = (np.concatenate(a)[keep] for a in (build.cost, build.lower, build.upper))
-    # one matrix: the loading rows (<= b_ub), then the energy rows (= rhs)
+    # one matrix: the loading rows (<= b_ub), then the energy rows (= rhs), then the network rows (ranged)
     n_ub = 2 * n_k * n_t
-    ub, eq = build.loading_rows, build.energy_rows
-    rows = np.concatenate(ub.rows + eq.rows)
-    cols = np.concatenate(ub.cols + eq.cols)
-    vals = np.concatenate(ub.vals + eq.vals)
-    rows[ub.count :] += n_ub
+    ub, eq, net = build.loading_rows, build.energy_rows, build.network_rows
+    rows = np.concatenate(ub.rows + eq.rows + net.rows)
+    cols = np.concatenate(ub.cols + eq.cols + net.cols)
+    vals = np.concatenate(ub.vals + eq.vals + net.vals)
+    rows[ub.count : ub.count + eq.count] += n_ub
+    rows[ub.count + eq.count :] += n_ub + build.n_energy
     mask = keep[cols]
-    shape = (n_ub + build.n_energy, int(keep.sum()))
+    n_net = len(build.network_lower)
+    shape = (n_ub + build.n_energy + n_net, int(keep.sum()))
     matrix = sp.csc_array((vals[mask], (rows[mask], new_index[cols[mask]])), shape=shape)
     rhs = np.concatenate(build.energy_rhs) if build.n_energy else np.empty(0)
-    row_lower = np.concatenate((np.full(n_ub, -np.inf), rhs))
+    row_lower = np.concatenate((np.full(n_ub, -np.inf), rhs, build.network_lower))
+    row_upper = np.concatenate((b_ub, rhs, build.network_upper))
     try:
-        solution = solve_lp(cost, lower, upper, row_lower, np.concatenate((b_ub, rhs)), matrix)
+        solution = solve_lp(cost, lower, upper, row_lower, row_upper, matrix)
     except LpNotSolved as exc:
         raise HorizonInfeasible(str(exc)) from exc
     x = np.zeros(build.n)
