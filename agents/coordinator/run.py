@@ -24,8 +24,10 @@ from agents.common.auth import GENERATED_TOKEN_ENV
 from agents.common.scenario import Scenario, generate_feeder, load_scenario
 from agents.common.settings import ServerSettings, StartupError
 from agents.common.tls import client_ssl_context
+from agents.coordinator.collect import collect_logs
 from agents.coordinator.progress import cycle_display
 from agents.coordinator.report import run_kpis, summary_rows, write_report
+from agents.coordinator.supervise import RestartPolicy, Supervisor
 from models.schemas import RUN_CYCLES_MAX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +73,10 @@ class CoordinatorSettings(ServerSettings):
     vm_min_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Lowest voltage at buses below 1 kV (p.u.)")
     vm_max_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Highest voltage at buses below 1 kV (p.u.)")
     pv_reactive: str = Field("unity", pattern=r"^(unity|cosphi_p)$", description="PV reactive power: unity or cosphi_p")
+    max_restarts: int = Field(
+        5, ge=0, le=100, description="Restarts of each agent process that dies before the coordinator gives up on it"
+    )
+    heartbeat_s: float = Field(5.0, gt=0, description="Seconds between the devices' heartbeats to the grid agent")
 
     @model_validator(mode="after")
     def _own_client_certificate(self) -> CoordinatorSettings:
@@ -98,6 +104,10 @@ class CoordinatorError(Exception):
     """The run cannot go on; the message says which agent and why."""
 
 
+class GridLost(Exception):
+    """A call to the grid agent failed in transport: it may have died, and the supervisor may bring it back."""
+
+
 @dataclass
 class Child:
     """One agent process the coordinator started."""
@@ -110,10 +120,19 @@ class Child:
     hosts: list[str] = field(default_factory=list)  # the agent ids it hosts, which must register
     process: subprocess.Popen | None = None
     scheme: str = "http"  # https when the coordinator hands its children --tls-certfile
+    restart_command: list[str] = field(default_factory=list)  # after a death: resume, never start afresh
+
+    def exit_code(self) -> int | None:
+        """None while it runs (or before it started), else how it ended."""
+        return None if self.process is None else self.process.poll()
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def log_files(self) -> dict[str, bytes]:
+        """Nothing to fetch: a local process writes its logs straight into the coordinator's --log-dir."""
+        return {}
 
     def tail(self, lines: int = 3) -> str:
         try:
@@ -133,6 +152,7 @@ class RunStats:
     history_run: str | None = None
     report_written: bool = False
     cycles_wall_s: float | None = None  # wall time of the cycles, start-up excluded
+    lost_cycles: list[int] = field(default_factory=list)  # the grid agent's numbers of cycles without a result
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -200,6 +220,8 @@ def plan_children(
     device = [
         "--grid-url",
         grid_url,
+        "--heartbeat-s",
+        f"{settings.heartbeat_s:g}",
         *(["--start", settings.start] if settings.start else []),
         *([] if settings.resume else ["--fresh"]),
     ]
@@ -251,18 +273,15 @@ def plan_children(
                     [b.id for b in scenario.batteries],
                 )
             )
-    return [
-        Child(
-            name,
-            agent_id,
-            settings.base_port + k,
-            [sys.executable, str(ROOT / script), "--port", str(settings.base_port + k), *common, *flags],
-            settings.log_dir / f"{agent_id}_server.log",
-            hosted,
-            scheme=settings.scheme,
+    children = []
+    for k, (name, agent_id, script, flags, hosted) in enumerate(specs):
+        command = [sys.executable, str(ROOT / script), "--port", str(settings.base_port + k), *common, *flags]
+        again = [part for part in command if part != "--fresh"] + (["--resume-cycles"] if k == 0 else [])
+        output = settings.log_dir / f"{agent_id}_server.log"
+        children.append(
+            Child(name, agent_id, settings.base_port + k, command, output, hosted, None, settings.scheme, again)
         )
-        for k, (name, agent_id, script, flags, hosted) in enumerate(specs)
-    ]
+    return children
 
 
 class Coordinator:
@@ -287,6 +306,15 @@ class Coordinator:
         verify = ssl_context if ssl_context is not None else True
         self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {self.token}"}, verify=verify)
         self.stats = RunStats()
+        self.supervisor = Supervisor(
+            self.children,
+            self._relaunch,
+            httpx.Client(timeout=2.0, verify=verify),  # its own client: it runs in its own thread
+            RestartPolicy(max_restarts=settings.max_restarts),
+            report=lambda line: self.errors.print(f"[yellow]supervisor:[/yellow] {line}"),
+        )
+        self.grid_base = 0  # the grid agent's cycle count when the run began
+        self.last_cycle = 0  # the latest cycle number the coordinator has seen, or skipped over
 
     # -- children ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -298,25 +326,44 @@ class Coordinator:
                     "--base-port"
                 )
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
-        env.pop(GENERATED_TOKEN_ENV, None)
-        if self.token_generated:  # so that a 401 tells a caller how to get a token that works
-            env[GENERATED_TOKEN_ENV] = "1"
         for child in self.children:
-            with child.output.open("w", encoding="utf-8") as output:
-                child.process = subprocess.Popen(
-                    child.command,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    cwd=os.getcwd(),
-                    start_new_session=True,
-                )
+            self._launch(child, child.command, "w")
         for child in self.children:
             self._wait_healthy(child)
             self.console.print(f"[green]up[/green] {child.name:<14} {child.url}  pid {child.process.pid}")
         self._wait_registered()
+        self.grid_base = self.last_cycle = self._grid_cycles()
+        self.supervisor.start()
+
+    def _launch(self, child: Child, command: list[str], mode: str) -> None:
+        env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        env.pop(GENERATED_TOKEN_ENV, None)
+        if self.token_generated:  # so that a 401 tells a caller how to get a token that works
+            env[GENERATED_TOKEN_ENV] = "1"
+        with child.output.open(mode, encoding="utf-8") as output:
+            child.process = subprocess.Popen(
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=os.getcwd(),
+                start_new_session=True,
+            )
+
+    def _relaunch(self, child: Child) -> None:
+        """Start a child that died again, from its committed state; its output goes on in the same file."""
+        self._launch(child, child.restart_command, "a")
+        self.errors.print(f"[yellow]supervisor:[/yellow] started the {child.name} again, pid {child.process.pid}")
+
+    def _grid_cycles(self) -> int:
+        """The grid agent's cycle count (GET /status)."""
+        try:
+            answer = self.http.get(f"{self.children[0].url}/status", timeout=5.0)
+            answer.raise_for_status()
+            return int(answer.json()["cycles"])
+        except httpx.HTTPError as exc:
+            raise GridLost(str(exc)) from exc
 
     def _wait_healthy(self, child: Child) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout_s
@@ -343,8 +390,8 @@ class Coordinator:
             f"s ({reason}); its output: {child.tail() or 'none'}"
         )
 
-    def _wait_registered(self) -> None:
-        expected = {agent_id for c in self.children[1:] for agent_id in c.hosts}
+    def _wait_registered(self, children: list[Child] | None = None) -> None:
+        expected = {agent_id for c in (self.children[1:] if children is None else children) for agent_id in c.hosts}
         deadline = time.monotonic() + self.settings.startup_timeout_s
         while time.monotonic() < deadline:
             agents = {a["agent_id"] for a in self.http.get(f"{self.children[0].url}/agents").json() if a["healthy"]}
@@ -359,6 +406,7 @@ class Coordinator:
 
     def stop(self) -> None:
         """Stop every child: SIGTERM, then SIGKILL after 5 s. Safe to call twice."""
+        self.supervisor.stop()  # before stopping them on purpose, so that none is started again
         running = [c for c in self.children if c.process is not None and c.process.poll() is None]
         for child in reversed(running):
             child.process.send_signal(signal.SIGTERM)
@@ -382,32 +430,65 @@ class Coordinator:
         ``interval`` seconds.
         """
         loop_started = time.perf_counter()
+        target = self.grid_base + self.settings.cycles  # the grid agent's number of the run's last cycle
         with cycle_display(self.console, self.settings.cycles, self.print_cycle) as show:
-            if self.settings.interval == 0:
-                done = 0
-                while done < self.settings.cycles:
-                    n = min(RUN_CYCLES_MAX, self.settings.cycles - done)
-                    self.follow_run(n, show)
-                    done += n
-            else:
-                self.cycle_every_interval(show)
+            while self.last_cycle < target:
+                try:
+                    if self.settings.interval == 0:
+                        self.follow_run(min(RUN_CYCLES_MAX, target - self.last_cycle), show)
+                    else:
+                        self.cycle_every_interval(target, show)
+                except GridLost as exc:
+                    self.recover_grid(str(exc))
         self.stats.cycles_wall_s = time.perf_counter() - loop_started
 
-    def cycle_every_interval(self, show: Callable[[dict], None]) -> None:
-        """One POST /coordinate every ``interval`` seconds."""
-        for k in range(self.settings.cycles):
+    def cycle_every_interval(self, target: int, show: Callable[[dict], None]) -> None:
+        """One POST /coordinate every ``interval`` seconds until the grid agent's cycle ``target``."""
+        while self.last_cycle < target:
             started = time.perf_counter()
-            response = self.http.post(f"{self.children[0].url}/coordinate")
+            try:
+                response = self.http.post(f"{self.children[0].url}/coordinate")
+            except httpx.HTTPError as exc:
+                raise GridLost(f"POST /coordinate: {type(exc).__name__}: {exc}") from exc
             if response.status_code != 200:
                 raise CoordinatorError(f"the grid agent answered POST /coordinate with {_refusal(response)}")
             self.take(response.json(), (time.perf_counter() - started) * 1000, show)
-            if k + 1 < self.settings.cycles:
+            if self.last_cycle < target:
                 time.sleep(max(self.settings.interval - (time.perf_counter() - started), 0.0))
+
+    def recover_grid(self, why: str) -> None:
+        """After a failed call to the grid agent: wait for the supervisor to bring it back and the devices to
+        register again, then note every cycle that has no result (cut short, or its result lost with it)."""
+        grid = self.children[0]
+        self.errors.print(f"[yellow]warning:[/yellow] lost the grid agent after cycle {self.last_cycle} ({why})")
+        policy = self.supervisor.policy
+        deadline = time.monotonic() + (policy.max_restarts + 1) * (
+            self.settings.startup_timeout_s + policy.max_backoff_s
+        )
+        while True:
+            if self.supervisor.given_up(grid) or time.monotonic() > deadline:
+                raise CoordinatorError(f"lost the grid agent ({why}), and restarting it did not bring it back")
+            if self.supervisor.is_up(grid):  # as far as the supervisor knows: it may not have seen the death yet
+                try:
+                    self._wait_registered([c for c in self.children[1:] if self.supervisor.is_up(c)])
+                    now_at = self._grid_cycles()
+                    break
+                except (httpx.HTTPError, GridLost):
+                    pass
+            time.sleep(0.05)
+        lost = list(range(self.last_cycle + 1, now_at + 1))
+        self.stats.lost_cycles.extend(lost)
+        self.last_cycle = max(self.last_cycle, now_at)
+        shown = f"cycle{'s' if len(lost) > 1 else ''} {_ranges(lost)}" if lost else "no cycle"
+        self.errors.print(f"[yellow]warning:[/yellow] the grid agent is back at cycle {now_at}; {shown} lost")
 
     def follow_run(self, cycles: int, show: Callable[[dict], None]) -> None:
         """Start a run of ``cycles`` on the grid agent and show its results as they come; Ctrl+C stops the run."""
         grid = self.children[0].url
-        response = self.http.post(f"{grid}/runs", json={"cycles": cycles})
+        try:
+            response = self.http.post(f"{grid}/runs", json={"cycles": cycles})
+        except httpx.HTTPError as exc:
+            raise GridLost(f"POST /runs: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 202:
             raise CoordinatorError(f"the grid agent answered POST /runs with {_refusal(response)}")
         run_id = response.json()["run_id"]
@@ -415,7 +496,10 @@ class Coordinator:
         since, received, last = 0, 0, time.perf_counter()
         try:
             while True:
-                answer = self.http.get(f"{grid}/runs/{run_id}/results", params={"since": since})
+                try:
+                    answer = self.http.get(f"{grid}/runs/{run_id}/results", params={"since": since})
+                except httpx.HTTPError as exc:
+                    raise GridLost(f"GET /runs/{run_id}/results: {type(exc).__name__}: {exc}") from exc
                 if answer.status_code != 200:
                     raise CoordinatorError(
                         f"the grid agent answered GET /runs/{run_id}/results with {_refusal(answer)}"
@@ -458,6 +542,7 @@ class Coordinator:
         """Count and show one cycle's result."""
         self.stats.round_trip_ms.append(round_trip_ms)
         self.stats.cycles.append(result)
+        self.last_cycle = max(self.last_cycle, result["cycle"])
         show(result)
         if self.settings.report and len(self.stats.cycles) % HISTORY_PULL_EVERY == 0:
             self.pull_history()  # before the grid agent's bounded history forgets the first cycles
@@ -504,6 +589,7 @@ class Coordinator:
                 },
             ),
             "cycles_run": len(self.stats.cycles),
+            "faults": self.faults(),
             "median_round_trip_ms": statistics.median(self.stats.round_trip_ms) if self.stats.round_trip_ms else None,
         }
         try:
@@ -514,6 +600,14 @@ class Coordinator:
         self.console.print(f"report in {directory}/: {', '.join(p.name for p in paths)}")
         self.stats.report_written = True
         return True
+
+    def collect_logs(self) -> None:
+        """Bring every agent's CSV log into --log-dir (a no-op for local processes); warn about any not fetched."""
+        written, failed = collect_logs(self.children, self.settings.log_dir)
+        if written:
+            self.console.print(f"fetched {len(written)} agent logs into {self.settings.log_dir}/")
+        for name, why in failed.items():
+            self.errors.print(f"[yellow]warning:[/yellow] could not fetch the logs of the {name}: {why}")
 
     def print_cycle(self, result: dict) -> None:
         stamp = (result["timestamp"] or "-").replace("T", " ")[:16]
@@ -554,6 +648,42 @@ class Coordinator:
             table.add_row("cycles per second (wall)", f"{rate:.0f}", "")
         return table
 
+    def faults(self) -> dict:
+        """What went wrong during the run: restarts, cycles without a result, agents unreachable and when."""
+        unreachable: dict[str, list[int]] = {}
+        for result in self.stats.cycles:
+            for agent_id in result["unreachable"]:
+                unreachable.setdefault(agent_id, []).append(result["cycle"])
+        return {
+            "restarts": self.supervisor.summary(),
+            "given_up": [c.agent_id for c in self.children if self.supervisor.given_up(c)],
+            "lost_cycles": sorted(self.stats.lost_cycles),
+            "unreachable": dict(sorted(unreachable.items())),
+        }
+
+    def print_faults(self) -> None:
+        """The faults of the run, under the summary (nothing when there were none)."""
+        faults = self.faults()
+        for r in faults["restarts"]:
+            back = (
+                "gave up"
+                if r["gave_up"]
+                else f"back after {r['down_s']:.1f} s"
+                if r["down_s"] is not None
+                else "not back"
+            )
+            self.console.print(
+                f"restart        the {r['name']} ({r['agent_id']}) exited with code {r['exit_code']}"
+                f" at {r['died_s']:.1f} s; {back}"
+            )
+        if faults["lost_cycles"]:
+            self.console.print(
+                f"cycles lost    {_ranges(faults['lost_cycles'])}"
+                " (no result: cut short when the grid agent died, or lost with it)"
+            )
+        for agent_id, cycles in faults["unreachable"].items():
+            self.console.print(f"unreachable    {agent_id} in cycles {_ranges(cycles)}")
+
     def run(self) -> int:
         """The whole run; returns the process exit code."""
         try:
@@ -568,8 +698,10 @@ class Coordinator:
             self.console.print(f"dashboard      {self.children[0].url}/dashboard  (metrics at /metrics on every agent)")
             self.run_cycles()
             self.console.print(self.summary())
+            self.print_faults()
             if self.settings.report is not None and not self.write_report():
                 return 1
+            self.collect_logs()
             self.console.print(f"logs and agent output in {self.settings.log_dir}/")
             if not self.settings.exit:
                 self.console.print(
@@ -580,12 +712,11 @@ class Coordinator:
                         "their POST endpoints want this run's own random token;"
                         " to call them yourself, set AGENT_TOKEN before starting the coordinator"
                     )
-                while all(c.process.poll() is None for c in self.children):
-                    time.sleep(0.5)
-                gone = [c for c in self.children if c.process.poll() is not None]
+                while not any(self.supervisor.given_up(c) for c in self.children):
+                    time.sleep(0.5)  # the supervisor starts again any that die, up to --max-restarts
+                gone = next(c for c in self.children if self.supervisor.given_up(c))
                 raise CoordinatorError(
-                    f"the {gone[0].name} ({gone[0].agent_id}) exited with code {gone[0].process.returncode}: "
-                    f"{gone[0].tail()}"
+                    f"the {gone.name} ({gone.agent_id}) kept exiting (last code {gone.exit_code()}): {gone.tail()}"
                 )
             return 0
         except KeyboardInterrupt:
@@ -617,6 +748,17 @@ def main(args: list[str] | None = None) -> int:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def _ranges(numbers: list[int]) -> str:
+    """Numbers as short ranges: [3, 4, 5, 9] -> '3-5, 9'."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _refusal(response: httpx.Response) -> str:
