@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import secrets
@@ -77,6 +78,12 @@ class CoordinatorSettings(ServerSettings):
         5, ge=0, le=100, description="Restarts of each agent process that dies before the coordinator gives up on it"
     )
     heartbeat_s: float = Field(5.0, gt=0, description="Seconds between the devices' heartbeats to the grid agent")
+    ray: str | None = Field(
+        None,
+        pattern=r"^(auto|local|(ray://)?[A-Za-z0-9.\-]+:\d{1,5})$",
+        description="Place the agents as actors on the Ray cluster at this address: HOST:PORT, auto (the cluster"
+        " this machine belongs to) or local (a new one-machine cluster); needs requirements-ray.txt",
+    )
 
     @model_validator(mode="after")
     def _own_client_certificate(self) -> CoordinatorSettings:
@@ -313,12 +320,18 @@ class Coordinator:
             RestartPolicy(max_restarts=settings.max_restarts),
             report=lambda line: self.errors.print(f"[yellow]supervisor:[/yellow] {line}"),
         )
+        self.ray = None  # agents.coordinator.ray_hosts, once the agents run on a Ray cluster
         self.grid_base = 0  # the grid agent's cycle count when the run began
         self.last_cycle = 0  # the latest cycle number the coordinator has seen, or skipped over
 
     # -- children ----------------------------------------------------------------------------
     def start(self) -> None:
         """Start every agent and wait until each answers /health and the devices have registered."""
+        if self.settings.ray is not None:
+            self._start_on_ray()
+            self._wait_registered()
+            self.grid_base = self.last_cycle = self._grid_cycles()
+            return  # Ray, not the supervisor, restarts actors
         for child in self.children:
             if port_in_use("127.0.0.1", child.port):
                 raise CoordinatorError(
@@ -334,6 +347,42 @@ class Coordinator:
         self._wait_registered()
         self.grid_base = self.last_cycle = self._grid_cycles()
         self.supervisor.start()
+
+    def _start_on_ray(self) -> None:
+        """Place the grid agent, then every device host, as Ray actors; each serves on its node's IP."""
+        from agents.coordinator import ray_hosts  # Ray is imported only with --ray
+
+        try:
+            ray_hosts.connect(self.settings.ray)
+        except Exception as exc:  # ConnectionError, or Ray's own for a bad address or token
+            raise CoordinatorError(f"cannot join the Ray cluster at --ray {self.settings.ray}: {exc}") from exc
+        self.ray = ray_hosts
+        env = {"AGENT_TOKEN": self.token, **({GENERATED_TOKEN_ENV: "1"} if self.token_generated else {})}
+        placed: list = []
+        grid_url = None
+        for wave in (self.children[:1], self.children[1:]):  # the grid agent first: the devices need its URL
+            started = []
+            for child in wave:
+                args = ray_arguments(child.command[4:], grid_url)
+                files = files_for_nodes(args)
+                script = Path(child.command[1]).name
+                on_head = child is self.children[0]
+                started.append(
+                    ray_hosts.place(child.name, child.agent_id, child.hosts, script, args, env, files, on_head)
+                )
+            for host in started:  # started together, waited for one by one
+                try:
+                    host.refresh(timeout_s=self.settings.startup_timeout_s)
+                except Exception as exc:  # Ray's GetTimeoutError, or the actor's own error
+                    raise CoordinatorError(
+                        f"the {host.name} ({host.agent_id}) did not start on the cluster: {exc}"
+                    ) from exc
+                placed.append(host)
+                self.children = placed + self.children[len(placed) :]
+                self._wait_healthy(host)
+                self.console.print(f"[green]up[/green] {host.name:<14} {host.url}  node {host.node_id[:12]}")
+            grid_url = placed[0].url
+        self.supervisor = Supervisor(placed, self._relaunch, httpx.Client(), report=self.supervisor.report)
 
     def _launch(self, child: Child, command: list[str], mode: str) -> None:
         env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
@@ -356,6 +405,20 @@ class Coordinator:
         self._launch(child, child.restart_command, "a")
         self.errors.print(f"[yellow]supervisor:[/yellow] started the {child.name} again, pid {child.process.pid}")
 
+    def _follow_moved_grid(self) -> None:
+        """On Ray, a grid agent restarted on another node serves at a new URL: use it, and point the devices to it."""
+        if self.ray is None:
+            return
+        grid = self.children[0]
+        before = grid.url
+        try:
+            grid.refresh(timeout_s=self.settings.startup_timeout_s)
+        except Exception as exc:  # Ray's GetTimeoutError or ActorDiedError
+            raise GridLost(f"the grid agent's actor did not answer: {exc}") from exc
+        if grid.url != before:
+            self.errors.print(f"[yellow]warning:[/yellow] the grid agent moved to {grid.url}")
+            self.ray.point_to(self.children[1:], grid.url)
+
     def _grid_cycles(self) -> int:
         """The grid agent's cycle count (GET /status)."""
         try:
@@ -369,7 +432,7 @@ class Coordinator:
         deadline = time.monotonic() + self.settings.startup_timeout_s
         reason = "no answer"
         while time.monotonic() < deadline:
-            code = child.process.poll()
+            code = child.exit_code()
             if code is not None:
                 raise CoordinatorError(
                     f"the {child.name} ({child.agent_id}) exited during start-up with code {code}: "
@@ -407,6 +470,9 @@ class Coordinator:
     def stop(self) -> None:
         """Stop every child: SIGTERM, then SIGKILL after 5 s. Safe to call twice."""
         self.supervisor.stop()  # before stopping them on purpose, so that none is started again
+        if self.ray is not None:
+            self._stop_on_ray()
+            return
         running = [c for c in self.children if c.process is not None and c.process.poll() is None]
         for child in reversed(running):
             child.process.send_signal(signal.SIGTERM)
@@ -419,6 +485,18 @@ class Coordinator:
                 child.process.wait()
         if running:
             self.console.print(f"stopped {len(running)} agent processes")
+        self.collect_logs()  # nothing to fetch from local processes; the same step as for actors on other nodes
+        self.http.close()
+
+    def _stop_on_ray(self) -> None:
+        """Shut the actors' servers down, fetch their logs, end the actors and leave the cluster."""
+        ray_hosts, self.ray = self.ray, None
+        placed = [c for c in self.children if isinstance(c, ray_hosts.RayChild)]
+        ray_hosts.shutdown(placed)
+        self.collect_logs()
+        ray_hosts.kill(placed)
+        ray_hosts.disconnect()
+        self.console.print(f"stopped {len(placed)} agent actors")
         self.http.close()
 
     # -- cycles ------------------------------------------------------------------------------
@@ -470,6 +548,7 @@ class Coordinator:
                 raise CoordinatorError(f"lost the grid agent ({why}), and restarting it did not bring it back")
             if self.supervisor.is_up(grid):  # as far as the supervisor knows: it may not have seen the death yet
                 try:
+                    self._follow_moved_grid()
                     self._wait_registered([c for c in self.children[1:] if self.supervisor.is_up(c)])
                     now_at = self._grid_cycles()
                     break
@@ -586,6 +665,7 @@ class Coordinator:
                     "start",
                     "resume",
                     "log_dir",
+                    "ray",
                 },
             ),
             "cycles_run": len(self.stats.cycles),
@@ -701,7 +781,6 @@ class Coordinator:
             self.print_faults()
             if self.settings.report is not None and not self.write_report():
                 return 1
-            self.collect_logs()
             self.console.print(f"logs and agent output in {self.settings.log_dir}/")
             if not self.settings.exit:
                 self.console.print(
@@ -748,6 +827,42 @@ def main(args: list[str] | None = None) -> int:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def ray_arguments(args: list[str], grid_url: str | None) -> list[str]:
+    """A child's flags for a Ray actor: no --host (it binds its node's IP), paths made absolute, and
+    --grid-url the grid actor's URL."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None
+        if flag == "--host":
+            i += 2
+            continue
+        if flag == "--grid-url" and grid_url is not None:
+            value = grid_url
+        elif flag in PATH_FLAGS and value is not None:
+            value = str(Path(value).resolve())
+        out += [flag] if value is None else [flag, value]
+        i += 1 if value is None else 2
+    return out
+
+
+#: Flags whose value is a path, made absolute for actors (whose working directory is Ray's copy of the code).
+PATH_FLAGS = ("--log-dir", "--state-dir", "--scenario", "--network", "--data-file")
+
+
+def files_for_nodes(args: list[str]) -> dict[str, bytes]:
+    """The scenario and network files an actor's flags name, to be written where its node lacks them."""
+    files: dict[str, bytes] = {}
+    for flag, value in itertools.pairwise(args):
+        if flag in ("--scenario", "--network") and Path(value).is_file():
+            files[value] = Path(value).read_bytes()
+            if flag == "--network":  # the agents' profile arrays lie beside network.json
+                for path in Path(value).parent.glob("*.npy"):
+                    files[str(path)] = path.read_bytes()
+    return files
 
 
 def _ranges(numbers: list[int]) -> str:

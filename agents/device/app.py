@@ -153,9 +153,10 @@ def _lifespan(
     """Registration with the grid agent while the app runs; every agent's log and state closed after."""
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         client = registration_client(settings, ssl_context)
+        app.state.registration = client  # a host whose grid agent moved (a Ray actor restarted) re-points it
         if register:
             task = asyncio.create_task(register_forever(hosted.agents, client, settings, settings.own_url))
         try:
