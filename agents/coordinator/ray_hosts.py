@@ -101,9 +101,9 @@ class AgentHost:
             time.sleep(0.02)
         self.node_id = ray.get_runtime_context().get_node_id()
 
-    def where(self) -> dict[str, str]:
-        """The URL it serves at and the node it runs on."""
-        return {"url": self.url, "node_id": self.node_id, "ip": self.ip}
+    def where(self) -> dict[str, str | int]:
+        """The URL it serves at, the node it runs on and its process id there."""
+        return {"url": self.url, "node_id": self.node_id, "ip": self.ip, "pid": os.getpid()}
 
     def point_to(self, grid_url: str) -> None:
         """Register with the grid agent at ``grid_url`` from now on (it was restarted elsewhere)."""
@@ -133,6 +133,7 @@ class RayChild:
     actor: object
     url: str = ""
     node_id: str = ""
+    pid: int = 0  # on its node
 
     def exit_code(self) -> int | None:
         return None  # Ray, not the coordinator's supervisor, restarts actors
@@ -140,7 +141,7 @@ class RayChild:
     def refresh(self, timeout_s: float = ACTOR_START_TIMEOUT_S) -> str:
         """Ask the actor where it serves now (a restarted actor has a new URL); return the URL."""
         where = ray.get(self.actor.where.remote(), timeout=timeout_s)
-        self.url, self.node_id = where["url"], where["node_id"]
+        self.url, self.node_id, self.pid = where["url"], where["node_id"], where["pid"]
         return self.url
 
     def log_files(self) -> dict[str, bytes]:

@@ -350,7 +350,7 @@ class Coordinator:
 
     def _start_on_ray(self) -> None:
         """Place the grid agent, then every device host, as Ray actors; each serves on its node's IP."""
-        from agents.coordinator import ray_hosts  # Ray is imported only with --ray
+        import agents.coordinator.ray_hosts as ray_hosts  # Ray is imported only with --ray
 
         try:
             ray_hosts.connect(self.settings.ray)
