@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 #: How often Ray may restart one agent host after its node dies.
 ACTOR_MAX_RESTARTS = 10
+#: CPU each device host reserves in its placement group bundle: a token, so that bundles can be spread.
+BUNDLE_CPU = 0.01
 #: Seconds to wait for an actor to report its URL.
 ACTOR_START_TIMEOUT_S = 60.0
 
@@ -182,23 +184,40 @@ def place(
     env: dict[str, str],
     files: dict[str, bytes],
     on_head: bool = False,
+    bundle: tuple[object, int] | None = None,
 ) -> RayChild:
     """Start one agent host as an actor (``refresh`` waits for its URL); Ray restarts it on another node when its
     node dies.
 
-    Hosts spread over the nodes; the grid agent (``on_head``) runs on the head node, which the
-    cluster cannot lose and keep running anyway, so that a lost worker costs only device hosts.
+    Device hosts go to the bundles of a ``spread_group`` (``bundle``: the group and an index); the
+    grid agent (``on_head``) runs on the head node, which the cluster cannot lose and keep running
+    anyway, so that a lost worker costs only device hosts.
     """
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
+
     strategy: object = "SPREAD"
+    cpus = 0.0
     node = head_node_id() if on_head else None
     if node is not None:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
         strategy = NodeAffinitySchedulingStrategy(node_id=node, soft=False)  # soft=True often lands elsewhere
+    elif bundle is not None:
+        group, index = bundle
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=index)
+        cpus = BUNDLE_CPU
     actor_class = ray.remote(AgentHost).options(
-        num_cpus=0, max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=-1, scheduling_strategy=strategy
+        num_cpus=cpus, max_restarts=ACTOR_MAX_RESTARTS, max_task_retries=-1, scheduling_strategy=strategy
     )
     return RayChild(child_name, agent_id, hosts, actor_class.remote(script, args, env, files))
+
+
+def spread_group(count: int, timeout_s: float = ACTOR_START_TIMEOUT_S) -> object:
+    """A placement group of ``count`` token bundles spread over the nodes (a plain SPREAD strategy for actors
+    that ask for no CPU often leaves them all on one node); Ray moves a lost node's bundles to the others."""
+    from ray.util.placement_group import placement_group
+
+    group = placement_group([{"CPU": BUNDLE_CPU}] * count, strategy="SPREAD")
+    ray.get(group.ready(), timeout=timeout_s)
+    return group
 
 
 def point_to(children: list[RayChild], grid_url: str) -> None:
@@ -222,4 +241,5 @@ def kill(children: list[RayChild]) -> None:
 
 
 def disconnect() -> None:
+    """Leave the cluster; the placement groups this driver made go with it."""
     ray.shutdown()

@@ -361,14 +361,25 @@ class Coordinator:
         placed: list = []
         grid_url = None
         for wave in (self.children[:1], self.children[1:]):  # the grid agent first: the devices need its URL
+            if not wave:
+                continue
             started = []
-            for child in wave:
+            on_head = wave[0] is self.children[0]
+            try:
+                group = None if on_head else ray_hosts.spread_group(len(wave), self.settings.startup_timeout_s)
+            except Exception as exc:  # Ray's GetTimeoutError: no room for the bundles
+                raise CoordinatorError(
+                    f"could not reserve {len(wave)} bundles of {ray_hosts.BUNDLE_CPU:g} CPU for the device hosts"
+                    f" within {self.settings.startup_timeout_s:g} s (does every node offer CPUs?): {exc}"
+                ) from exc
+            for k, child in enumerate(wave):
                 args = ray_arguments(child.command[4:], grid_url)
-                files = files_for_nodes(args)
+                where = {"on_head": True} if on_head else {"bundle": (group, k)}
                 script = Path(child.command[1]).name
-                on_head = child is self.children[0]
                 started.append(
-                    ray_hosts.place(child.name, child.agent_id, child.hosts, script, args, env, files, on_head)
+                    ray_hosts.place(
+                        child.name, child.agent_id, child.hosts, script, args, env, files_for_nodes(args), **where
+                    )
                 )
             for host in started:  # started together, waited for one by one
                 try:
