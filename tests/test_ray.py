@@ -46,10 +46,16 @@ UP_LINE = re.compile(r"^up\s+(?P<name>.+?)\s+(?P<url>https?://\S+)\s+node (?P<no
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[object]:
     """A head node and one worker node on this machine, for every test of the module."""
-    cluster = ray_cluster_utils.Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    # the nodes' processes, the actors among them, inherit the environment as it is when they start: on this
+    # loaded 2-core machine a /simulate answer from an actor can miss the default 2 s, so give it 10
+    os.environ["EMS_STEP_TIMEOUT_S"] = "10"
+    try:
+        cluster = ray_cluster_utils.Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+        cluster.worker = cluster.add_node(**NODE)
+    finally:
+        os.environ.pop("EMS_STEP_TIMEOUT_S")
     try:
         assert cluster.address.startswith("127.0.0.1:"), cluster.address  # loopback only
-        cluster.worker = cluster.add_node(**NODE)
         cluster.wait_for_nodes()
         yield cluster
     finally:
@@ -106,12 +112,7 @@ def test_a_run_completes_with_its_agents_spread_over_two_nodes(cluster, tmp_path
     assert set(placed) == {"grid agent", "homes 1/2", "homes 2/2", "storage"}
     assert len({m["node"] for m in placed.values()}) == 2, out  # spread over both nodes
     assert [c["cycle"] for c in cycles(tmp_path)] == [1, 2, 3, 4]
-    # every agent stepped in every cycle (the logs below say so too); a /simulate answer can miss its 2 s timeout
-    # on a loaded machine, which lists the agent unreachable for that cycle although it stepped, so the
-    # cycle's count is checked where it matters: at the end, all five answer
-    results = cycles(tmp_path)
-    assert results[-1]["unreachable"] == [] and results[-1]["agents_stepped"] == 5, results[-1]
-    print("unreachable per cycle:", [c["unreachable"] for c in results])
+    assert [(c["unreachable"], c["agents_stepped"]) for c in cycles(tmp_path)] == [([], 5)] * 4
     for agent_id in ("home_1", "home_2", "home_3", "home_4", "battery_T1"):
         assert steps_once_each(tmp_path, agent_id) == [1, 2, 3, 4]  # the logs came back to --log-dir
     assert pd.read_csv(tmp_path / "logs" / "grid_agent_log.csv")["cycle"].tolist() == [1, 2, 3, 4]
