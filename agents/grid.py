@@ -74,7 +74,11 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     tokens = _openadr3_tokens(settings)
     vtn_stores: list[ObjectStore] = []  # closed by the lifespan
     agent = GridAgent(settings)
-    runs = Runs(agent, RunStore(settings.state_dir, agent.agent_id), settings.coordinate_wait_s)
+    store = RunStore(settings.state_dir, agent.agent_id)
+    if settings.resume_cycles:  # a restarted grid agent: its numbers go on, and a cycle cut short keeps its own
+        agent.cycle = store.last_cycle()
+    agent.on_cycle_start = store.save_cycle
+    runs = Runs(agent, store, settings.coordinate_wait_s)
     app = FastAPI(
         title="grid agent",
         description="Watches transformers and coordinates curtailment.",

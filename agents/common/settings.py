@@ -211,6 +211,9 @@ class GridSettings(ServerSettings):
     probe_timeout_s: float = Field(
         2.0, gt=0, le=30, description="Timeout of the GET {url}/health that checks a new or changed callback URL"
     )
+    resume_cycles: bool = Field(
+        False, description="Count cycles on from the last one this agent's state folder recorded (after a restart)"
+    )
     network: str | None = Field(
         None, description="A SimBench code (1-LV-rural1--2-sw) or a pandapower JSON file: an AC power flow every cycle"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import secrets
@@ -24,8 +25,10 @@ from agents.common.auth import GENERATED_TOKEN_ENV
 from agents.common.scenario import Scenario, generate_feeder, load_scenario
 from agents.common.settings import ServerSettings, StartupError
 from agents.common.tls import client_ssl_context
+from agents.coordinator.collect import collect_logs
 from agents.coordinator.progress import cycle_display
 from agents.coordinator.report import network_line, run_kpis, summary_rows, write_report
+from agents.coordinator.supervise import RestartPolicy, Supervisor
 from models.schemas import RUN_CYCLES_MAX
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,6 +82,16 @@ class CoordinatorSettings(ServerSettings):
         None,
         description="With --openadr3: the VTN's clients file, handed to the grid agent (default: OPENADR3_CLIENTS)",
     )
+    max_restarts: int = Field(
+        5, ge=0, le=100, description="Restarts of each agent process that dies before the coordinator gives up on it"
+    )
+    heartbeat_s: float = Field(5.0, gt=0, description="Seconds between the devices' heartbeats to the grid agent")
+    ray: str | None = Field(
+        None,
+        pattern=r"^(auto|local|(ray://)?[A-Za-z0-9.\-]+:\d{1,5})$",
+        description="Place the agents as actors on the Ray cluster at this address: HOST:PORT, auto (the cluster"
+        " this machine belongs to) or local (a new one-machine cluster); needs requirements-ray.txt",
+    )
 
     @model_validator(mode="after")
     def _own_client_certificate(self) -> CoordinatorSettings:
@@ -106,6 +119,10 @@ class CoordinatorError(Exception):
     """The run cannot go on; the message says which agent and why."""
 
 
+class GridLost(Exception):
+    """A call to the grid agent failed in transport: it may have died, and the supervisor may bring it back."""
+
+
 @dataclass
 class Child:
     """One agent process the coordinator started."""
@@ -118,10 +135,19 @@ class Child:
     hosts: list[str] = field(default_factory=list)  # the agent ids it hosts, which must register
     process: subprocess.Popen | None = None
     scheme: str = "http"  # https when the coordinator hands its children --tls-certfile
+    restart_command: list[str] = field(default_factory=list)  # after a death: resume, never start afresh
+
+    def exit_code(self) -> int | None:
+        """None while it runs (or before it started), else how it ended."""
+        return None if self.process is None else self.process.poll()
 
     @property
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
+
+    def log_files(self) -> dict[str, bytes]:
+        """Nothing to fetch: a local process writes its logs straight into the coordinator's --log-dir."""
+        return {}
 
     def tail(self, lines: int = 3) -> str:
         try:
@@ -141,6 +167,7 @@ class RunStats:
     history_run: str | None = None
     report_written: bool = False
     cycles_wall_s: float | None = None  # wall time of the cycles, start-up excluded
+    lost_cycles: list[int] = field(default_factory=list)  # the grid agent's numbers of cycles without a result
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -208,6 +235,8 @@ def plan_children(
     device = [
         "--grid-url",
         grid_url,
+        "--heartbeat-s",
+        f"{settings.heartbeat_s:g}",
         *(["--start", settings.start] if settings.start else []),
         *([] if settings.resume else ["--fresh"]),
     ]
@@ -263,18 +292,15 @@ def plan_children(
                     [b.id for b in scenario.batteries],
                 )
             )
-    return [
-        Child(
-            name,
-            agent_id,
-            settings.base_port + k,
-            [sys.executable, str(ROOT / script), "--port", str(settings.base_port + k), *common, *flags],
-            settings.log_dir / f"{agent_id}_server.log",
-            hosted,
-            scheme=settings.scheme,
+    children = []
+    for k, (name, agent_id, script, flags, hosted) in enumerate(specs):
+        command = [sys.executable, str(ROOT / script), "--port", str(settings.base_port + k), *common, *flags]
+        again = [part for part in command if part != "--fresh"] + (["--resume-cycles"] if k == 0 else [])
+        output = settings.log_dir / f"{agent_id}_server.log"
+        children.append(
+            Child(name, agent_id, settings.base_port + k, command, output, hosted, None, settings.scheme, again)
         )
-        for k, (name, agent_id, script, flags, hosted) in enumerate(specs)
-    ]
+    return children
 
 
 class Coordinator:
@@ -299,10 +325,25 @@ class Coordinator:
         verify = ssl_context if ssl_context is not None else True
         self.http = httpx.Client(timeout=30.0, headers={"Authorization": f"Bearer {self.token}"}, verify=verify)
         self.stats = RunStats()
+        self.supervisor = Supervisor(
+            self.children,
+            self._relaunch,
+            httpx.Client(timeout=2.0, verify=verify),  # its own client: it runs in its own thread
+            RestartPolicy(max_restarts=settings.max_restarts),
+            report=lambda line: self.errors.print(f"[yellow]supervisor:[/yellow] {line}"),
+        )
+        self.ray = None  # agents.coordinator.ray_hosts, once the agents run on a Ray cluster
+        self.grid_base = 0  # the grid agent's cycle count when the run began
+        self.last_cycle = 0  # the latest cycle number the coordinator has seen, or skipped over
 
     # -- children ----------------------------------------------------------------------------
     def start(self) -> None:
         """Start every agent and wait until each answers /health and the devices have registered."""
+        if self.settings.ray is not None:
+            self._start_on_ray()
+            self._wait_registered()
+            self.grid_base = self.last_cycle = self._grid_cycles()
+            return  # Ray, not the supervisor, restarts actors
         for child in self.children:
             if port_in_use("127.0.0.1", child.port):
                 raise CoordinatorError(
@@ -310,31 +351,111 @@ class Coordinator:
                     "--base-port"
                 )
         self.settings.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
-        env.pop(GENERATED_TOKEN_ENV, None)
-        if self.token_generated:  # so that a 401 tells a caller how to get a token that works
-            env[GENERATED_TOKEN_ENV] = "1"
         for child in self.children:
-            with child.output.open("w", encoding="utf-8") as output:
-                child.process = subprocess.Popen(
-                    child.command,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    env=env,
-                    cwd=os.getcwd(),
-                    start_new_session=True,
-                )
+            self._launch(child, child.command, "w")
         for child in self.children:
             self._wait_healthy(child)
             self.console.print(f"[green]up[/green] {child.name:<14} {child.url}  pid {child.process.pid}")
         self._wait_registered()
+        self.grid_base = self.last_cycle = self._grid_cycles()
+        self.supervisor.start()
+
+    def _start_on_ray(self) -> None:
+        """Place the grid agent, then every device host, as Ray actors; each serves on its node's IP."""
+        import agents.coordinator.ray_hosts as ray_hosts  # Ray is imported only with --ray
+
+        try:
+            ray_hosts.connect(self.settings.ray)
+        except Exception as exc:  # ConnectionError, or Ray's own for a bad address or token
+            raise CoordinatorError(f"cannot join the Ray cluster at --ray {self.settings.ray}: {exc}") from exc
+        self.ray = ray_hosts
+        env = {"AGENT_TOKEN": self.token, **({GENERATED_TOKEN_ENV: "1"} if self.token_generated else {})}
+        placed: list = []
+        grid_url = None
+        for wave in (self.children[:1], self.children[1:]):  # the grid agent first: the devices need its URL
+            if not wave:
+                continue
+            started = []
+            on_head = wave[0] is self.children[0]
+            try:
+                group = None if on_head else ray_hosts.spread_group(len(wave), self.settings.startup_timeout_s)
+            except Exception as exc:  # Ray's GetTimeoutError: no room for the bundles
+                raise CoordinatorError(
+                    f"could not reserve {len(wave)} bundles of {ray_hosts.BUNDLE_CPU:g} CPU for the device hosts"
+                    f" within {self.settings.startup_timeout_s:g} s (does every node offer CPUs?): {exc}"
+                ) from exc
+            for k, child in enumerate(wave):
+                args = ray_arguments(child.command[4:], grid_url)
+                where = {"on_head": True} if on_head else {"bundle": (group, k)}
+                script = Path(child.command[1]).name
+                started.append(
+                    ray_hosts.place(
+                        child.name, child.agent_id, child.hosts, script, args, env, files_for_nodes(args), **where
+                    )
+                )
+            for host in started:  # started together, waited for one by one
+                try:
+                    host.refresh(timeout_s=self.settings.startup_timeout_s)
+                except Exception as exc:  # Ray's GetTimeoutError, or the actor's own error
+                    raise CoordinatorError(
+                        f"the {host.name} ({host.agent_id}) did not start on the cluster: {exc}"
+                    ) from exc
+                placed.append(host)
+                self.children = placed + self.children[len(placed) :]
+                self._wait_healthy(host)
+                self.console.print(f"[green]up[/green] {host.name:<14} {host.url}  node {host.node_id[:12]}")
+            grid_url = placed[0].url
+        self.supervisor = Supervisor(placed, self._relaunch, httpx.Client(), report=self.supervisor.report)
+
+    def _launch(self, child: Child, command: list[str], mode: str) -> None:
+        env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
+        env.pop(GENERATED_TOKEN_ENV, None)
+        if self.token_generated:  # so that a 401 tells a caller how to get a token that works
+            env[GENERATED_TOKEN_ENV] = "1"
+        with child.output.open(mode, encoding="utf-8") as output:
+            child.process = subprocess.Popen(
+                command,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=os.getcwd(),
+                start_new_session=True,
+            )
+
+    def _relaunch(self, child: Child) -> None:
+        """Start a child that died again, from its committed state; its output goes on in the same file."""
+        self._launch(child, child.restart_command, "a")
+        self.errors.print(f"[yellow]supervisor:[/yellow] started the {child.name} again, pid {child.process.pid}")
+
+    def _follow_moved_grid(self) -> None:
+        """On Ray, a grid agent restarted on another node serves at a new URL: use it, and point the devices to it."""
+        if self.ray is None:
+            return
+        grid = self.children[0]
+        before = grid.url
+        try:
+            grid.refresh(timeout_s=self.settings.startup_timeout_s)
+        except Exception as exc:  # Ray's GetTimeoutError or ActorDiedError
+            raise GridLost(f"the grid agent's actor did not answer: {exc}") from exc
+        if grid.url != before:
+            self.errors.print(f"[yellow]warning:[/yellow] the grid agent moved to {grid.url}")
+            self.ray.point_to(self.children[1:], grid.url)
+
+    def _grid_cycles(self) -> int:
+        """The grid agent's cycle count (GET /status)."""
+        try:
+            answer = self.http.get(f"{self.children[0].url}/status", timeout=5.0)
+            answer.raise_for_status()
+            return int(answer.json()["cycles"])
+        except httpx.HTTPError as exc:
+            raise GridLost(str(exc)) from exc
 
     def _wait_healthy(self, child: Child) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout_s
         reason = "no answer"
         while time.monotonic() < deadline:
-            code = child.process.poll()
+            code = child.exit_code()
             if code is not None:
                 raise CoordinatorError(
                     f"the {child.name} ({child.agent_id}) exited during start-up with code {code}: "
@@ -355,8 +476,8 @@ class Coordinator:
             f"s ({reason}); its output: {child.tail() or 'none'}"
         )
 
-    def _wait_registered(self) -> None:
-        expected = {agent_id for c in self.children[1:] for agent_id in c.hosts}
+    def _wait_registered(self, children: list[Child] | None = None) -> None:
+        expected = {agent_id for c in (self.children[1:] if children is None else children) for agent_id in c.hosts}
         deadline = time.monotonic() + self.settings.startup_timeout_s
         while time.monotonic() < deadline:
             agents = {a["agent_id"] for a in self.http.get(f"{self.children[0].url}/agents").json() if a["healthy"]}
@@ -371,6 +492,10 @@ class Coordinator:
 
     def stop(self) -> None:
         """Stop every child: SIGTERM, then SIGKILL after 5 s. Safe to call twice."""
+        self.supervisor.stop()  # before stopping them on purpose, so that none is started again
+        if self.ray is not None:
+            self._stop_on_ray()
+            return
         running = [c for c in self.children if c.process is not None and c.process.poll() is None]
         for child in reversed(running):
             child.process.send_signal(signal.SIGTERM)
@@ -383,6 +508,18 @@ class Coordinator:
                 child.process.wait()
         if running:
             self.console.print(f"stopped {len(running)} agent processes")
+        self.collect_logs()  # nothing to fetch from local processes; the same step as for actors on other nodes
+        self.http.close()
+
+    def _stop_on_ray(self) -> None:
+        """Shut the actors' servers down, fetch their logs, end the actors and leave the cluster."""
+        ray_hosts, self.ray = self.ray, None
+        placed = [c for c in self.children if isinstance(c, ray_hosts.RayChild)]
+        ray_hosts.shutdown(placed)
+        self.collect_logs()
+        ray_hosts.kill(placed)
+        ray_hosts.disconnect()
+        self.console.print(f"stopped {len(placed)} agent actors")
         self.http.close()
 
     # -- cycles ------------------------------------------------------------------------------
@@ -394,32 +531,66 @@ class Coordinator:
         ``interval`` seconds.
         """
         loop_started = time.perf_counter()
+        target = self.grid_base + self.settings.cycles  # the grid agent's number of the run's last cycle
         with cycle_display(self.console, self.settings.cycles, self.print_cycle) as show:
-            if self.settings.interval == 0:
-                done = 0
-                while done < self.settings.cycles:
-                    n = min(RUN_CYCLES_MAX, self.settings.cycles - done)
-                    self.follow_run(n, show)
-                    done += n
-            else:
-                self.cycle_every_interval(show)
+            while self.last_cycle < target:
+                try:
+                    if self.settings.interval == 0:
+                        self.follow_run(min(RUN_CYCLES_MAX, target - self.last_cycle), show)
+                    else:
+                        self.cycle_every_interval(target, show)
+                except GridLost as exc:
+                    self.recover_grid(str(exc))
         self.stats.cycles_wall_s = time.perf_counter() - loop_started
 
-    def cycle_every_interval(self, show: Callable[[dict], None]) -> None:
-        """One POST /coordinate every ``interval`` seconds."""
-        for k in range(self.settings.cycles):
+    def cycle_every_interval(self, target: int, show: Callable[[dict], None]) -> None:
+        """One POST /coordinate every ``interval`` seconds until the grid agent's cycle ``target``."""
+        while self.last_cycle < target:
             started = time.perf_counter()
-            response = self.http.post(f"{self.children[0].url}/coordinate")
+            try:
+                response = self.http.post(f"{self.children[0].url}/coordinate")
+            except httpx.HTTPError as exc:
+                raise GridLost(f"POST /coordinate: {type(exc).__name__}: {exc}") from exc
             if response.status_code != 200:
                 raise CoordinatorError(f"the grid agent answered POST /coordinate with {_refusal(response)}")
             self.take(response.json(), (time.perf_counter() - started) * 1000, show)
-            if k + 1 < self.settings.cycles:
+            if self.last_cycle < target:
                 time.sleep(max(self.settings.interval - (time.perf_counter() - started), 0.0))
+
+    def recover_grid(self, why: str) -> None:
+        """After a failed call to the grid agent: wait for the supervisor to bring it back and the devices to
+        register again, then note every cycle that has no result (cut short, or its result lost with it)."""
+        grid = self.children[0]
+        self.errors.print(f"[yellow]warning:[/yellow] lost the grid agent after cycle {self.last_cycle} ({why})")
+        policy = self.supervisor.policy
+        deadline = time.monotonic() + (policy.max_restarts + 1) * (
+            self.settings.startup_timeout_s + policy.max_backoff_s
+        )
+        while True:
+            if self.supervisor.given_up(grid) or time.monotonic() > deadline:
+                raise CoordinatorError(f"lost the grid agent ({why}), and restarting it did not bring it back")
+            if self.supervisor.is_up(grid):  # as far as the supervisor knows: it may not have seen the death yet
+                try:
+                    self._follow_moved_grid()
+                    self._wait_registered([c for c in self.children[1:] if self.supervisor.is_up(c)])
+                    now_at = self._grid_cycles()
+                    break
+                except (httpx.HTTPError, GridLost):
+                    pass
+            time.sleep(0.05)
+        lost = list(range(self.last_cycle + 1, now_at + 1))
+        self.stats.lost_cycles.extend(lost)
+        self.last_cycle = max(self.last_cycle, now_at)
+        shown = f"cycle{'s' if len(lost) > 1 else ''} {_ranges(lost)}" if lost else "no cycle"
+        self.errors.print(f"[yellow]warning:[/yellow] the grid agent is back at cycle {now_at}; {shown} lost")
 
     def follow_run(self, cycles: int, show: Callable[[dict], None]) -> None:
         """Start a run of ``cycles`` on the grid agent and show its results as they come; Ctrl+C stops the run."""
         grid = self.children[0].url
-        response = self.http.post(f"{grid}/runs", json={"cycles": cycles})
+        try:
+            response = self.http.post(f"{grid}/runs", json={"cycles": cycles})
+        except httpx.HTTPError as exc:
+            raise GridLost(f"POST /runs: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 202:
             raise CoordinatorError(f"the grid agent answered POST /runs with {_refusal(response)}")
         run_id = response.json()["run_id"]
@@ -427,7 +598,12 @@ class Coordinator:
         since, received, last = 0, 0, time.perf_counter()
         try:
             while True:
-                answer = self.http.get(f"{grid}/runs/{run_id}/results", params={"since": since, "limit": RESULTS_PAGE})
+                try:
+                    answer = self.http.get(
+                        f"{grid}/runs/{run_id}/results", params={"since": since, "limit": RESULTS_PAGE}
+                    )
+                except httpx.HTTPError as exc:
+                    raise GridLost(f"GET /runs/{run_id}/results: {type(exc).__name__}: {exc}") from exc
                 if answer.status_code != 200:
                     raise CoordinatorError(
                         f"the grid agent answered GET /runs/{run_id}/results with {_refusal(answer)}"
@@ -471,6 +647,7 @@ class Coordinator:
         """Count and show one cycle's result."""
         self.stats.round_trip_ms.append(round_trip_ms)
         self.stats.cycles.append(result)
+        self.last_cycle = max(self.last_cycle, result["cycle"])
         show(result)
         if self.settings.report and len(self.stats.cycles) % HISTORY_PULL_EVERY == 0:
             self.pull_history()  # before the grid agent's bounded history forgets the first cycles
@@ -514,9 +691,11 @@ class Coordinator:
                     "start",
                     "resume",
                     "log_dir",
+                    "ray",
                 },
             ),
             "cycles_run": len(self.stats.cycles),
+            "faults": self.faults(),
             "median_round_trip_ms": statistics.median(self.stats.round_trip_ms) if self.stats.round_trip_ms else None,
         }
         network = None
@@ -536,6 +715,14 @@ class Coordinator:
         self.console.print(f"report in {directory}/: {', '.join(p.name for p in paths)}")
         self.stats.report_written = True
         return True
+
+    def collect_logs(self) -> None:
+        """Bring every agent's CSV log into --log-dir (a no-op for local processes); warn about any not fetched."""
+        written, failed = collect_logs(self.children, self.settings.log_dir)
+        if written:
+            self.console.print(f"fetched {len(written)} agent logs into {self.settings.log_dir}/")
+        for name, why in failed.items():
+            self.errors.print(f"[yellow]warning:[/yellow] could not fetch the logs of the {name}: {why}")
 
     def print_cycle(self, result: dict) -> None:
         stamp = (result["timestamp"] or "-").replace("T", " ")[:16]
@@ -579,6 +766,42 @@ class Coordinator:
             table.add_row("cycles per second (wall)", f"{rate:.0f}", "")
         return table
 
+    def faults(self) -> dict:
+        """What went wrong during the run: restarts, cycles without a result, agents unreachable and when."""
+        unreachable: dict[str, list[int]] = {}
+        for result in self.stats.cycles:
+            for agent_id in result["unreachable"]:
+                unreachable.setdefault(agent_id, []).append(result["cycle"])
+        return {
+            "restarts": self.supervisor.summary(),
+            "given_up": [c.agent_id for c in self.children if self.supervisor.given_up(c)],
+            "lost_cycles": sorted(self.stats.lost_cycles),
+            "unreachable": dict(sorted(unreachable.items())),
+        }
+
+    def print_faults(self) -> None:
+        """The faults of the run, under the summary (nothing when there were none)."""
+        faults = self.faults()
+        for r in faults["restarts"]:
+            back = (
+                "gave up"
+                if r["gave_up"]
+                else f"back after {r['down_s']:.1f} s"
+                if r["down_s"] is not None
+                else "not back"
+            )
+            self.console.print(
+                f"restart        the {r['name']} ({r['agent_id']}) exited with code {r['exit_code']}"
+                f" at {r['died_s']:.1f} s; {back}"
+            )
+        if faults["lost_cycles"]:
+            self.console.print(
+                f"cycles lost    {_ranges(faults['lost_cycles'])}"
+                " (no result: cut short when the grid agent died, or lost with it)"
+            )
+        for agent_id, cycles in faults["unreachable"].items():
+            self.console.print(f"unreachable    {agent_id} in cycles {_ranges(cycles)}")
+
     def run(self) -> int:
         """The whole run; returns the process exit code."""
         try:
@@ -593,6 +816,7 @@ class Coordinator:
             self.console.print(f"dashboard      {self.children[0].url}/dashboard  (metrics at /metrics on every agent)")
             self.run_cycles()
             self.console.print(self.summary())
+            self.print_faults()
             if self.settings.report is not None and not self.write_report():
                 return 1
             self.console.print(f"logs and agent output in {self.settings.log_dir}/")
@@ -605,12 +829,11 @@ class Coordinator:
                         "their POST endpoints want this run's own random token;"
                         " to call them yourself, set AGENT_TOKEN before starting the coordinator"
                     )
-                while all(c.process.poll() is None for c in self.children):
-                    time.sleep(0.5)
-                gone = [c for c in self.children if c.process.poll() is not None]
+                while not any(self.supervisor.given_up(c) for c in self.children):
+                    time.sleep(0.5)  # the supervisor starts again any that die, up to --max-restarts
+                gone = next(c for c in self.children if self.supervisor.given_up(c))
                 raise CoordinatorError(
-                    f"the {gone[0].name} ({gone[0].agent_id}) exited with code {gone[0].process.returncode}: "
-                    f"{gone[0].tail()}"
+                    f"the {gone.name} ({gone.agent_id}) kept exiting (last code {gone.exit_code()}): {gone.tail()}"
                 )
             return 0
         except KeyboardInterrupt:
@@ -642,6 +865,53 @@ def main(args: list[str] | None = None) -> int:
 
 def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
+
+
+def ray_arguments(args: list[str], grid_url: str | None) -> list[str]:
+    """A child's flags for a Ray actor: no --host (it binds its node's IP), paths made absolute, and
+    --grid-url the grid actor's URL."""
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        value = args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else None
+        if flag == "--host":
+            i += 2
+            continue
+        if flag == "--grid-url" and grid_url is not None:
+            value = grid_url
+        elif flag in PATH_FLAGS and value is not None:
+            value = str(Path(value).resolve())
+        out += [flag] if value is None else [flag, value]
+        i += 1 if value is None else 2
+    return out
+
+
+#: Flags whose value is a path, made absolute for actors (whose working directory is Ray's copy of the code).
+PATH_FLAGS = ("--log-dir", "--state-dir", "--scenario", "--network", "--data-file")
+
+
+def files_for_nodes(args: list[str]) -> dict[str, bytes]:
+    """The scenario and network files an actor's flags name, to be written where its node lacks them."""
+    files: dict[str, bytes] = {}
+    for flag, value in itertools.pairwise(args):
+        if flag in ("--scenario", "--network") and Path(value).is_file():
+            files[value] = Path(value).read_bytes()
+            if flag == "--network":  # the agents' profile arrays lie beside network.json
+                for path in Path(value).parent.glob("*.npy"):
+                    files[str(path)] = path.read_bytes()
+    return files
+
+
+def _ranges(numbers: list[int]) -> str:
+    """Numbers as short ranges: [3, 4, 5, 9] -> '3-5, 9'."""
+    runs: list[list[int]] = []
+    for n in sorted(set(numbers)):
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def _refusal(response: httpx.Response) -> str:

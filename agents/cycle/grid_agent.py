@@ -127,6 +127,7 @@ class GridAgent:
         self.recorder = CycleRecorder(settings, self.metrics)
         self.vens: FeederBridge | None = None  # with --openadr3: VENs on the feeder through the VTN
         self.cycle = 0
+        self.on_cycle_start: Callable[[int], None] | None = None  # commits the cycle's number (see Runs)
         self.run_id = uuid.uuid4().hex[:8]
         self._lock = asyncio.Lock()  # the feeder: cycles run only while it is held
         self._holder: Callable[[], str] = lambda: "nobody"
@@ -210,6 +211,8 @@ class GridAgent:
         """One coordination cycle: step, assess, plan, act, record; only for whoever holds the feeder."""
         started = time.perf_counter()
         self.cycle += 1
+        if self.on_cycle_start is not None:
+            self.on_cycle_start(self.cycle)
         unreachable: list[str] = []
         if self.vens is not None:
             self.vens.sync()

@@ -13,6 +13,9 @@ What is kept where:
   when it ends. A run found ``running`` there when the grid agent starts was cut short by a
   kill or a crash and is marked ``failed``; one in flight at an orderly shutdown is marked
   ``failed`` then.
+- the grid agent's cycle count, in the table ``counter`` of the same file, written as each cycle
+  starts (so that a cycle cut short by a kill keeps its number); a grid agent started with
+  ``--resume-cycles`` counts on from it.
 - cycle results in memory only, bounded: the latest ``RESULTS_KEPT`` cycles of the latest run
   (a large feeder's result is tens of kB, so a year of them would not fit). A client that polls
   ``GET /runs/{run_id}/results?since=N`` as the run goes gets every one; a restart forgets them.
@@ -74,6 +77,21 @@ class RunStore:
             " cycles_done INTEGER NOT NULL, started_at TEXT NOT NULL, finished_at TEXT, first_cycle INTEGER,"
             " last_cycle INTEGER, last_timestamp TEXT, error TEXT, updated_at TEXT NOT NULL)"
         )
+
+        self._db.execute("CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+    def save_cycle(self, cycle: int) -> None:
+        """Commit the number of the cycle that is starting."""
+        self._db.execute(
+            "INSERT INTO counter (name, value) VALUES ('cycle', ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (cycle,),
+        )
+
+    def last_cycle(self) -> int:
+        """The number of the latest cycle that started (0 when none has)."""
+        row = self._db.execute("SELECT value FROM counter WHERE name = 'cycle'").fetchone()
+        return int(row[0]) if row else 0
 
     def save(self, run: RunInfo) -> None:
         """Insert or update a run's record; ``updated_at`` says when it last made progress."""

@@ -175,7 +175,7 @@ def _lifespan(
     check_vtn_url(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         task = None
         if secret is not None:  # a VEN of the VTN instead of an agent the grid agent calls
             client = vtn_client(settings, ssl_context)
@@ -184,6 +184,7 @@ def _lifespan(
             task = asyncio.create_task(ven.run()) if register else None
         else:
             client = registration_client(settings, ssl_context)
+            app.state.registration = client  # a host whose grid agent moved (a Ray actor restarted) re-points it
             if register:
                 task = asyncio.create_task(register_forever(hosted.agents, client, settings, settings.own_url))
         try:
