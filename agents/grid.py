@@ -77,6 +77,9 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     store = RunStore(settings.state_dir, agent.agent_id)
     if settings.resume_cycles:  # a restarted grid agent: its numbers go on, and a cycle cut short keeps its own
         agent.cycle = store.last_cycle()
+        agent.run_id = store.run_id(agent.run_id)
+    else:
+        store.save_run_id(agent.run_id)
     agent.on_cycle_start = store.save_cycle
     runs = Runs(agent, store, settings.coordinate_wait_s)
     app = FastAPI(

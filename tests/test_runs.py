@@ -329,14 +329,20 @@ async def test_run_records_survive_a_restart(tmp_path):
 
 
 async def test_grid_agent_with_resume_cycles_counts_on_and_a_cut_short_cycle_keeps_its_number(tmp_path):
-    async with running(empty_grid(tmp_path)) as client:
+    first = empty_grid(tmp_path)
+    async with running(first) as client:
         assert [(await client.post("/coordinate")).json()["cycle"] for _ in range(2)] == [1, 2]
     RunStore(tmp_path / "state", "grid_agent").save_cycle(3)  # cycle 3 started, then the process was killed
-    async with running(empty_grid(tmp_path, resume_cycles=True)) as client:
+    resumed = empty_grid(tmp_path, resume_cycles=True)
+    async with running(resumed) as client:
         assert (await client.get("/status")).json()["cycles"] == 3
         assert (await client.post("/coordinate")).json()["cycle"] == 4
-    async with running(empty_grid(tmp_path)) as client:
+    # the same run to the agents (X-Cycle-Id, command ids), so a late call of the first process steps nothing
+    assert resumed.state.agent.run_id == first.state.agent.run_id
+    afresh = empty_grid(tmp_path)
+    async with running(afresh) as client:
         assert (await client.post("/coordinate")).json()["cycle"] == 1  # without the flag a grid agent counts afresh
+    assert afresh.state.agent.run_id != first.state.agent.run_id
 
 
 # -- auth ----------------------------------------------------------------------------------------

@@ -79,6 +79,24 @@ class RunStore:
         )
 
         self._db.execute("CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS identity (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def run_id(self, fresh: str) -> str:
+        """The grid agent's run id kept here, or ``fresh`` kept from now on (a grid agent counting on from a restart
+        keeps its run id, so that a cycle cut short and run again is the same cycle to the agents: ``X-Cycle-Id``
+        and command ids)."""
+        row = self._db.execute("SELECT value FROM identity WHERE name = 'run_id'").fetchone()
+        if row:
+            return str(row[0])
+        self.save_run_id(fresh)
+        return fresh
+
+    def save_run_id(self, run_id: str) -> None:
+        self._db.execute(
+            "INSERT INTO identity (name, value) VALUES ('run_id', ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (run_id,),
+        )
 
     def save_cycle(self, cycle: int) -> None:
         """Commit the number of the cycle that is starting."""
