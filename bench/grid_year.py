@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import sys
 import tempfile
 import time
+from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
 
@@ -175,6 +177,10 @@ def _network(rows: dict[str, list]) -> HorizonNetwork | None:
     )
 
 
+#: Homes per in-process host (``--max-agents-per-process`` allows 1,000), as for the MV+LV grid's 5,373 loads.
+HOMES_PER_HOST = 1000
+
+
 async def run_bound(code: str, start: str, days: float, work: Path) -> dict:
     """The perfect-foresight bound of ``days`` from ``start``, day by day, checked by AC power flow; the totals."""
     network = load_network(code)
@@ -250,17 +256,27 @@ async def run(code: str, start: str, days: float, planner: str, work: Path) -> d
     feeder = network_feeder(network, work / "network")
     path = work / "feeder.toml"
     path.write_text(feeder.scenario.to_toml(), encoding="utf-8")
-    homes = create_home_app(make_home_settings(work, scenario=path, start=start), register=False)
-    storage = create_battery_app(make_battery_settings(work, scenario=path, start=start), register=False)
-    router = HostRouter({"homes": httpx.ASGITransport(app=homes), "storage": httpx.ASGITransport(app=storage)})
+    shards = max(math.ceil(len(feeder.scenario.homes) / HOMES_PER_HOST), 1)  # as the coordinator shards them
+    hosts = {
+        f"homes{i}": create_home_app(
+            make_home_settings(work, scenario=path, start=start, shard=f"{i}/{shards}"), register=False
+        )
+        for i in range(shards)
+    }
+    if feeder.scenario.batteries:
+        hosts["storage"] = create_battery_app(make_battery_settings(work, scenario=path, start=start), register=False)
+    router = HostRouter({host: httpx.ASGITransport(app=app) for host, app in hosts.items()})
     grid_app = create_grid_app(make_grid_settings(work, network=network.source, planner=planner), transport=router)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=grid_app), base_url="http://grid", timeout=60)
     totals = {f"{kind}_{when}_h": 0.0 for kind in (*KINDS, "any") for when in ("before", "after")}
     totals.update(curtailed_kwh=0.0, replans=0, plan_ms=0.0, cycles=0)
-    async with LifespanManager(homes), LifespanManager(storage), LifespanManager(grid_app), client as c:
+    async with AsyncExitStack() as stack:
+        for app in (*hosts.values(), grid_app):
+            await stack.enter_async_context(LifespanManager(app))
+        c = await stack.enter_async_context(client)
         reports = [
             AgentReport(url=f"http://{host}/agents/{a.agent_id}", batch_url=f"http://{host}", status=a.status())
-            for host, app in (("homes", homes), ("storage", storage))
+            for host, app in hosts.items()
             for a in app.state.agents.values()
         ]
         await c.post("/registrations", json={"reports": [r.model_dump(mode="json") for r in reports]})

@@ -62,6 +62,7 @@ class AgentHost:
 
         import uvicorn
 
+        from agents.common.server import UVICORN_OPTIONS
         from agents.common.settings import configure_logging
         from agents.common.tls import server_ssl_options
 
@@ -90,7 +91,7 @@ class AgentHost:
             host=self.ip,
             port=port,
             log_level=settings.log_level,
-            access_log=False,
+            **UVICORN_OPTIONS,
             **server_ssl_options(settings),
         )
         self.server = uvicorn.Server(config)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 import httpx
 
+from agents.common.server import CLIENT_KEEP_ALIVE_S
 from agents.common.tls import PLAIN_HTTP_REFUSED, plain_http_beyond_loopback
 
 
@@ -108,6 +109,7 @@ class AiohttpPeers:
                 limit=self.max_connections,
                 limit_per_host=self.max_connections,
                 ssl=self.ssl_context if self.ssl_context is not None else True,
+                keepalive_timeout=CLIENT_KEEP_ALIVE_S,  # gives a connection up before the agent would
             )
             self.session = aiohttp.ClientSession(connector=connector, timeout=self.timeout)
         return self.session

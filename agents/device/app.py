@@ -116,8 +116,9 @@ class Hosted:
         return BatchCurtailResult(results=results, errors=errors)
 
 
-#: ``X-Cycle-Id``, checked against its pattern (a 422 naming the header otherwise).
-CycleIdHeader = Annotated[str | None, Header(pattern=CYCLE_ID_PATTERN, description="run:cycle of the grid agent")]
+#: ``X-Cycle-Id``, checked against its pattern (a 422 naming the header otherwise). Typed ``str`` with a None
+#: default, not ``str | None``: the OpenAPI document then offers a string only, never a literal "null" header.
+CycleIdHeader = Annotated[str, Header(pattern=CYCLE_ID_PATTERN, description="run:cycle of the grid agent")]
 
 
 def build_device_app(
