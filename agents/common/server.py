@@ -17,6 +17,26 @@ from agents.common.tls import plaintext_token_warning, server_ssl_options
 logger = logging.getLogger(__name__)
 
 
+#: Seconds an agent keeps an idle keep-alive connection open. Longer than its callers keep theirs (the grid agent's
+#: client, ``CLIENT_KEEP_ALIVE_S``; httpx's 5 s), so that a caller never sends on a connection the server is closing:
+#: with uvicorn's default of 5 s and cycles 5 s apart (the coordinator's default interval) a /simulate now and then
+#: met a connection reset, which a non-idempotent call cannot retry.
+SERVER_KEEP_ALIVE_S = 75.0
+#: How every agent's uvicorn runs, as a script or as a Ray actor.
+UVICORN_OPTIONS = {
+    "access_log": False,
+    "proxy_headers": False,  # no proxy in front of an agent; its callers' own addresses are the ones that count
+    "timeout_keep_alive": SERVER_KEEP_ALIVE_S,
+}
+#: Seconds the grid agent keeps an idle connection to an agent for reuse: less than ``SERVER_KEEP_ALIVE_S``.
+CLIENT_KEEP_ALIVE_S = 30.0
+
+
+#: FastAPI's native OpenTelemetry off: it asks the global providers whether to trace at every request (a few
+#: microseconds each, on the routes every cycle calls), and the agents' own metrics are Prometheus's.
+TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
+
+
 def serve(create_app: Callable, settings: ServerSettings) -> None:
     """Build the app and run it under uvicorn (HTTPS with --tls-certfile); a busy port or a bad
     certificate is a one-line error, not a traceback."""
@@ -41,26 +61,6 @@ def serve(create_app: Callable, settings: ServerSettings) -> None:
         probe.close()
     options = {**UVICORN_OPTIONS, **ssl_options}
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, **options)
-
-
-#: Seconds an agent keeps an idle keep-alive connection open. Longer than its callers keep theirs (the grid agent's
-#: client, ``CLIENT_KEEP_ALIVE_S``; httpx's 5 s), so that a caller never sends on a connection the server is closing:
-#: with uvicorn's default of 5 s and cycles 5 s apart (the coordinator's default interval) a /simulate now and then
-#: met a connection reset, which a non-idempotent call cannot retry.
-SERVER_KEEP_ALIVE_S = 75.0
-#: How every agent's uvicorn runs, as a script or as a Ray actor.
-UVICORN_OPTIONS = {
-    "access_log": False,
-    "proxy_headers": False,  # no proxy in front of an agent; its callers' own addresses are the ones that count
-    "timeout_keep_alive": SERVER_KEEP_ALIVE_S,
-}
-#: Seconds the grid agent keeps an idle connection to an agent for reuse: less than ``SERVER_KEEP_ALIVE_S``.
-CLIENT_KEEP_ALIVE_S = 30.0
-
-
-#: FastAPI's native OpenTelemetry off: it asks the global providers whether to trace at every request (a few
-#: microseconds each, on the routes every cycle calls), and the agents' own metrics are Prometheus's.
-TELEMETRY_OFF = {"tracing": False, "metrics": False, "logs": False}
 
 
 def json_response(model: BaseModel) -> Response:
