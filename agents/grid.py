@@ -80,7 +80,7 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
         agent.run_id = store.run_id(agent.run_id)
     else:
         store.save_run_id(agent.run_id)
-    agent.on_cycle_start = store.save_cycle
+    agent.on_cycle_start = store.save_cycle  # a commit a cycle (tens of us): a restart must know the last cycle
     runs = Runs(agent, store, settings.coordinate_wait_s)
     app = FastAPI(
         title="grid agent",

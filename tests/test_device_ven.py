@@ -17,7 +17,7 @@ from asgi_lifespan import LifespanManager
 from agents import grid, home
 from agents.common.settings import HomeSettings, StartupError
 from agents.coordinator.report import run_kpis
-from agents.device.ven import DeviceVen, Vtn
+from agents.device.ven import DeviceVen, Vtn, VtnError
 from agents.openadr3.vtn import BASE_PATH
 from models.schemas import AgentReport
 from tests.conftest import HostRouter, make_grid_settings, make_home_settings
@@ -244,3 +244,11 @@ def test_with_tls_on_a_plain_http_vtn_beyond_loopback_is_refused(tmp_path, tls_f
     with pytest.raises(StartupError, match=re.escape("--vtn-url http://vtn.lab:8000/openadr3/3.0.1: plain http://")):
         home.create_app(settings)
     home.create_app(make_home_settings(tmp_path, vtn_url="https://vtn.lab:8000/openadr3/3.0.1", **flags))
+
+
+async def test_a_vtn_that_is_not_up_is_a_vtn_error_the_ven_retries_not_a_crash():
+    """The token is the first call a VEN makes: a VTN not up yet (or a wrong --vtn-url) must be a VtnError,
+    which the VEN's loop retries, not a connection error that ends its task."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{free_port()}/openadr3/3.0.1/") as client:
+        with pytest.raises(VtnError, match="auth/token"):
+            await Vtn(client, "ven_a", "secret").call("GET", "programs")

@@ -277,3 +277,20 @@ def test_the_coordinator_hands_openadr3_to_the_grid_agent_only(tmp_path):
     assert "--openadr3" in command and command[command.index("--openadr3-clients") + 1] == str(clients.resolve())
     assert all("--openadr3" not in device.command for device in devices)
     assert "--openadr3" not in plan_children(CoordinatorSettings(base_port=9200, log_dir=tmp_path))[0].command
+
+
+async def test_a_ven_cannot_take_a_rest_agents_id(make_feeder, monkeypatch):
+    """A VEN resource whose id would be a registered REST agent's (``home_1`` named twice) is left out: the
+    REST agent keeps its place on the feeder."""
+    monkeypatch.setenv("OPENADR3_CLIENTS", json.dumps(CLIENTS))
+    feeder = await make_feeder(grid={"openadr3": True, "ven_report_timeout_s": 0.2})
+    client = feeder.client
+    form = {"grant_type": "client_credentials", "client_id": "ven_1", "client_secret": SECRETS["ven_1"]}
+    token = (await client.post(f"{BASE_PATH}/auth/token", data=form)).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    ven = (await client.post(f"{BASE_PATH}/vens", json={"venName": "home_1"}, headers=headers)).json()
+    resource = {"resourceName": "home_1", "attributes": [{"type": "TRANSFORMER_ID", "values": ["T1"]}]}
+    assert (await client.post(f"{BASE_PATH}/vens/{ven['id']}/resources", json=resource, headers=headers)).is_success
+    result = await feeder.coordinate()
+    assert result["unreachable"] == [] and result["agents_stepped"] == 2
+    assert (await feeder.agents())["home_1"]["agent_type"] == "home"

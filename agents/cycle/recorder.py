@@ -103,10 +103,15 @@ class CycleRecorder:
             )
         # A line for each cycle where something happened; quiet cycles only at DEBUG (a year has 35,040 of them,
         # and the line costs a tenth of the grid agent's own work in a quiet cycle; the CSV log has every one).
+        network = result.network
         eventful = (
             result.actions
             or result.unreachable
             or any(t.state_before is not TransformerState.normal for t in result.transformers)
+            or (
+                network is not None
+                and (not network.converged or network.buses_outside_before or network.lines_outside_before)
+            )
         )
         level = logging.INFO if eventful else logging.DEBUG
         if not logger.isEnabledFor(level):

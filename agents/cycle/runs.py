@@ -82,9 +82,9 @@ class RunStore:
         self._db.execute("CREATE TABLE IF NOT EXISTS identity (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     def run_id(self, fresh: str) -> str:
-        """The grid agent's run id kept here, or ``fresh`` kept from now on (a grid agent counting on from a restart
-        keeps its run id, so that a cycle cut short and run again is the same cycle to the agents: ``X-Cycle-Id``
-        and command ids)."""
+        """The grid agent's run id kept here, or ``fresh`` kept from now on. A grid agent counting on from a restart
+        keeps its run id, so that its cycles stay one run to the agents (``X-Cycle-Id`` and command ids): a late copy
+        of a call the first process made, for a cycle at or before the one it cut short, steps nothing."""
         row = self._db.execute("SELECT value FROM identity WHERE name = 'run_id'").fetchone()
         if row:
             return str(row[0])

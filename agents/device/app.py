@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -46,6 +47,8 @@ from models.schemas import (
     Health,
     HostInfo,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -193,8 +196,12 @@ def _lifespan(
         finally:
             if task is not None:
                 task.cancel()
-                with suppress(asyncio.CancelledError):
+                try:
                     await task
+                except asyncio.CancelledError:
+                    pass
+                except Exception:  # it died earlier; say so, and still close the logs and the state
+                    logger.exception("%s: its registration or VEN task had stopped", hosted.host_id)
             await client.aclose()
             for agent in hosted.agents:
                 agent.close()

@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 
+from agents.common.errors import AgentError
 from agents.common.settings import DeviceSettings, StartupError
 from agents.device.agent import DeviceAgent
 from models.schemas import AgentStatus, CurtailAction, CurtailCommand
@@ -73,7 +74,10 @@ class Vtn:
 
     async def _fetch_token(self) -> str:
         form = {"grant_type": "client_credentials", "client_id": self.client_id, "client_secret": self._secret}
-        response = await self.client.post("auth/token", data=form)
+        try:
+            response = await self.client.post("auth/token", data=form)
+        except httpx.HTTPError as exc:  # the VTN not up yet, or a wrong --vtn-url: the VEN retries
+            raise VtnError(f"POST auth/token: {type(exc).__name__}: {exc}") from exc
         if response.status_code != 200:
             raise VtnError(f"POST auth/token answered {response.status_code} (wrong client id or secret?)")
         return response.json()["access_token"]
@@ -179,10 +183,14 @@ class DeviceVen:
             if event["id"] in seen or start is None or _instant(start) != mine:
                 continue
             seen.add(event["id"])
-            shift_kw = sum(
-                float(p["values"][0]) for i in event["intervals"] for p in i["payloads"] if p["type"] == DISPATCH
-            )
-            applied_kw = self.apply(event["id"], shift_kw)
+            try:
+                shift_kw = sum(
+                    float(p["values"][0]) for i in event["intervals"] for p in i["payloads"] if p["type"] == DISPATCH
+                )
+                applied_kw = self.apply(event["id"], shift_kw)
+            except (LookupError, TypeError, ValueError, AgentError) as exc:  # an event it cannot follow: say so
+                logger.warning("%s: event %s not followed: %s", self.name, event["id"], exc)
+                continue
             await self.report(event["id"], self.agent.current_status(), [("DELTA_USAGE", applied_kw)])
 
     async def new_events(self) -> list[dict[str, Any]]:

@@ -57,9 +57,9 @@ def sensitivities(
         p_kw=np.array(p_kw, dtype=float),
         q_kvar=np.array(q_kvar, dtype=float),
         columns=columns,
-        vm=np.nan_to_num(diff(out.vm_pu)),
-        line=diff(out.line_loading_percent),
-        trafo=diff(out.trafo_loading_percent),
+        vm=np.nan_to_num(diff(out.vm_pu)),  # a dead bus, or a perturbed flow that failed: no effect, not NaN in an LP
+        line=np.nan_to_num(diff(out.line_loading_percent)),
+        trafo=np.nan_to_num(diff(out.trafo_loading_percent)),
     )
 
 

@@ -45,7 +45,10 @@ class ClientsError(ValueError):
 def load_clients(file: Path | None) -> dict[str, Client]:
     """The clients of ``file`` if given, else of ``OPENADR3_CLIENTS``; raises ClientsError when neither holds any."""
     if file is not None:
-        source, text = str(file), Path(file).read_text(encoding="utf-8")
+        try:
+            source, text = str(file), Path(file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ClientsError(f"{file}: not a UTF-8 text file (byte {exc.start})") from exc
     else:
         source, text = "OPENADR3_CLIENTS", os.environ.get("OPENADR3_CLIENTS", "")
     if not text.strip():

@@ -203,6 +203,7 @@ class FeederBridge:
         self._steps: dict[str, int] = {}
         self._seq = 0
         self._participants: dict[str, Participant] = {}
+        self._clashes: set[str] = set()  # VEN resources left out because a REST agent has their id (warned once)
         self.program_id = self.telemetry_event_id = ""
         self._arrived = asyncio.Event()
         self._notifying: set[asyncio.Task] = set()
@@ -326,10 +327,22 @@ class FeederBridge:
         records = self.registry.records
         for agent_id in [a for a, r in records.items() if r.agent_type is AgentType.ven and a not in participants]:
             del records[agent_id]
-        for p in participants.values():
+        for p in list(participants.values()):
             url = f"{self.base_url}/vens/{p.ven_id}/resources/{p.resource_id}"
             record = records.get(p.agent_id)
-            if record is None or record.agent_type is not AgentType.ven:
+            if record is not None and record.agent_type is not AgentType.ven:  # a REST agent has that id: it stays
+                if p.agent_id not in self._clashes:
+                    self._clashes.add(p.agent_id)
+                    logger.warning(
+                        "VEN resource %s/%s is left out: its id %s is a registered %s agent's",
+                        p.ven_id,
+                        p.resource_id,
+                        p.agent_id,
+                        record.agent_type.value,
+                    )
+                del participants[p.agent_id]
+                continue
+            if record is None:
                 records[p.agent_id] = AgentRecord(
                     agent_id=p.agent_id,
                     agent_type=AgentType.ven,
