@@ -405,7 +405,8 @@ class Coordinator:
                 self._wait_healthy(host)
                 self.console.print(f"[green]up[/green] {host.name:<14} {host.url}  node {host.node_id[:12]}")
             grid_url = placed[0].url
-        self.supervisor = Supervisor(placed, self._relaunch, httpx.Client(), report=self.supervisor.report)
+        # the first supervisor's client: its timeout and its TLS verification (the agents may serve HTTPS)
+        self.supervisor = Supervisor(placed, self._relaunch, self.supervisor.http, report=self.supervisor.report)
 
     def _launch(self, child: Child, command: list[str], mode: str) -> None:
         env = {**os.environ, "AGENT_TOKEN": self.token, "PYTHONUNBUFFERED": "1"}
