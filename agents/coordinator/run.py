@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import math
 import os
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -17,21 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-from pydantic import Field, model_validator
 from rich.console import Console
 from rich.table import Table
 
 from agents.common.auth import GENERATED_TOKEN_ENV
-from agents.common.scenario import Scenario, generate_feeder, load_scenario
-from agents.common.settings import ServerSettings, StartupError
+from agents.common.settings import StartupError
 from agents.common.tls import client_ssl_context
+from agents.coordinator.children import Child, feeder_scenario, plan_children, port_in_use
 from agents.coordinator.collect import collect_logs
 from agents.coordinator.progress import cycle_display
 from agents.coordinator.report import network_line, run_kpis, summary_rows, write_report
+from agents.coordinator.settings import CoordinatorSettings
 from agents.coordinator.supervise import RestartPolicy, Supervisor
 from models.schemas import RUN_CYCLES_MAX
 
-ROOT = Path(__file__).resolve().parents[2]
 #: With --report, fetch the grid agent's history this often (it keeps the last 2,880 cycles).
 HISTORY_PULL_EVERY = 1000
 #: At --interval 0, how long to wait before asking a run for its results again: a run does hundreds of cycles a
@@ -41,120 +38,12 @@ RESULTS_POLL_S = 0.1
 RESULTS_PAGE = 500
 
 
-class CoordinatorSettings(ServerSettings):
-    """Flags of run_distributed_simulation.py."""
-
-    cycles: int = Field(3, ge=0, description="Coordination cycles to run")
-    interval: float = Field(5.0, ge=0, description="Seconds between cycles (0 = as fast as possible)")
-    exit: bool = Field(False, description="Stop the agents and exit after the last cycle instead of waiting for Ctrl+C")
-    base_port: int = Field(8000, ge=1, le=65533, description="Grid agent's port; home and battery take the next two")
-    planner: str = Field(
-        "auto",
-        pattern=r"^(auto|optimal|rule|ai|mpc)$",
-        description="auto (ai with an OpenAI key, else optimal), optimal, rule, ai or mpc",
-    )
-    homes: int = Field(
-        1,
-        ge=1,
-        le=100_000,
-        description="Homes on a generated feeder (1 = the seed's feeder of one home and one battery)",
-    )
-    homes_per_process: int = Field(250, ge=1, le=1000, description="Homes hosted by each home agent process")
-    transformer_rating_kw: float | None = Field(
-        None, gt=0, description="Rating of every transformer (grid agent's default if unset)"
-    )
-    scenario: Path | None = Field(None, description="Scenario file handed to the grid agent")
-    start: str | None = Field(None, description="Simulated start time, ISO 8601 (default: the first row of the data)")
-    resume: bool = Field(False, description="Continue from the agents' saved state instead of starting afresh")
-    startup_timeout_s: float = Field(30.0, gt=0, description="How long to wait for each agent to come up")
-    report: Path | None = Field(
-        None, description="Write summary.json, cycles.jsonl and PNG plots of the run into this folder"
-    )
-    network: str | None = Field(
-        None, description="A SimBench code or pandapower JSON file: its loads, PV and storage become the agents"
-    )
-    slack_vm_pu: float | None = Field(None, gt=0.5, lt=1.5, description="External grid voltage setpoint (p.u.)")
-    vm_min_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Lowest voltage at buses below 1 kV (p.u.)")
-    vm_max_pu: float | None = Field(None, gt=0.5, lt=1.5, description="Highest voltage at buses below 1 kV (p.u.)")
-    pv_reactive: str = Field("unity", pattern=r"^(unity|cosphi_p)$", description="PV reactive power: unity or cosphi_p")
-    openadr3: bool = Field(False, description="Start the grid agent with its OpenADR 3 VTN on (--openadr3)")
-    openadr3_clients: Path | None = Field(
-        None,
-        description="With --openadr3: the VTN's clients file, handed to the grid agent (default: OPENADR3_CLIENTS)",
-    )
-    max_restarts: int = Field(
-        5, ge=0, le=100, description="Restarts of each agent process that dies before the coordinator gives up on it"
-    )
-    heartbeat_s: float = Field(5.0, gt=0, description="Seconds between the devices' heartbeats to the grid agent")
-    ray: str | None = Field(
-        None,
-        pattern=r"^(auto|local|(ray://)?[A-Za-z0-9.\-]+:\d{1,5})$",
-        description="Place the agents as actors on the Ray cluster at this address: HOST:PORT, auto (the cluster"
-        " this machine belongs to) or local (a new one-machine cluster); needs requirements-ray.txt",
-    )
-
-    @model_validator(mode="after")
-    def _own_client_certificate(self) -> CoordinatorSettings:
-        if self.tls_require_client_cert and self.tls_client_certfile is None:
-            raise ValueError(
-                "--tls-require-client-cert needs --tls-client-certfile and --tls-client-keyfile: the coordinator "
-                "calls its agents too"
-            )
-        return self
-
-    def tls_flags(self) -> list[str]:
-        """The TLS flags handed to every child, with absolute paths."""
-        files = {
-            "--tls-certfile": self.tls_certfile,
-            "--tls-keyfile": self.tls_keyfile,
-            "--tls-ca-file": self.tls_ca_file,
-            "--tls-client-certfile": self.tls_client_certfile,
-            "--tls-client-keyfile": self.tls_client_keyfile,
-        }
-        flags = [part for flag, path in files.items() if path is not None for part in (flag, str(path.resolve()))]
-        return flags + (["--tls-require-client-cert"] if self.tls_require_client_cert else [])
-
-
 class CoordinatorError(Exception):
     """The run cannot go on; the message says which agent and why."""
 
 
 class GridLost(Exception):
     """A call to the grid agent failed in transport: it may have died, and the supervisor may bring it back."""
-
-
-@dataclass
-class Child:
-    """One agent process the coordinator started."""
-
-    name: str
-    agent_id: str
-    port: int
-    command: list[str]
-    output: Path
-    hosts: list[str] = field(default_factory=list)  # the agent ids it hosts, which must register
-    process: subprocess.Popen | None = None
-    scheme: str = "http"  # https when the coordinator hands its children --tls-certfile
-    restart_command: list[str] = field(default_factory=list)  # after a death: resume, never start afresh
-
-    def exit_code(self) -> int | None:
-        """None while it runs (or before it started), else how it ended."""
-        return None if self.process is None else self.process.poll()
-
-    @property
-    def url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self.port}"
-
-    def log_files(self) -> dict[str, bytes]:
-        """Nothing to fetch: a local process writes its logs straight into the coordinator's --log-dir."""
-        return {}
-
-    def tail(self, lines: int = 3) -> str:
-        try:
-            text = self.output.read_text(encoding="utf-8", errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(line.strip() for line in text[-lines:])
 
 
 @dataclass
@@ -168,139 +57,6 @@ class RunStats:
     report_written: bool = False
     cycles_wall_s: float | None = None  # wall time of the cycles, start-up excluded
     lost_cycles: list[int] = field(default_factory=list)  # the grid agent's numbers of cycles without a result
-
-
-def port_in_use(host: str, port: int) -> bool:
-    """Whether something already listens on (host, port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def feeder_scenario(settings: CoordinatorSettings) -> Scenario | None:
-    """The feeder of the run: the --network's agents, the --scenario file, a generated one for --homes N > 1,
-    or None for the seed's."""
-    if settings.network is not None:
-        if settings.scenario is not None or settings.homes > 1:
-            raise StartupError("--network brings its own homes and storage; give it without --scenario or --homes")
-        from agents.network.feeder import prepare_network_run  # pandapower and simbench load only for a network
-
-        feeder = prepare_network_run(settings.network, network_dir(settings))
-        for what in feeder.left_out:
-            print(f"note: left out of the agents: {what}", file=sys.stderr)
-        return feeder.scenario
-    if settings.scenario is not None:
-        scenario = load_scenario(settings.scenario)
-        if settings.homes > 1 and len(scenario.homes) != settings.homes:
-            raise StartupError(
-                f"--homes {settings.homes} and --scenario {settings.scenario} ({len(scenario.homes)} homes) "
-                "disagree; give one"
-            )
-        return scenario
-    if settings.homes > 1:
-        return generate_feeder(settings.homes)
-    return None
-
-
-def network_dir(settings: CoordinatorSettings) -> Path:
-    """Where a run on a network keeps its agents' profile arrays and the grid agent's network.json."""
-    return settings.log_dir / "network"
-
-
-def plan_children(
-    settings: CoordinatorSettings, scenario: Scenario | None = None, scenario_path: Path | None = None
-) -> list[Child]:
-    """The agent processes of the run and the command lines that start them.
-
-    The seed's feeder is one grid, one home and one battery process. A scenario with homes gets
-    one grid process, ceil(homes / --homes-per-process) home processes each hosting its shard of
-    the homes, and one process hosting the storage systems; ports count up from --base-port.
-    """
-    grid_url = f"{settings.scheme}://127.0.0.1:{settings.base_port}"
-    common = [
-        "--host",
-        "127.0.0.1",
-        "--log-dir",
-        str(settings.log_dir),
-        "--state-dir",
-        str(settings.state_dir),
-        "--log-level",
-        settings.log_level,
-    ]
-    common += settings.tls_flags()
-    device = [
-        "--grid-url",
-        grid_url,
-        "--heartbeat-s",
-        f"{settings.heartbeat_s:g}",
-        *(["--start", settings.start] if settings.start else []),
-        *([] if settings.resume else ["--fresh"]),
-    ]
-    grid_flags = ["--planner", settings.planner]
-    if settings.transformer_rating_kw is not None:
-        grid_flags += ["--transformer-rating-kw", str(settings.transformer_rating_kw)]
-    path = scenario_path or settings.scenario
-    if path is not None:
-        grid_flags += ["--scenario", str(path)]
-    if settings.openadr3:  # VENs may then join the run through the VTN; the clients come from the environment too
-        grid_flags += ["--openadr3"]
-        if settings.openadr3_clients is not None:
-            grid_flags += ["--openadr3-clients", str(settings.openadr3_clients.resolve())]
-    if settings.network is not None:  # the network the coordinator checked and saved, quicker to load than SimBench
-        grid_flags += ["--network", str(network_dir(settings) / "network.json"), "--pv-reactive", settings.pv_reactive]
-        for flag in ("slack_vm_pu", "vm_min_pu", "vm_max_pu"):
-            if getattr(settings, flag) is not None:
-                grid_flags += ["--" + flag.replace("_", "-"), str(getattr(settings, flag))]
-    specs: list[tuple[str, str, str, list[str], list[str]]] = [
-        ("grid agent", "grid_agent", "grid_agent_server.py", grid_flags, [])
-    ]
-    if scenario is None or not scenario.homes:
-        specs += [
-            ("home agent", "home_1", "home_agent_server.py", ["--agent-id", "home_1", *device], ["home_1"]),
-            (
-                "battery agent",
-                "battery_agent_1",
-                "battery_agent_server.py",
-                ["--agent-id", "battery_agent_1", *device],
-                ["battery_agent_1"],
-            ),
-        ]
-    else:
-        n = math.ceil(len(scenario.homes) / settings.homes_per_process)
-        for i in range(n):
-            hosted = [h.id for h in scenario.homes[i::n]]
-            specs.append(
-                (
-                    f"homes {i + 1}/{n}",
-                    f"home_agents_{i + 1}_of_{n}",
-                    "home_agent_server.py",
-                    ["--scenario", str(path), "--shard", f"{i}/{n}", *device],
-                    hosted,
-                )
-            )
-        if scenario.batteries:
-            specs.append(
-                (
-                    "storage",
-                    "battery_agents",
-                    "battery_agent_server.py",
-                    ["--scenario", str(path), *device],
-                    [b.id for b in scenario.batteries],
-                )
-            )
-    children = []
-    for k, (name, agent_id, script, flags, hosted) in enumerate(specs):
-        command = [sys.executable, str(ROOT / script), "--port", str(settings.base_port + k), *common, *flags]
-        again = [part for part in command if part != "--fresh"] + (["--resume-cycles"] if k == 0 else [])
-        output = settings.log_dir / f"{agent_id}_server.log"
-        children.append(
-            Child(name, agent_id, settings.base_port + k, command, output, hosted, None, settings.scheme, again)
-        )
-    return children
 
 
 class Coordinator:
