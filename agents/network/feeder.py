@@ -123,10 +123,26 @@ def network_feeder(network: Network, out_dir: Path) -> NetworkFeeder:
     storages = _in_service(net.storage).sort_index() if "storage" in net else pd.DataFrame()
     pv = sgens[_is_pv(sgens)]
     left_out = [f"sgen {i} ({row.get('name')}, {row.get('type')})" for i, row in sgens[~_is_pv(sgens)].iterrows()]
+    pv_only_buses = sorted(set(pv["bus"]) - set(loads["bus"]))
+    load_ids, pv_only_ids, storage_ids = _agent_ids(loads, pv, pv_only_buses, storages)
+    homes_file = (out_dir / "homes.npy").resolve()
+    homes = _homes(network, profiles, loads, pv, pv_only_buses, load_ids + pv_only_ids, homes_file)
+    batteries: list[BatterySpecEntry] = []
+    batteries_file = None
+    if not storages.empty:
+        batteries_file = (out_dir / "batteries.npy").resolve()
+        batteries = _batteries(network, profiles, storages, storage_ids, batteries_file, left_out)
+    used = {h.transformer for h in homes} | {b.transformer for b in batteries}
+    scenario = Scenario(
+        name=f"network {network.name}", transformers=_transformers(network, used), homes=homes, batteries=batteries
+    )
+    return NetworkFeeder(scenario, homes_file, batteries_file, left_out)
 
-    # who is who: loads first, then PV-only sites, then storage units, so that ids are stable for a network
-    first_load_at = loads.reset_index().groupby("bus")["index"].first().to_dict()
-    pv_only_buses = sorted(set(pv["bus"]) - set(first_load_at))
+
+def _agent_ids(
+    loads: pd.DataFrame, pv: pd.DataFrame, pv_only_buses: list[int], storages: pd.DataFrame
+) -> tuple[list[str], list[str], list[str]]:
+    """Who is who: loads first, then PV-only sites, then storage units, so that ids are stable for a network."""
     first_pv_at = pv.reset_index().groupby("bus")["index"].first().to_dict()
     names = [*loads.get("name", pd.Series(None, index=loads.index)).tolist()]
     names += [pv.at[first_pv_at[bus], "name"] if "name" in pv else None for bus in pv_only_buses]
@@ -134,73 +150,93 @@ def network_feeder(network: Network, out_dir: Path) -> NetworkFeeder:
     fallbacks = [f"load_{i}" for i in loads.index] + [f"sgen_{first_pv_at[b]}" for b in pv_only_buses]
     fallbacks += [f"storage_{i}" for i in storages.index]
     ids = unique_ids(names, fallbacks)
-    load_ids, pv_only_ids, storage_ids = (
-        ids[: len(loads)],
-        ids[len(loads) : len(loads) + len(pv_only_buses)],
-        ids[len(loads) + len(pv_only_buses) :],
-    )
+    n_loads, n_homes = len(loads), len(loads) + len(pv_only_buses)
+    return ids[:n_loads], ids[n_loads:n_homes], ids[n_homes:]
 
+
+def _homes(
+    network: Network,
+    profiles: Profiles,
+    loads: pd.DataFrame,
+    pv: pd.DataFrame,
+    pv_only_buses: list[int],
+    ids: list[str],
+    homes_file: Path,
+) -> list[HomeSpec]:
+    """A home per load (with the PV of its bus when it is that bus's first load), then a PV-only home per bus with
+    PV and no load; their profiles, one row each, written to ``homes_file``."""
+    first_load_at = loads.reset_index().groupby("bus")["index"].first().to_dict()
     pv_kw_at = {bus: profiles.sgen_kw[group.index].sum(axis=1).to_numpy() for bus, group in pv.groupby("bus")}
     pv_kwp_at = {
         bus: sum(_rating_kw(row, "sn_mva", "p_mw") for _, row in group.iterrows()) for bus, group in pv.groupby("bus")
     }
-    n_homes = len(loads) + len(pv_only_buses)
-    values = np.zeros((n_homes, len(NETWORK_HOME_COLUMNS), profiles.steps), dtype=np.float32)
+    values = np.zeros((len(ids), len(NETWORK_HOME_COLUMNS), profiles.steps), dtype=np.float32)
     homes: list[HomeSpec] = []
     step_h = profiles.step_s / 3600.0
-    homes_file = (out_dir / "homes.npy").resolve()
     for row, (index, load) in enumerate(loads.iterrows()):
         bus = int(load["bus"])
         has_pv = first_load_at[bus] == index and bus in pv_kw_at
-        load_kw = profiles.load_kw[index].to_numpy()
         values[row, 0] = pv_kw_at[bus] if has_pv else 0.0
-        values[row, 1] = np.clip(load_kw, 0.0, None)
+        values[row, 1] = np.clip(profiles.load_kw[index].to_numpy(), 0.0, None)
         values[row, 2] = profiles.load_kvar[index].to_numpy()
         pv_kwp = pv_kwp_at[bus] if has_pv else 0.0
-        homes.append(_home(load_ids[row], network, bus, pv_kwp, values[row, 1] * step_h, homes_file, row))
-    for k, bus in enumerate(pv_only_buses):
-        row = len(loads) + k
+        homes.append(_home(ids[row], network, bus, pv_kwp, values[row, 1] * step_h, homes_file, row))
+    for row, bus in enumerate(pv_only_buses, start=len(loads)):
         values[row, 0] = pv_kw_at[bus]
-        homes.append(_home(pv_only_ids[k], network, int(bus), pv_kwp_at[bus], values[row, 1] * step_h, homes_file, row))
+        homes.append(_home(ids[row], network, int(bus), pv_kwp_at[bus], values[row, 1] * step_h, homes_file, row))
     values[:, 0] = np.clip(values[:, 0], 0.0, None)
-    columns, ids = list(NETWORK_HOME_COLUMNS), [h.id for h in homes]
-    write_profile_array(homes_file, values, profiles.start, profiles.step_s, columns, ids)
+    columns = list(NETWORK_HOME_COLUMNS)
+    write_profile_array(homes_file, values, profiles.start, profiles.step_s, columns, [h.id for h in homes])
+    return homes
 
-    batteries: list[BatterySpecEntry] = []
-    batteries_file = None
-    if not storages.empty:
-        batteries_file = (out_dir / "batteries.npy").resolve()
-        prices = _battery_data(profiles)
-        columns = list(BATTERY_COLUMNS)
-        write_profile_array(batteries_file, prices[np.newaxis], profiles.start, profiles.step_s, columns, ["all"])
-        for k, (index, unit) in enumerate(storages.iterrows()):
-            capacity_kwh = _rating_kw(unit, "max_e_mwh")
-            power_kw = _rating_kw(unit, "sn_mva", "min_p_mw", "max_p_mw", "p_mw")
-            if capacity_kwh <= 0 or power_kw <= 0:
-                left_out.append(f"storage {index} ({unit.get('name')}): no capacity or power")
-                continue
-            bus = int(unit["bus"])
-            batteries.append(
-                BatterySpecEntry(
-                    id=storage_ids[k],
-                    transformer=network.transformer_id_of_bus(bus),
-                    capacity_kwh=capacity_kwh,
-                    power_kw=power_kw,
-                    bus=bus,
-                    data_file=str(batteries_file),
-                    data_row=0,
-                )
+
+def _batteries(
+    network: Network,
+    profiles: Profiles,
+    storages: pd.DataFrame,
+    ids: list[str],
+    batteries_file: Path,
+    left_out: list[str],
+) -> list[BatterySpecEntry]:
+    """A battery agent per storage unit with a capacity and a power (the others go to ``left_out``); the price and
+    temperature they share written to ``batteries_file``."""
+    prices = _battery_data(profiles)
+    columns = list(BATTERY_COLUMNS)
+    write_profile_array(batteries_file, prices[np.newaxis], profiles.start, profiles.step_s, columns, ["all"])
+    batteries = []
+    for agent_id, (index, unit) in zip(ids, storages.iterrows(), strict=True):
+        capacity_kwh = _rating_kw(unit, "max_e_mwh")
+        power_kw = _rating_kw(unit, "sn_mva", "min_p_mw", "max_p_mw", "p_mw")
+        if capacity_kwh <= 0 or power_kw <= 0:
+            left_out.append(f"storage {index} ({unit.get('name')}): no capacity or power")
+            continue
+        bus = int(unit["bus"])
+        batteries.append(
+            BatterySpecEntry(
+                id=agent_id,
+                transformer=network.transformer_id_of_bus(bus),
+                capacity_kwh=capacity_kwh,
+                power_kw=power_kw,
+                bus=bus,
+                data_file=str(batteries_file),
+                data_row=0,
             )
-    used = {h.transformer for h in homes} | {b.transformer for b in batteries}
+        )
+    return batteries
+
+
+def _transformers(network: Network, used: set[str]) -> list[TransformerSpec]:
+    """The transformers that feed some agent, at their rated apparent power; the external grid, unlimited, when an
+    agent sits above every transformer."""
+    trafo = network.net.trafo
     transformers = [
-        TransformerSpec(id=tid, rating_kw=_rating_kw(net.trafo.loc[i], "sn_mva") * _parallel(net.trafo.loc[i]))
+        TransformerSpec(id=tid, rating_kw=_rating_kw(trafo.loc[i], "sn_mva") * _parallel(trafo.loc[i]))
         for i, tid in network.transformer_ids.items()
         if tid in used
     ]
     if EXTERNAL_GRID_ZONE in used:
         transformers.append(TransformerSpec(id=EXTERNAL_GRID_ZONE, rating_kw=UNLIMITED_KW))
-    scenario = Scenario(name=f"network {network.name}", transformers=transformers, homes=homes, batteries=batteries)
-    return NetworkFeeder(scenario, homes_file, batteries_file, left_out)
+    return transformers
 
 
 def _parallel(trafo: pd.Series) -> int:
