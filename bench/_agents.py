@@ -110,6 +110,50 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process (MB), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(round(q * (len(ordered) - 1)), len(ordered) - 1)]
+
+
+def warm_up(http: httpx.Client, grid: str, cycles: int = 3) -> None:
+    """A few cycles to open the connections and fill the caches before anything is measured."""
+    for _ in range(cycles):
+        http.post(f"{grid}/coordinate").raise_for_status()
+
+
+def timed_cycles(http: httpx.Client, grid: str, cycles: int) -> tuple[list[float], list[dict]]:
+    """``cycles`` POST /coordinate back to back: each one's latency (ms) as the caller sees it, and its result."""
+    latencies, results = [], []
+    for _ in range(cycles):
+        started = time.perf_counter()
+        response = http.post(f"{grid}/coordinate")
+        response.raise_for_status()
+        latencies.append((time.perf_counter() - started) * 1000)
+        results.append(response.json())
+    return latencies, results
+
+
+def print_table(title: str, columns: list[tuple[str, str, str]], rows: list[dict]) -> None:
+    """A rich table of ``rows``: ``columns`` are (heading, key, format), every column right-aligned."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for heading, _, _ in columns:
+        table.add_column(heading, justify="right")
+    for row in rows:
+        table.add_row(*(fmt.format(row[key]) for _, key, fmt in columns))
+    Console(width=200).print(table)
+
+
 def children_of(pid: int) -> list[int]:
     """The child processes of ``pid``, from /proc."""
     found: list[int] = []

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 for _name, _value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}.items():
@@ -25,12 +25,11 @@ for _name, _value in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX
 
 from ray.cluster_utils import Cluster
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from scale import cpu_s, percentile, rss_mb
+from _agents import cpu_s, percentile, print_table, rss_mb, timed_cycles, warm_up
 
 from agents.coordinator import Coordinator, CoordinatorSettings
 
@@ -82,15 +81,10 @@ def run_nodes(nodes: int, homes: int, cycles: int, homes_per_process: int) -> di
                 os.sched_setaffinity(pid, {node_ids.index(child.node_id) % os.cpu_count()})
                 pids[child.node_id].append(pid)
             everyone = [p for ps in pids.values() for p in ps]
-            for _ in range(3):  # warm up connections and caches
-                coordinator.http.post(f"{grid}/coordinate").raise_for_status()
+            warm_up(coordinator.http, grid)
             cpu_before = {n: sum(cpu_s(p) for p in ps) for n, ps in pids.items()}
             wrote_before, logs_before = sum(written_bytes(p) for p in everyone), folder_bytes(work)
-            latencies = []
-            for _ in range(cycles):
-                started = time.perf_counter()
-                coordinator.http.post(f"{grid}/coordinate").raise_for_status()
-                latencies.append((time.perf_counter() - started) * 1000)
+            latencies, _ = timed_cycles(coordinator.http, grid, cycles)
             cpu = {n: sum(cpu_s(p) for p in ps) - cpu_before[n] for n, ps in pids.items()}
             sent = sum(written_bytes(p) for p in everyone) - wrote_before - (folder_bytes(work) - logs_before)
             return {
@@ -108,6 +102,7 @@ def run_nodes(nodes: int, homes: int, cycles: int, homes_per_process: int) -> di
             coordinator.stop()
     finally:
         cluster.shutdown()
+        shutil.rmtree(work, ignore_errors=True)  # the run's logs and state
 
 
 def main() -> None:
@@ -121,7 +116,7 @@ def main() -> None:
     for nodes in args.nodes:
         rows.append(run_nodes(nodes, args.homes, args.cycles, args.homes_per_process))
         print(f"done: {nodes} nodes", file=sys.stderr)
-    table = Table(title=f"{args.homes} homes, {args.cycles} cycles back to back, each node pinned to one core")
+    title = f"{args.homes} homes, {args.cycles} cycles back to back, each node pinned to one core"
     columns = [
         ("nodes", "nodes", "{}"),
         ("actors", "actors", "{}"),
@@ -132,11 +127,7 @@ def main() -> None:
         ("bytes sent/home-cycle", "bytes_per_home_cycle", "{:.0f}"),
         ("actors' RSS MB", "rss_mb", "{:.0f}"),
     ]
-    for title, _, _ in columns:
-        table.add_column(title, justify="right")
-    for row in rows:
-        table.add_row(*(fmt.format(row[key]) for _, key, fmt in columns))
-    Console(width=200).print(table)
+    print_table(title, columns, rows)
 
 
 if __name__ == "__main__":

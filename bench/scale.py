@@ -11,42 +11,20 @@ seconds per home-cycle. A benchmark, not a test: nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _agents import free_port_block
+from _agents import cpu_s, free_port_block, percentile, print_table, rss_mb, timed_cycles, warm_up
 
 from agents.coordinator import Coordinator, CoordinatorSettings
-
-CLOCK_TICKS = __import__("os").sysconf("SC_CLK_TCK")
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process (MB), from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(round(q * (len(ordered) - 1)), len(ordered) - 1)]
 
 
 def run_size(homes: int, cycles: int, planner: str, start: str | None) -> dict:
@@ -70,16 +48,9 @@ def run_size(homes: int, cycles: int, planner: str, start: str | None) -> dict:
         coordinator.start()
         grid = coordinator.children[0].url
         pids = [c.process.pid for c in coordinator.children]
-        for _ in range(3):  # warm up connections and caches
-            coordinator.http.post(f"{grid}/coordinate").raise_for_status()
+        warm_up(coordinator.http, grid)
         cpu_before = sum(cpu_s(p) for p in pids)
-        latencies, results = [], []
-        for _ in range(cycles):
-            started = time.perf_counter()
-            response = coordinator.http.post(f"{grid}/coordinate")
-            response.raise_for_status()
-            latencies.append((time.perf_counter() - started) * 1000)
-            results.append(response.json())
+        latencies, results = timed_cycles(coordinator.http, grid, cycles)
         cpu_used = sum(cpu_s(p) for p in pids) - cpu_before
         return {
             "homes": homes,
@@ -97,6 +68,7 @@ def run_size(homes: int, cycles: int, planner: str, start: str | None) -> dict:
         }
     finally:
         coordinator.stop()
+        shutil.rmtree(work, ignore_errors=True)  # the run's logs and state
 
 
 def main() -> None:
@@ -112,7 +84,7 @@ def main() -> None:
     for homes in args.homes:
         rows.append(run_size(homes, args.cycles, args.planner, args.start))
         print(f"done: {homes} homes", file=sys.stderr)
-    table = Table(title=f"{args.cycles} cycles at --interval 0, planner {args.planner}, from {args.start}")
+    title = f"{args.cycles} cycles at --interval 0, planner {args.planner}, from {args.start}"
     columns = [
         ("homes", "homes", "{}"),
         ("processes", "processes", "{}"),
@@ -127,11 +99,7 @@ def main() -> None:
         ("CPU ms/home-cycle", "cpu_ms_per_home_cycle", "{:.3f}"),
         ("unreachable", "unreachable", "{}"),
     ]
-    for title, _, _ in columns:
-        table.add_column(title, justify="right")
-    for row in rows:
-        table.add_row(*(fmt.format(row[key]) for _, key, fmt in columns))
-    Console(width=200).print(table)
+    print_table(title, columns, rows)
 
 
 if __name__ == "__main__":

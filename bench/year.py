@@ -20,8 +20,7 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _agents import free_port_block
-from scale import cpu_s, rss_mb
+from _agents import cpu_s, free_port_block, rss_mb
 
 from agents.coordinator import Coordinator, CoordinatorSettings
 
