@@ -326,18 +326,15 @@ class GridAgent:
         ]
         answers = await self.calls.curtail_all(addressed)
         for command, answer in zip(commands, answers, strict=True):
-            where = {"agent_id": command.agent_id, "transformer_id": statuses[command.agent_id].transformer_id}
-            asked = {"action": command.action, "requested_kw": command.power_kw}
+            transformer_id = statuses[command.agent_id].transformer_id
             if isinstance(answer, Exception):
                 unreachable.append(command.agent_id)
                 records[command.agent_id].healthy = False
-                reports.append(ActionReport(**where, **asked, applied_kw=0.0, status="unreachable", reason=str(answer)))
+                reports.append(_report(command, transformer_id, 0.0, "unreachable", str(answer)))
                 continue
             statuses[command.agent_id] = answer.agent_status
             records[command.agent_id].last_status = answer.agent_status
-            reports.append(
-                ActionReport(**where, **asked, applied_kw=answer.applied_kw, status=answer.status, reason=answer.reason)
-            )
+            reports.append(_report(command, transformer_id, answer.applied_kw, answer.status, answer.reason))
         return reports
 
     def _send_events(
@@ -347,8 +344,6 @@ class GridAgent:
         reports = []
         for command in commands:
             status = statuses[command.agent_id]
-            where = {"agent_id": command.agent_id, "transformer_id": status.transformer_id}
-            asked = {"action": command.action, "requested_kw": command.power_kw}
             assert self.vens is not None, "VEN agents exist only with --openadr3"
             try:
                 event = self.vens.dispatch(
@@ -356,12 +351,12 @@ class GridAgent:
                 )
             except PeerUnavailableError as exc:
                 unreachable.append(command.agent_id)
-                reports.append(ActionReport(**where, **asked, applied_kw=0.0, status="unreachable", reason=exc.reason))
+                reports.append(_report(command, status.transformer_id, 0.0, "unreachable", exc.reason))
                 continue
             shifted = status.net_power_kw + command.action.direction * command.power_kw
             statuses[command.agent_id] = status.model_copy(update={"net_power_kw": shifted})
             reason = f"OpenADR 3 event {event['id']}; the VEN reports what it applied (DELTA_USAGE)"
-            reports.append(ActionReport(**where, **asked, applied_kw=command.power_kw, status="sent", reason=reason))
+            reports.append(_report(command, status.transformer_id, command.power_kw, "sent", reason))
         return reports
 
     def _record(
@@ -428,3 +423,16 @@ class GridAgent:
 
     def close(self) -> None:
         self.recorder.close()
+
+
+def _report(command: Command, transformer_id: str, applied_kw: float, status: str, reason: str | None) -> ActionReport:
+    """What became of one command, for the cycle's result."""
+    return ActionReport(
+        agent_id=command.agent_id,
+        transformer_id=transformer_id,
+        action=command.action,
+        requested_kw=command.power_kw,
+        applied_kw=applied_kw,
+        status=status,
+        reason=reason,
+    )
