@@ -22,8 +22,9 @@ from agents.cycle.peers import make_peers
 from agents.cycle.runs import RESULTS_KEPT, Runs, RunStore
 from agents.openadr3.clients import ClientsError, Tokens, load_clients
 from agents.openadr3.feeder import FeederBridge
+from agents.openadr3.routes import mount_vtn
 from agents.openadr3.store import ObjectStore
-from agents.openadr3.vtn import BASE_PATH, mount_vtn
+from agents.openadr3.vtn import BASE_PATH
 from agents.planners import PLANNERS
 from models.schemas import (
     AgentId,
