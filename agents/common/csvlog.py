@@ -53,13 +53,21 @@ class CsvLogWriter:
 
     def write(self, row: Mapping[str, Any]) -> None:
         """Write one whole row and flush it."""
-        self._writer.writerow([_cell(row.get(column)) for column in self.columns])
+        self.write_values([row.get(column) for column in self.columns])
+
+    def write_values(self, values: Sequence[Any]) -> None:
+        """Write one whole row given as its values in column order, and flush it."""
+        self._writer.writerow([_float_cell(v) if type(v) is float else _cell(v) for v in values])
         self._file.flush()
 
     def close(self) -> None:
         """Flush and close the file."""
         if not self._file.closed:
             self._file.close()
+
+
+def _float_cell(value: float) -> float | str:
+    return round(value, 6) if math.isfinite(value) else ""
 
 
 def _cell(value: Any) -> Any:

@@ -37,6 +37,8 @@ class StateStore:
             "NULL, PRIMARY KEY (agent_id, command_id))"
         )
         self._depth = 0
+        self._pending_states: dict[str, str] = {}  # agent id -> its state's JSON, saved in the batch under way
+        self._pending_commands: list[tuple[str, str, str]] = []
 
     def _columns(self, table: str) -> set[str]:
         return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
@@ -63,16 +65,34 @@ class StateStore:
 
     @contextmanager
     def batch(self) -> Iterator[None]:
-        """Group the saves inside into one transaction."""
+        """Group the saves inside into one transaction, written with one statement per table at its end."""
         if self._depth == 0:
-            self._db.execute("BEGIN")
+            self._pending_states = {}
+            self._pending_commands = []
         self._depth += 1
         try:
             yield
         finally:
             self._depth -= 1
             if self._depth == 0:
-                self._db.execute("COMMIT")
+                self._write_pending()
+
+    def _write_pending(self) -> None:
+        states, commands = self._pending_states, self._pending_commands
+        self._pending_states, self._pending_commands = {}, []
+        if not states and not commands:
+            return
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany("INSERT OR REPLACE INTO state (agent_id, body) VALUES (?, ?)", states.items())
+            if commands:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO commands (agent_id, command_id, body) VALUES (?, ?, ?)", commands
+                )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def load(self, agent_id: str) -> dict[str, Any] | None:
         """An agent's saved state, or None for a new agent."""
@@ -80,16 +100,13 @@ class StateStore:
         return json.loads(row[0]) if row else None
 
     def save(self, agent_id: str, state: dict[str, Any], commands: dict[str, dict[str, Any]] | None = None) -> None:
-        """Save an agent's state and its newly answered commands together."""
+        """Save an agent's state and its newly answered commands together (at the end of the batch, if in one)."""
         with self.batch():
-            self._db.execute(
-                "INSERT OR REPLACE INTO state (agent_id, body) VALUES (?, ?)", (agent_id, json.dumps(state))
-            )
+            self._pending_states[agent_id] = json.dumps(state, separators=(",", ":"))
             if commands:
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO commands (agent_id, command_id, body) VALUES (?, ?, ?)",
-                    [(agent_id, command_id, json.dumps(record)) for command_id, record in commands.items()],
-                )
+                self._pending_commands += [
+                    (agent_id, command_id, json.dumps(record)) for command_id, record in commands.items()
+                ]
 
     def commands(self, agent_id: str, limit: int) -> dict[str, dict[str, Any]]:
         """An agent's most recently answered commands, oldest first."""

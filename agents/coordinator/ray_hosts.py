@@ -62,7 +62,7 @@ class AgentHost:
 
         import uvicorn
 
-        from agents.common.server import UVICORN_OPTIONS
+        from agents.common.server import UVICORN_OPTIONS, settle_memory
         from agents.common.settings import configure_logging
         from agents.common.tls import server_ssl_options
 
@@ -95,6 +95,7 @@ class AgentHost:
             **server_ssl_options(settings),
         )
         self.server = uvicorn.Server(config)
+        settle_memory()
         self.thread = threading.Thread(target=lambda: asyncio.run(self.server.serve()), name="agent-server")
         self.thread.start()
         deadline = time.monotonic() + ACTOR_START_TIMEOUT_S

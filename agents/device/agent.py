@@ -395,23 +395,19 @@ class DeviceAgent:
             return
         self.logged_step = self.step
         s = self.current_status()
-        self.log.write(
-            {
-                "step": s.step,
-                "timestamp": s.timestamp,
-                "net_power_kw": s.net_power_kw,
-                "solar_available_kw": s.solar.available_kw if s.solar else None,
-                "solar_output_kw": s.solar.output_kw if s.solar else None,
-                "solar_curtailed_kw": s.solar.curtailed_kw if s.solar else None,
-                "load_demand_kw": s.load.demand_kw if s.load else None,
-                "load_served_kw": s.load.served_kw if s.load else None,
-                "load_shed_kw": s.load.shed_kw if s.load else None,
-                "battery_power_kw": s.battery.power_kw if s.battery else None,
-                "battery_soc_fraction": s.battery.soc_fraction if s.battery else None,
-                "price_per_kwh": s.price_per_kwh,
-                "temp_air_c": s.temp_air_c,
-                "commands": self.commands_this_step,
-            }
+        solar, load, battery = s.solar, s.load, s.battery
+        self.log.write_values(
+            (
+                s.step,
+                s.timestamp,
+                s.net_power_kw,
+                *((solar.available_kw, solar.output_kw, solar.curtailed_kw) if solar else (None, None, None)),
+                *((load.demand_kw, load.served_kw, load.shed_kw) if load else (None, None, None)),
+                *((battery.power_kw, battery.soc_fraction) if battery else (None, None)),
+                s.price_per_kwh,
+                s.temp_air_c,
+                self.commands_this_step,
+            )
         )
 
     def close(self) -> None:

@@ -106,13 +106,15 @@ class HomeAgent(DeviceAgent):
         return net_power_kw(self.load.served_kw, self.solar.output_kw, battery_kw)
 
     def status(self) -> AgentStatus:
-        flexibility = self._flexibility()
-        if self.step > 0:
+        if self.step == 0:
+            flexibility = Flexibility()
+        else:
+            battery = self.battery
             flexibility = Flexibility(
                 curtail_solar_kw=self.solar.output_kw,
                 shed_load_kw=self.load.shed_headroom_kw,
-                charge_battery_kw=flexibility.charge_battery_kw,
-                discharge_battery_kw=flexibility.discharge_battery_kw,
+                charge_battery_kw=battery.charge_headroom_kw if battery is not None else 0.0,
+                discharge_battery_kw=battery.discharge_headroom_kw if battery is not None else 0.0,
             )
         return AgentStatus(
             **self._common_status(),
