@@ -57,17 +57,14 @@ class CsvLogWriter:
 
     def write_values(self, values: Sequence[Any]) -> None:
         """Write one whole row given as its values in column order, and flush it."""
-        self._writer.writerow([_float_cell(v) if type(v) is float else _cell(v) for v in values])
+        # floats inline (most cells are): rounded when finite (x - x is 0.0 then, nan otherwise), else empty
+        self._writer.writerow([(round(v, 6) if v - v == 0.0 else "") if type(v) is float else _cell(v) for v in values])
         self._file.flush()
 
     def close(self) -> None:
         """Flush and close the file."""
         if not self._file.closed:
             self._file.close()
-
-
-def _float_cell(value: float) -> float | str:
-    return round(value, 6) if math.isfinite(value) else ""
 
 
 def _cell(value: Any) -> Any:

@@ -31,12 +31,21 @@ class TimeSeries:
     columns: dict[str, np.ndarray]
 
     def __len__(self) -> int:
+        return self.rows
+
+    @functools.cached_property
+    def rows(self) -> int:
+        """How many rows the data has."""
         return len(next(iter(self.columns.values())))
 
     def row(self, index: int) -> dict[str, float]:
         """The values of one row, wrapping around at the end of the data."""
-        i = index % len(self)
+        i = index % self.rows
         return {name: float(values[i]) for name, values in self.columns.items()}
+
+    def value(self, column: str, index: int) -> float:
+        """One column's value at row ``index``, wrapping around at the end of the data."""
+        return float(self.columns[column][index % self.rows])
 
     def timestamp(self, index: int) -> datetime:
         """Simulated time of row ``index``; past the end the clock keeps running while the data wraps."""

@@ -8,6 +8,7 @@ import os
 import statistics
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -245,14 +246,18 @@ class GridAgent:
         else:
             answers = await self.calls.step_all(records, self.cycle_id)
         statuses: dict[str, AgentStatus] = {}
+        moment = now()
         for record, answer in zip(records, answers, strict=True):
             if isinstance(answer, Exception):
                 unreachable.append(record.agent_id)
                 record.healthy = False
                 logger.warning("cycle %d: %s", self.cycle, answer)
                 continue
-            record.last_status, record.healthy, record.last_seen = answer, True, now()
-            record.transformer_id = answer.transformer_id
+            # the record's own fields, set without pydantic's per-attribute hook (a tenth of this loop at 10,000
+            # agents); the values are the answer's, already validated
+            record.__dict__.update(
+                last_status=answer, healthy=True, last_seen=moment, transformer_id=answer.transformer_id
+            )
             statuses[record.agent_id] = answer
         return statuses
 
@@ -373,6 +378,7 @@ class GridAgent:
         after = feeder_loadings(statuses.values(), self.registry.transformer_ids())
         records = self.registry.records
         missing = [records[a].transformer_id for a in set(unreachable) if a in records and a not in statuses]
+        reporting = Counter(s.transformer_id for s in statuses.values())
         reports = []
         for t in snapshot.transformers:
             rating, reverse = t.rating_kw, t.reverse_limit_kw
@@ -387,7 +393,7 @@ class GridAgent:
                     state_before=classify_loading(t.loading_kw, rating, reverse),
                     state_after=classify_loading(loading_after, rating, reverse),
                     unfixed_kw=violation_kw(loading_after, rating, reverse),
-                    agents_reporting=sum(1 for s in statuses.values() if s.transformer_id == t.transformer_id),
+                    agents_reporting=reporting[t.transformer_id],
                     agents_unreachable=missing.count(t.transformer_id),
                 )
             )

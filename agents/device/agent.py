@@ -79,6 +79,8 @@ class DeviceAgent:
         self.control_reason: str | None = None
         self.last_cycle_id: str | None = None  # the X-Cycle-Id it last stepped for
         self.local_setpoint_kw = 0.0  # the battery setpoint the local policy chose this step, before commands
+        self._timestamp_index: int | None = None  # the data row ``_timestamp`` is the time of
+        self._timestamp: datetime | None = None
         self.last_grid_contact: float | None = None  # time.monotonic() of the last word from the grid agent
         self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._unsaved: dict[str, dict[str, Any]] = {}
@@ -160,7 +162,12 @@ class DeviceAgent:
     @property
     def timestamp(self) -> datetime | None:
         """Simulated time of the current step; None before the first."""
-        return self.data.timestamp(self.start_index + self.step - 1) if self.step > 0 else None
+        if self.step <= 0:
+            return None
+        index = self.start_index + self.step - 1
+        if index != self._timestamp_index:  # asked for several times a step: worked out once
+            self._timestamp_index, self._timestamp = index, self.data.timestamp(index)
+        return self._timestamp
 
     def heard_from_grid(self) -> None:
         """The grid agent called, or answered a heartbeat."""

@@ -56,9 +56,9 @@ class HomeAgent(DeviceAgent):
         """Row ``index`` with the PV and load profiles shifted by this home's orientation and habits."""
         row = self.data.row(index)
         if self.solar_shift:
-            row["solar_kw"] = self.data.row(index - self.solar_shift)["solar_kw"]
+            row["solar_kw"] = self.data.value("solar_kw", index - self.solar_shift)
         if self.load_shift:
-            row["load_kw"] = self.data.row(index - self.load_shift)["load_kw"]
+            row["load_kw"] = self.data.value("load_kw", index - self.load_shift)
         return row
 
     def _begin_step(self, row: dict[str, float]) -> None:

@@ -67,13 +67,17 @@ def battery_view(battery: BatteryStatus, step_s: float) -> BatteryView:
     )
 
 
+#: Each action and the field of ``Flexibility`` that holds its headroom (``Flexibility.headroom_kw``), looked up once.
+_HEADROOM_FIELDS = tuple((action, f"{action.value}_kw") for action in CurtailAction)
+
+
 def agent_flex(status: AgentStatus) -> AgentFlex:
     """One agent's report as the planners see it."""
     return AgentFlex(
         agent_id=status.agent_id,
         transformer_id=status.transformer_id,
         net_power_kw=status.net_power_kw,
-        headroom_kw={action: status.flexibility.headroom_kw(action) for action in CurtailAction},
+        headroom_kw={action: getattr(status.flexibility, field) for action, field in _HEADROOM_FIELDS},
         battery_power_kw=status.battery.power_kw if status.battery else 0.0,
         agent_type=status.agent_type,
         solar_available_kw=status.solar.available_kw if status.solar else 0.0,
