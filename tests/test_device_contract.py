@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -714,6 +715,35 @@ async def test_register_forever_says_why_the_grid_agent_refuses_it(
     await asyncio.sleep(0.5)
     await _stop(client, task)
     assert any("401" in r.getMessage() and r.levelno >= logging.WARNING for r in caplog.records)
+
+
+async def test_no_heartbeat_while_the_grid_agent_calls_and_heartbeats_again_when_it_goes_quiet(make_settings, kind):
+    settings = make_settings(heartbeat_s=0.05)
+    app = kind.create_app(settings, register=False)
+    agent = app.state.agent
+    posts: list[float] = []
+
+    def grid(request: httpx.Request) -> httpx.Response:
+        posts.append(time.monotonic())
+        return httpx.Response(200, json={})
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(grid), base_url="http://grid")
+    task = asyncio.create_task(register_forever(agent, client, settings))
+    try:
+        while not posts:  # registered
+            await asyncio.sleep(0.005)
+        calls_began = time.monotonic()
+        while time.monotonic() - calls_began < 0.5:  # the grid agent steps it ten times a heartbeat interval
+            agent.heard_from_grid()
+            await asyncio.sleep(0.005)
+        quiet_began = time.monotonic()
+        await asyncio.sleep(0.5)
+    finally:
+        await _stop(client, task)
+    while_called = [t for t in posts if calls_began < t <= quiet_began]
+    while_quiet = [t for t in posts if t > quiet_began]
+    assert len(while_called) <= 1  # at most the one already due when the calls began
+    assert len(while_quiet) >= 4  # about one every 0.05 s once nobody calls
 
 
 # -- durable state -------------------------------------------------------------------------------
