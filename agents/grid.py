@@ -79,8 +79,11 @@ def create_app(settings: GridSettings, *, transport: httpx.AsyncBaseTransport | 
     if settings.resume_cycles:  # a restarted grid agent: its numbers go on, and a cycle cut short keeps its own
         agent.cycle = store.last_cycle()
         agent.run_id = store.run_id(agent.run_id)
+        agent.history.restore(store.history(agent.history.limit))  # and the dashboard draws on from where it was
     else:
         store.save_run_id(agent.run_id)
+        store.clear_history()
+    agent.history.keep = lambda row: store.save_history_row(row, agent.history.limit)
     agent.on_cycle_start = store.save_cycle  # a commit a cycle (tens of us): a restart must know the last cycle
     runs = Runs(agent, store, settings.coordinate_wait_s)
     app = FastAPI(

@@ -345,6 +345,30 @@ async def test_grid_agent_with_resume_cycles_counts_on_and_a_cut_short_cycle_kee
     assert afresh.state.agent.run_id != first.state.agent.run_id
 
 
+async def test_dashboard_history_survives_a_grid_restart_with_resume_cycles(tmp_path):
+    async with running(empty_grid(tmp_path)) as client:
+        for _ in range(3):
+            await client.post("/coordinate")
+        before = (await client.get("/dashboard/data")).json()["history"]
+    assert [row["cycle"] for row in before] == [1, 2, 3]
+    async with running(empty_grid(tmp_path, resume_cycles=True)) as client:  # the process killed and restarted
+        assert (await client.get("/dashboard/data")).json()["history"] == before
+        await client.post("/coordinate")
+        after = (await client.get("/dashboard/data")).json()["history"]
+    assert after[:3] == before and [row["cycle"] for row in after] == [1, 2, 3, 4]
+    async with running(empty_grid(tmp_path)) as client:  # started afresh: a new run, a new history
+        assert (await client.get("/dashboard/data")).json()["history"] == []
+
+
+def test_kept_history_is_trimmed_to_the_dashboards_length(tmp_path):
+    store = RunStore(tmp_path, "grid_agent")
+    for cycle in range(1, 301):
+        store.save_history_row({"cycle": cycle}, keep=150)
+    assert [row["cycle"] for row in store.history(1000)][0] == 151  # trimmed at cycle 300: 300 - 150 + 1
+    assert [row["cycle"] for row in store.history(10)] == list(range(291, 301))
+    store.close()
+
+
 # -- auth ----------------------------------------------------------------------------------------
 async def test_runs_need_the_token_to_start_and_stop(monkeypatch, tmp_path):
     monkeypatch.setenv("AGENT_TOKEN", TOKEN)

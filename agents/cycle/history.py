@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from models.schemas import AgentRecord, CoordinationResult
@@ -31,6 +31,15 @@ class CycleHistory:
         self.soc_series_limit = soc_series_limit
         self.rows: deque[dict[str, Any]] = deque(maxlen=limit)
         self.soc_agents: list[str] = []
+        self.keep: Callable[[dict[str, Any]], None] | None = None  # where each new row is also kept, if anywhere
+
+    def restore(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Take back rows kept before a restart (oldest first), and the agents whose SoC they follow."""
+        for row in rows:
+            self.rows.append(row)
+            for agent_id in row.get("soc_fraction", {}):
+                if agent_id not in self.soc_agents and len(self.soc_agents) < self.soc_series_limit:
+                    self.soc_agents.append(agent_id)
 
     def append(self, result: CoordinationResult, records: Iterable[AgentRecord]) -> None:
         """Remember one finished cycle; ``records`` are the registered agents as the cycle left them."""
@@ -43,34 +52,33 @@ class CycleHistory:
                 self.soc_agents.append(record.agent_id)
             if record.agent_id in self.soc_agents:
                 soc[record.agent_id] = status.battery.soc_fraction
-        self.rows.append(
-            {
-                "cycle": result.cycle,
-                "timestamp": result.timestamp.isoformat() if result.timestamp else None,
-                "planner": result.planner,
-                "fallback": result.fallback_reason is not None,
-                "transformers": {
-                    t.transformer_id: {
-                        "loading_before_kw": t.loading_before_kw,
-                        "loading_after_kw": t.loading_after_kw,
-                        "rating_kw": t.rating_kw,
-                        "reverse_limit_kw": t.reverse_limit_kw,
-                        "state_after": t.state_after.value,
-                    }
-                    for t in result.transformers
-                },
-                "soc_fraction": soc,
-                "curtailed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "curtail_solar"),
-                "shed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "shed_load"),
-                "commands": len(result.actions),
-                "unreachable": len(result.unreachable),
-                "network": (
-                    {key: getattr(result.network, key) for key in NETWORK_FIGURES}
-                    if result.network is not None
-                    else None
-                ),
-            }
-        )
+        row = {
+            "cycle": result.cycle,
+            "timestamp": result.timestamp.isoformat() if result.timestamp else None,
+            "planner": result.planner,
+            "fallback": result.fallback_reason is not None,
+            "transformers": {
+                t.transformer_id: {
+                    "loading_before_kw": t.loading_before_kw,
+                    "loading_after_kw": t.loading_after_kw,
+                    "rating_kw": t.rating_kw,
+                    "reverse_limit_kw": t.reverse_limit_kw,
+                    "state_after": t.state_after.value,
+                }
+                for t in result.transformers
+            },
+            "soc_fraction": soc,
+            "curtailed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "curtail_solar"),
+            "shed_kw": sum(a.applied_kw for a in result.actions if a.action.value == "shed_load"),
+            "commands": len(result.actions),
+            "unreachable": len(result.unreachable),
+            "network": (
+                {key: getattr(result.network, key) for key in NETWORK_FIGURES} if result.network is not None else None
+            ),
+        }
+        self.rows.append(row)
+        if self.keep is not None:
+            self.keep(row)
 
     def since(self, cycle: int) -> list[dict[str, Any]]:
         """The remembered cycles after ``cycle``."""

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import logging
 import sqlite3
 import time
 import uuid
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from agents.common.errors import FeederBusyError, NotFoundError
 from agents.cycle.grid_agent import GridAgent
@@ -80,6 +82,7 @@ class RunStore:
 
         self._db.execute("CREATE TABLE IF NOT EXISTS counter (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS identity (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS history (cycle INTEGER PRIMARY KEY, body TEXT NOT NULL)")
 
     def run_id(self, fresh: str) -> str:
         """The grid agent's run id kept here, or ``fresh`` kept from now on. A grid agent counting on from a restart
@@ -110,6 +113,25 @@ class RunStore:
         """The number of the latest cycle that started (0 when none has)."""
         row = self._db.execute("SELECT value FROM counter WHERE name = 'cycle'").fetchone()
         return int(row[0]) if row else 0
+
+    def save_history_row(self, row: dict[str, Any], keep: int) -> None:
+        """Commit one cycle of the dashboard's history; rows more than ``keep`` cycles old go, a hundred at a time."""
+        cycle = int(row["cycle"])
+        self._db.execute(
+            "INSERT OR REPLACE INTO history (cycle, body) VALUES (?, ?)",
+            (cycle, json.dumps(row, separators=(",", ":"))),
+        )
+        if cycle % 100 == 0:
+            self._db.execute("DELETE FROM history WHERE cycle <= ?", (cycle - keep,))
+
+    def history(self, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` cycles of the dashboard's history, oldest first."""
+        rows = self._db.execute("SELECT body FROM history ORDER BY cycle DESC LIMIT ?", (limit,)).fetchall()
+        return [json.loads(body) for (body,) in reversed(rows)]
+
+    def clear_history(self) -> None:
+        """Forget the dashboard's history: a grid agent started afresh begins a new one."""
+        self._db.execute("DELETE FROM history")
 
     def save(self, run: RunInfo) -> None:
         """Insert or update a run's record; ``updated_at`` says when it last made progress."""
