@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from itertools import pairwise
