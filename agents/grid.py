@@ -39,6 +39,7 @@ from models.schemas import (
     GridStatus,
     Health,
     NetworkState,
+    RegistrationResult,
     Registrations,
     RegistrationsResult,
     RunInfo,
@@ -198,15 +199,16 @@ def _add_registration_routes(app: FastAPI, agent: GridAgent, authorized: Any) ->
 
     @app.post(
         "/agents/{agent_id}/status",
-        response_model=AgentRecord,
+        response_model=RegistrationResult,
         dependencies=[authorized],
         response_model_exclude={"last_status"},
         responses=error_responses(400, 401, 422),
     )
-    async def report(agent_id: AgentId, body: AgentReport) -> AgentRecord:
-        """Register an agent (its URL checked when new or changed: 422 if unreachable), or take its heartbeat."""
+    async def report(agent_id: AgentId, body: AgentReport) -> RegistrationResult:
+        """Register an agent (its URL checked when new or changed: 422 if unreachable), or take its heartbeat;
+        the answer carries the feeder's clock, by which an agent with no saved state starts at the feeder's step."""
         (record,) = await agent.registry.admit([(agent_id, body)])
-        return record
+        return RegistrationResult(**dict(record), feeder_clock=agent.feeder_clock())
 
     @app.post(
         "/registrations",
@@ -215,9 +217,10 @@ def _add_registration_routes(app: FastAPI, agent: GridAgent, authorized: Any) ->
         responses=error_responses(400, 401, 422),
     )
     async def registrations(body: Registrations) -> RegistrationsResult:
-        """Register, or take the heartbeat of, many agents of one process at once (each new URL probed once)."""
+        """Register, or take the heartbeat of, many agents of one process at once (each new URL probed once); the
+        answer carries the feeder's clock, as for one agent."""
         await agent.registry.admit((report.status.agent_id, report) for report in body.reports)
-        return RegistrationsResult(registered=len(body.reports))
+        return RegistrationsResult(registered=len(body.reports), feeder_clock=agent.feeder_clock())
 
 
 #: What a 409 from the routes that run cycles means.

@@ -114,6 +114,14 @@ class FallbackKind(str, Enum):
     short_of_optimal = "short_of_optimal"  # it leaves more outside the limits than the optimal plan
 
 
+class StartedFrom(str, Enum):
+    """Where a device agent's simulated time began when its process last started."""
+
+    start = "start"  # a new run: --start (or its data's first row)
+    saved_state = "saved_state"  # resumed at its committed step from its state file
+    feeder = "feeder"  # nothing saved, the feeder already running: afresh at the feeder's next step
+
+
 class CommandStatus(str, Enum):
     """How an agent answered a command."""
 
@@ -209,6 +217,13 @@ class AgentStatus(BaseModel):
     )
     control_reason: str | None = Field(None, description="Why the agent last went back to its local policy")
     active_commands: list[ActiveCommand] = Field(default_factory=list)
+    started_from: StartedFrom | None = Field(
+        None,
+        description="Where its simulated time began: start (a new run, at --start), saved_state (resumed at its "
+        "committed step), feeder (no saved state: afresh at the running feeder's step); before its first step, "
+        "start may still become feeder when the grid agent's answer brings the feeder's clock",
+    )
+    start_note: str | None = Field(None, description="The same in a sentence: which state file, which time")
 
 
 class Health(BaseModel):
@@ -313,10 +328,27 @@ class Registrations(BaseModel):
     reports: list[AgentReport] = Field(max_length=10_000)
 
 
+class FeederClock(BaseModel):
+    """The feeder's simulated time as the grid agent knows it, in its answers to registrations and heartbeats.
+
+    As of the grid agent's cycle ``cycle`` of its run ``run_id`` (``X-Cycle-Id`` is ``run_id:cycle``), the feeder's
+    agents stood at ``timestamp``; each later cycle steps them ``step_s`` on, so cycle ``cycle + k`` steps them to
+    ``timestamp + k * step_s``. An agent with no saved state lines its data up with it before its first step.
+    """
+
+    run_id: str = Field(description="The grid agent's run, as in X-Cycle-Id")
+    cycle: int = Field(ge=0, description="The grid agent's cycle as of which its agents stood at timestamp")
+    timestamp: SimulatedTime = Field(description="Simulated time of the feeder's latest step")
+    step_s: float = Field(gt=0, description="Length of one step in seconds")
+
+
 class RegistrationsResult(BaseModel):
-    """How many agents a batch registered."""
+    """How many agents a batch registered, and the feeder's clock."""
 
     registered: int
+    feeder_clock: FeederClock | None = Field(
+        None, description="The feeder's simulated time; null until an agent has reported one (a new run)"
+    )
 
 
 #: ``X-Cycle-Id`` on /simulate and /batch/simulate: ``{the grid agent's run id}:{cycle}``. An agent steps at most once a
@@ -393,6 +425,14 @@ class AgentRecord(BaseModel):
     healthy: bool
     last_seen: datetime
     last_status: AgentStatus | None = None
+
+
+class RegistrationResult(AgentRecord):
+    """The answer to one agent's registration or heartbeat: its record, and the feeder's clock."""
+
+    feeder_clock: FeederClock | None = Field(
+        None, description="The feeder's simulated time; null until an agent has reported one (a new run)"
+    )
 
 
 class TransformerReport(BaseModel):

@@ -21,7 +21,7 @@ from agents.common.errors import ConflictError
 from agents.common.settings import StartupError
 from agents.device.agent import DeviceAgent
 from agents.device.home import HomeAgent
-from models.schemas import AgentStatus, CommandStatus, CurtailCommand
+from models.schemas import AgentStatus, CommandStatus, CurtailCommand, FeederClock, StartedFrom
 from tests.conftest import (
     BATTERY_KIND,
     DEVICE_KINDS,
@@ -254,7 +254,9 @@ def test_restart_resumes_step_operating_point_commands_and_answered_ids(agents, 
     held = agent.curtail(command(action, power_kw, "hold-1h", duration_s=3600))
     before = agent.current_status()
     resumed = agents.restart(agent)
-    assert resumed.current_status() == before  # step, timestamp, SoC, the commanded operating point, control
+    where = {"started_from", "start_note"}  # where it started: from its --start, then from its saved state
+    # step, timestamp, SoC, the commanded operating point, control
+    assert resumed.current_status().model_dump(exclude=where) == before.model_dump(exclude=where)
     assert (resumed.step, resumed.commands_this_step, list(resumed.active)) == (2, 1, ["hold-1h"])
     again = resumed.curtail(command(action, power_kw, "hold-1h", duration_s=3600))
     assert again.status is CommandStatus.duplicate
@@ -294,6 +296,126 @@ def test_state_from_the_previous_release_resumes_or_is_a_clear_error(tmp_path):
     else:
         assert agent.step == 2
         agent.close()
+
+
+# -- where it starts: --start, its saved state, or the running feeder's step ------------------------
+def clock(timestamp: str, cycle: int = 5, run_id: str = "run1", step_s: float = 900.0) -> FeederClock:
+    """The grid agent's clock: as of ``cycle`` of ``run_id`` the feeder stood at ``timestamp``."""
+    return FeederClock(run_id=run_id, cycle=cycle, timestamp=datetime.fromisoformat(timestamp), step_s=step_s)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "why"),
+    [
+        pytest.param({"fresh": False}, "no saved state in", id="nothing-saved"),
+        pytest.param({"fresh": True}, "--fresh: started without the state in", id="fresh"),
+    ],
+)
+def test_new_agent_starts_at_start_and_says_so(agents, kind, overrides, why):
+    agent = agents(start=kind.active_start, **overrides)
+    status = agent.current_status()
+    start = datetime.fromisoformat(kind.active_start)
+    assert status.started_from is StartedFrom.start
+    assert status.start_note == f"{why} {agent.store.path}; a new run, started at --start {start.isoformat()}"
+    agent.follow_feeder(None)  # a new run: the grid agent has no clock yet
+    assert agent.simulate().timestamp == start
+    assert agent.current_status().started_from is StartedFrom.start
+
+
+def test_restarted_agent_says_it_resumed_from_saved_state_and_never_jumps(agents, kind):
+    agent = agents(start=kind.active_start)
+    agent.simulate()
+    before = agent.simulate()
+    resumed = agents.restart(agent)
+    status = resumed.current_status()
+    assert status.started_from is StartedFrom.saved_state
+    assert status.start_note == (
+        f"resumed at step 2 ({before.timestamp.isoformat()}) from its state in {resumed.store.path}"
+    )
+    resumed.follow_feeder(clock("2025-06-01T01:00:00"))  # another time: a resumed agent keeps its own
+    assert resumed.simulate("run1:6").timestamp == before.timestamp + STEP
+    assert resumed.current_status().started_from is StartedFrom.saved_state
+
+
+def test_stepped_agent_never_jumps_to_the_feeder(agents, kind):
+    agent = agents(start=kind.first_start)
+    first = agent.simulate()
+    agent.follow_feeder(clock("2025-06-01T01:00:00"))
+    assert agent.simulate().timestamp == first.timestamp + STEP
+    assert agent.current_status().started_from is StartedFrom.start
+
+
+def test_new_agent_on_a_running_feeder_starts_at_its_next_step(agents, kind):
+    agent = agents(start=kind.first_start, fresh=False)
+    agent.follow_feeder(clock("2025-06-01T00:30:00"))
+    waiting = agent.current_status()
+    assert (waiting.step, waiting.timestamp, waiting.started_from) == (0, None, StartedFrom.feeder)
+    assert waiting.start_note == (
+        f"no saved state in {agent.store.path}; started afresh at the feeder's step 2025-06-01T00:45:00"
+    )
+    stepped = agent.simulate("run1:6")
+    assert (stepped.step, stepped.timestamp) == (1, datetime(2025, 6, 1, 0, 45))
+    assert stepped.temp_air_c == approx(20.0 if kind is HOME_KIND else -10.0)  # the data's row at 00:45
+    assert agent.simulate("run1:7").timestamp == datetime(2025, 6, 1, 1, 0)
+    assert stepped.started_from is StartedFrom.feeder
+
+
+@pytest.mark.parametrize(
+    ("cycle_id", "expected"),
+    [
+        pytest.param("run1:8", "2025-06-01T01:15:00", id="three-cycles-on"),  # cycles ran between answer and step
+        pytest.param("run1:6", "2025-06-01T00:45:00", id="next-cycle"),
+        pytest.param("run2:1", "2025-06-01T00:45:00", id="another-run"),  # its numbers say nothing of the clock's
+        pytest.param(None, "2025-06-01T00:45:00", id="no-cycle-id"),  # a POST /simulate by hand
+    ],
+)
+def test_first_step_lands_on_the_feeders_step_in_the_cycle_that_makes_it(agents, kind, cycle_id, expected):
+    agent = agents(start=kind.first_start)
+    agent.follow_feeder(clock("2025-06-01T00:30:00", cycle=5))
+    stepped = agent.simulate(cycle_id)
+    assert stepped.timestamp == datetime.fromisoformat(expected)
+    assert stepped.start_note.endswith(f"started afresh at the feeder's step {expected}")
+
+
+@pytest.mark.parametrize(
+    ("feeder_at", "expected", "caveat"),
+    [
+        pytest.param(
+            "2025-06-03T00:30:00",  # 2 days on: row 194, which wraps to row 194 % len
+            "2025-06-03T00:45:00",
+            "2025-06-03T00:45:00 is outside its data (2025-06-01T00:00:00 to {last}): its data wraps, row {row} of {n}",
+            id="past-its-end",
+        ),
+        pytest.param(
+            "2025-06-01T00:22:00",
+            "2025-06-01T00:30:00",
+            "2025-06-01T00:37:00 falls between two rows of its data: it takes the one before",
+            id="between-rows",
+        ),
+    ],
+)
+def test_feeder_time_its_data_lacks_wraps_or_takes_the_row_before_and_says_so(
+    agents, kind, feeder_at, expected, caveat
+):
+    agent = agents(start=kind.first_start)
+    n = len(agent.data)
+    agent.follow_feeder(clock(feeder_at))
+    next_at = datetime.fromisoformat(feeder_at) + STEP
+    row = int((next_at - agent.data.start) / STEP)
+    last = agent.data.timestamp(n - 1).isoformat()
+    assert agent.current_status().start_note.endswith(caveat.format(last=last, row=row % n, n=n))
+    stepped = agent.simulate()
+    assert stepped.timestamp == datetime.fromisoformat(expected)
+    assert stepped.temp_air_c == approx(agent.data.row(row)["temp_air_c"])
+
+
+def test_feeder_with_another_step_length_is_named_in_the_note(agents, kind):
+    agent = agents(start=kind.first_start)
+    agent.follow_feeder(clock("2025-06-01T00:00:00", step_s=1800.0))
+    assert agent.current_status().start_note.endswith(
+        "started afresh at the feeder's step 2025-06-01T00:30:00; its data's step (900 s) is not the feeder's (1800 s)"
+    )
+    assert agent.simulate().timestamp == datetime(2025, 6, 1, 0, 30)
 
 
 # -- the step log --------------------------------------------------------------------------------

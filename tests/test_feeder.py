@@ -219,7 +219,8 @@ async def test_batch_routes_answer_as_fastapi_does(tmp_path, scenario_file, monk
     monkeypatch.setenv("AGENT_TOKEN", "s3cret")
     answers = []
     for fast in (True, False):
-        settings = make_home_settings(tmp_path / str(fast), scenario=scenario_file, start="2025-07-15T12:00")
+        # the same folders (each start is --fresh): the answers name the state file in start_note
+        settings = make_home_settings(tmp_path, scenario=scenario_file, start="2025-07-15T12:00")
         app = create_home_app(settings, register=False)
         headers = {"authorization": "Bearer s3cret", "content-type": "application/json"}
         if not fast:  # every request left to FastAPI's route
@@ -333,7 +334,7 @@ async def test_grid_steps_and_commands_hosted_agents_in_batches(tmp_path, scenar
                 for host, app in (("homes", homes), ("storage", storage))
                 for agent in app.state.agents.values()
             ]
-            assert (await c.post("/registrations", json={"reports": reports})).json() == {"registered": 4}
+            assert (await c.post("/registrations", json={"reports": reports})).json()["registered"] == 4
             agents = {a["agent_id"]: a for a in (await c.get("/agents")).json()}
             assert agents["h1"]["batch_url"] == "http://homes"
             result = (await c.post("/coordinate")).json()

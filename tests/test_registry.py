@@ -137,7 +137,7 @@ async def test_batch_registration_probes_each_process_once(make_feeder):
         for i in range(5)
     ]
     response = await feeder.client.post("/registrations", json={"reports": reports}, headers=feeder.headers)
-    assert response.json() == {"registered": 5}
+    assert response.json() == {"registered": 5, "feeder_clock": None}  # a new run: no step yet
     assert calls == ["/health"]  # the process's batch URL, once for its five agents
     await feeder.client.post("/registrations", json={"reports": reports}, headers=feeder.headers)
     assert calls == ["/health"]  # a heartbeat probes nothing

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -41,8 +42,16 @@ KILL_AT_CYCLE = 15
 RESTARTED = re.compile(r"started the (?P<name>.+?) again, pid (?P<pid>\d+)")
 
 
-def run_and_kill(tmp_path: Path, leftover: list[int], victim: str, *flags: str, base: int) -> tuple[str, str, int]:
-    """Run the coordinator, SIGKILL the child named ``victim`` at cycle 15; return its output and exit code."""
+def run_and_kill(
+    tmp_path: Path,
+    leftover: list[int],
+    victim: str,
+    *flags: str,
+    base: int,
+    after_kill: Callable[[], None] = lambda: None,
+) -> tuple[str, str, int]:
+    """Run the coordinator, SIGKILL the child named ``victim`` at cycle 15 (then call ``after_kill``, before the
+    supervisor's first restart, 0.5 s on); return its output and exit code."""
     command = coordinator_command(
         tmp_path, base, "--cycles", str(CYCLES), "--exit", "--heartbeat-s", "0.5", "--report", str(tmp_path / "r")
     )
@@ -62,6 +71,7 @@ def run_and_kill(tmp_path: Path, leftover: list[int], victim: str, *flags: str, 
         pids = child_pids("".join(lines))
         leftover.extend(pids.values())
         os.kill(pids[victim], signal.SIGKILL)
+        after_kill()
         process.wait(timeout=120)
     except BaseException:
         process.kill()
@@ -146,6 +156,32 @@ def test_home_host_killed_at_cycle_15_of_60_its_homes_are_unreachable_then_back(
         assert f"unreachable    {agent_id} in cycles" in out
         steps_once_each(tmp_path / "logs" / f"{agent_id}_log.csv")
     assert "restart        the homes 1/2 (home_agents_1_of_2) exited with code -9" in out
+
+
+def test_home_host_killed_with_its_state_lost_starts_afresh_at_the_feeders_step(tmp_path, leftover_pids):
+    """As above, with the host's state file deleted before the restart (a node's own disk, lost with it)."""
+    base = free_port_block(4)
+
+    def lose_state() -> None:
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / "state" / f"home-agents-0-of-2.sqlite3{suffix}").unlink(missing_ok=True)
+
+    flags = ("--interval", "0.1", "--homes", "4", "--homes-per-process", "2")
+    out, err, code = run_and_kill(tmp_path, leftover_pids, "homes 1/2", *flags, base=base, after_kill=lose_state)
+    assert code == 0, out + err
+    assert [(r["name"], r["exit_code"]) for r in faults(tmp_path)["restarts"]] == [("homes 1/2", -signal.SIGKILL)]
+    cycles = pd.read_csv(tmp_path / "logs" / "grid_agent_log.csv").drop_duplicates("cycle")
+    feeder_times = set(cycles["timestamp"])
+    for agent_id in ("home_1", "home_3"):  # shard 0 of 2
+        log = pd.read_csv(tmp_path / "logs" / f"{agent_id}_log.csv")
+        steps, times = log["step"].tolist(), log["timestamp"].tolist()
+        assert steps.count(1) == 2, f"{agent_id} did not start afresh: steps {steps}"
+        assert times == sorted(set(times)), f"{agent_id} stepped out of the feeder's time: {times}"
+        assert set(times) <= feeder_times  # every step at a time the feeder stepped
+        assert times[-1] == cycles["timestamp"].iloc[-1]  # and with the feeder to its last cycle
+    grid_log = (tmp_path / "logs" / "grid_agent_server.log").read_text()
+    for agent_id in ("home_1", "home_3"):
+        assert grid_log.count(f"agent {agent_id} joined the running feeder afresh") == 1, grid_log[-3000:]
 
 
 # -- the supervisor alone ----------------------------------------------------------------------------

@@ -8,9 +8,10 @@ always do. Ray restarts an actor whose node died (``max_restarts``) on another n
 binds a new URL and registers again, and the grid agent calls the new URL from then on.
 
 A restarted host finds its state where its ``--state-dir`` is: on storage every node sees, its
-agents resume from their committed step; on the lost node's own disk, they start afresh from
-``--start``. The CSV logs follow the same rule; the coordinator fetches each actor's logs at the
-end of the run (``log_files``) into its own ``--log-dir``.
+agents resume from their committed step; on the lost node's own disk, they start afresh at the
+feeder's current step (the grid agent's answer to their registration carries the feeder's clock;
+see ``DeviceAgent.follow_feeder``). The CSV logs follow the same rule; the coordinator fetches each
+actor's logs at the end of the run (``log_files``) into its own ``--log-dir``.
 """
 
 from __future__ import annotations

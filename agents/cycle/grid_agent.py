@@ -36,7 +36,9 @@ from models.schemas import (
     AgentStatus,
     AgentType,
     CoordinationResult,
+    FeederClock,
     GridStatus,
+    StartedFrom,
     TransformerReport,
 )
 
@@ -128,6 +130,7 @@ class GridAgent:
         self.recorder = CycleRecorder(settings, self.metrics)
         self.vens: FeederBridge | None = None  # with --openadr3: VENs on the feeder through the VTN
         self.cycle = 0
+        self.clock: FeederClock | None = None  # the feeder's simulated time as of the latest cycle that stepped
         self.on_cycle_start: Callable[[int], None] | None = None  # commits the cycle's number (see Runs)
         self.run_id = uuid.uuid4().hex[:8]
         self._lock = asyncio.Lock()  # the feeder: cycles run only while it is held
@@ -172,6 +175,26 @@ class GridAgent:
             network_replans=self.network.replans if self.network is not None else None,
             sensitivity_refreshes=self.network.sensitivity.refreshes if self.network is not None else None,
         )
+
+    def feeder_clock(self) -> FeederClock | None:
+        """The feeder's clock for the answer to a registration: as of the latest cycle this process ran; before it
+        has run one (a restarted grid agent), the latest time a registered agent reported; None in a new run."""
+        if self.clock is not None:
+            return self.clock
+        if self.registry.latest_reported is None:
+            return None
+        timestamp, step_s = self.registry.latest_reported
+        return FeederClock(run_id=self.run_id, cycle=self.cycle, timestamp=timestamp, step_s=step_s)
+
+    def _tick(self, snapshot: Snapshot) -> None:
+        """The feeder's clock after this cycle's step: where its agents now stand (still where they stood, when
+        none answered)."""
+        if snapshot.timestamp is not None:
+            self.clock = FeederClock(
+                run_id=self.run_id, cycle=self.cycle, timestamp=snapshot.timestamp, step_s=snapshot.step_s
+            )
+        elif self.clock is not None:
+            self.clock = self.clock.model_copy(update={"cycle": self.cycle})
 
     # -- who holds the feeder ------------------------------------------------------------------
     async def claim_feeder(self, holder: Callable[[], str], wait_s: float | None) -> None:
@@ -220,6 +243,7 @@ class GridAgent:
         statuses = await self._step(self.registry.agents(), unreachable)
         stepped = time.perf_counter()
         snapshot = self._assess(statuses)
+        self._tick(snapshot)
         plan = await self._plan(snapshot)
         planned = time.perf_counter()
         actions = await self._act(plan.commands, statuses, unreachable, snapshot)
@@ -253,6 +277,8 @@ class GridAgent:
                 record.healthy = False
                 logger.warning("cycle %d: %s", self.cycle, answer)
                 continue
+            if answer.started_from is StartedFrom.feeder:
+                self.registry.note_start(record.agent_id, answer)
             # the record's own fields, set without pydantic's per-attribute hook (a tenth of this loop at 10,000
             # agents); the values are the answer's, already validated
             record.__dict__.update(

@@ -21,7 +21,7 @@ from agents.common.scenario import Scenario
 from agents.common.settings import GridSettings
 from agents.common.tls import PLAIN_HTTP_REFUSED, is_loopback, plain_http_beyond_loopback
 from agents.cycle.peers import PeerCallError
-from models.schemas import AgentRecord, AgentReport
+from models.schemas import AgentRecord, AgentReport, AgentStatus, StartedFrom
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ class Registry:
         own = settings.host.lower()
         self._own_hosts = {own, socket.gethostname().lower()} if own in WILDCARD_HOSTS else {own}
         self._refused: set[str] = set()  # URLs refused and not accepted since, so a retry is not logged again
+        self._afresh: set[str] = set()  # agents that said they joined the running feeder afresh, told once each
+        #: The latest simulated time a registration or heartbeat reported, with its step length: the feeder's
+        #: clock for a grid agent that has not stepped its agents yet (restarted, with agents still running).
+        self.latest_reported: tuple[datetime, float] | None = None
 
     async def admit(self, reports: Iterable[tuple[str, AgentReport]]) -> list[AgentRecord]:
         """Register agents, or take their heartbeats, after checking each new or changed callback URL once.
@@ -111,12 +115,34 @@ class Registry:
             "last_seen": self.clock(),
             "last_status": report.status,
         }
+        self.note_start(agent_id, report.status)
+        reported = report.status.timestamp
+        if reported is not None:
+            reported = reported.replace(tzinfo=None)  # the data's local clock, whatever offset a client sent
+            if self.latest_reported is None or reported > self.latest_reported[0]:
+                self.latest_reported = (reported, report.status.step_s)
         if known is None:
             self.records[agent_id] = known = AgentRecord(agent_id=agent_id, **fields)
         else:  # in place, so that a cycle in flight holding this record sees the heartbeat
             for name, value in fields.items():
                 setattr(known, name, value)
         return known
+
+    def note_start(self, agent_id: str, status: AgentStatus) -> None:
+        """Warn once when an agent says it joined the running feeder afresh, its saved state lost.
+
+        Such an agent first registers saying ``start`` (it has not heard the feeder's clock yet), so one
+        that is restarted afresh again is told again.
+        """
+        if status.started_from is not StartedFrom.feeder:
+            self._afresh.discard(agent_id)
+        elif agent_id not in self._afresh:
+            self._afresh.add(agent_id)
+            logger.warning(
+                "agent %s joined the running feeder afresh, not from saved state: %s",
+                agent_id,
+                (status.start_note or "")[:500],
+            )
 
     def agents(self) -> list[AgentRecord]:
         """Every registered agent; one unheard of for ``stale_after_s`` counts as unhealthy, for ``forget_after_s``
@@ -147,6 +173,7 @@ class Registry:
             return
         for record in gone:
             del self.records[record.agent_id]
+            self._afresh.discard(record.agent_id)
             logger.info("forgot agent %s at %s: unheard of for over %g s", record.agent_id, record.url, age_s)
         if self.on_forget is not None:
             still_hosting = {r.batch_url for r in self.records.values()}

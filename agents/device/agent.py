@@ -25,7 +25,9 @@ from models.schemas import (
     CurtailAction,
     CurtailCommand,
     CurtailResult,
+    FeederClock,
     Flexibility,
+    StartedFrom,
 )
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,9 @@ class DeviceAgent:
         self.last_grid_contact: float | None = None  # time.monotonic() of the last word from the grid agent
         self._seen: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._unsaved: dict[str, dict[str, Any]] = {}
+        self.started_from, self.start_note = StartedFrom.start, ""  # where its simulated time began (see _restore)
+        self._why_new = ""  # why it starts without saved progress, for start_note
+        self._feeder_clock: FeederClock | None = None  # the running feeder's clock, heard before the first step
         self.metrics = DeviceMetrics(self.status)
         try:
             self.own_store = store is None  # a process hosting many agents shares one store
@@ -106,10 +111,22 @@ class DeviceAgent:
 
     # -- state -------------------------------------------------------------------------------
     def _restore(self) -> None:
-        """Resume where the saved state left off: same step, same SoC, same operating point."""
+        """Resume where the saved state left off: same step, same SoC, same operating point.
+
+        With no saved state, or one from before the first step, the agent is new: it starts at ``--start``,
+        unless the grid agent's clock says the feeder is running already (``follow_feeder``).
+        """
         saved = self.store.load(self.agent_id)
         self._seen.update(self.store.commands(self.agent_id, SEEN_COMMANDS_LIMIT))
-        if not saved:
+        path = self.store.path
+        if not saved or not int(saved["step"]):
+            if self.settings.fresh:
+                self._why_new = f"--fresh: started without the state in {path}"
+            else:
+                self._why_new = f"no saved state in {path}" if not saved else f"nothing stepped yet in {path}"
+            when = self.data.timestamp(self.start_index).isoformat()
+            where = f"--start {when}" if self.settings.start else f"its data's first row, {when}"
+            self.start_note = f"{self._why_new}; a new run, started at {where}"
             return
         self.step = int(saved["step"])
         self.logged_step = int(saved.get("logged_step", self.step - 1))
@@ -125,7 +142,40 @@ class DeviceAgent:
             self.row = self._read_row(self.start_index + self.step - 1)
             self._follow_local_policy(self.row)
             self._restore_operating_point(saved)
-        logger.info("%s: resumed at step %d from %s", self.agent_id, self.step, self.store.path)
+        self.started_from = StartedFrom.saved_state
+        self.start_note = f"resumed at step {self.step} ({self.timestamp.isoformat()}) from its state in {path}"
+        logger.info("%s: %s", self.agent_id, self.start_note)
+
+    def follow_feeder(self, clock: FeederClock | None) -> None:
+        """Before its first step, a new agent (no saved progress) lines its data up with the running feeder.
+
+        ``clock`` comes with the grid agent's answer to each registration and heartbeat (None in a new run:
+        the agent stays at ``--start``). The agent's first step then lands on the feeder's next step; the
+        cycle that steps it corrects for cycles run meanwhile (``simulate``). Once stepped, it never jumps.
+        """
+        if clock is None or self.step > 0:
+            return
+        self._feeder_clock = clock
+        self._join_feeder(clock.cycle + 1)
+
+    def _join_feeder(self, cycle: int) -> None:
+        """Start at the feeder's step in its ``cycle``: that of the clock's, ``step_s`` on for each cycle after."""
+        clock = self._feeder_clock
+        assert clock is not None, "follow_feeder keeps the clock before the first step"
+        try:
+            when = clock.timestamp.replace(tzinfo=None) + timedelta(seconds=clock.step_s * (cycle - clock.cycle))
+            index, caveats = _feeder_index(self.data, when)
+        except (OverflowError, ValueError) as exc:  # a clock no data could follow: stay where it is, and say why
+            logger.warning("%s: cannot follow the feeder's clock %s: %s", self.agent_id, clock.model_dump_json(), exc)
+            return
+        if clock.step_s != self.data.step_s:
+            caveats.append(f"its data's step ({self.data.step_s:g} s) is not the feeder's ({clock.step_s:g} s)")
+        note = "; ".join([f"{self._why_new}; started afresh at the feeder's step {when.isoformat()}", *caveats])
+        if (self.started_from, self.start_index, self.start_note) == (StartedFrom.feeder, index, note):
+            return
+        self.started_from, self.start_index, self.start_note = StartedFrom.feeder, index, note
+        self._status = None
+        logger.warning("%s: %s", self.agent_id, note)
 
     def _operating_point(self) -> dict[str, Any]:
         """What commands changed this step, so that a restart restores it."""
@@ -204,6 +254,9 @@ class DeviceAgent:
         """
         if cycle_id is not None and self._stepped_for(cycle_id):
             return self.current_status()
+        if self._feeder_clock is not None:  # a new agent on a running feeder: its first step is the feeder's
+            self._join_feeder(_cycle_number(cycle_id, self._feeder_clock))
+            self._feeder_clock = None
         if cycle_id is not None:
             self.last_cycle_id = cycle_id
         self._write_log_row()
@@ -394,6 +447,8 @@ class DeviceAgent:
             "control": in_charge,
             "control_reason": self.control_reason,
             "active_commands": list(self.active.values()),
+            "started_from": self.started_from,
+            "start_note": self.start_note,
         }
 
     def _write_log_row(self) -> None:
@@ -438,3 +493,32 @@ def _start_index(data: TimeSeries, text: str) -> int:
         return data.index_of(when)
     except ValueError as exc:
         raise StartupError(f"--start {text!r}: {exc}") from None
+
+
+def _cycle_number(cycle_id: str | None, clock: FeederClock) -> int:
+    """The grid agent's cycle that ``X-Cycle-Id`` names, on the clock's count; the clock's next without one, or
+    from another run of the grid agent."""
+    if cycle_id is not None:
+        run, _, number = cycle_id.rpartition(":")
+        if run == clock.run_id:
+            return int(number)
+    return clock.cycle + 1
+
+
+def _feeder_index(data: TimeSeries, when: datetime) -> tuple[int, list[str]]:
+    """The data row for the feeder's time ``when``, and what the agent does where its data lacks that time.
+
+    A time before the data's start or past its end wraps as a long run does past the end: the data's row
+    ``index % len(data)``, while the agent's clock says ``when``. A time between two rows takes the one before.
+    """
+    steps, rest_s = divmod((when - data.start).total_seconds(), data.step_s)
+    index, caveats = int(steps), []
+    if not 0 <= index < len(data):
+        last = data.timestamp(len(data) - 1).isoformat()
+        caveats.append(
+            f"{when.isoformat()} is outside its data ({data.start.isoformat()} to {last}): its data wraps, "
+            f"row {index % len(data)} of {len(data)}"
+        )
+    if rest_s:
+        caveats.append(f"{when.isoformat()} falls between two rows of its data: it takes the one before")
+    return index, caveats

@@ -9,12 +9,13 @@ import ssl
 import time
 
 import httpx
+from pydantic import ValidationError
 
 from agents.common.auth import auth_headers
 from agents.common.settings import DeviceSettings, StartupError
 from agents.common.tls import PLAIN_HTTP_REFUSED, client_ssl_context, plain_http_beyond_loopback
 from agents.device.agent import DeviceAgent
-from models.schemas import AgentReport
+from models.schemas import AgentReport, FeederClock
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +50,53 @@ def registration_client(settings: DeviceSettings, ssl_context: ssl.SSLContext | 
     return httpx.AsyncClient(base_url=settings.grid_url, timeout=settings.request_timeout_s, verify=verify)
 
 
+async def register_once(
+    agents: list[DeviceAgent], client: httpx.AsyncClient, base_url: str, headers: dict[str, str]
+) -> FeederClock | None:
+    """Register (or heartbeat) once; return the feeder's clock from the answer. Raises httpx.HTTPError.
+
+    One agent registers through the contract's ``POST /agents/{agent_id}/status``; a process
+    hosting many sends them all in one ``POST /registrations``. Either way the grid agent learns
+    the per-agent URL and the process's batch URL, and answers with the feeder's clock, which an
+    agent with nothing saved follows before its first step (``DeviceAgent.follow_feeder``).
+    """
+    reports = [
+        AgentReport(url=agent.url(base_url, len(agents) == 1), batch_url=base_url, status=agent.status()).model_dump(
+            mode="json"
+        )
+        for agent in agents
+    ]
+    if len(agents) == 1:
+        response = await client.post(f"/agents/{agents[0].agent_id}/status", json=reports[0], headers=headers)
+    else:
+        response = await client.post("/registrations", json={"reports": reports}, headers=headers)
+    response.raise_for_status()
+    clock = feeder_clock(response)
+    for agent in agents:
+        agent.heard_from_grid()
+        agent.follow_feeder(clock)
+    return clock
+
+
+def feeder_clock(response: httpx.Response) -> FeederClock | None:
+    """The feeder's clock in the grid agent's answer; None when it has none (a new run, or a grid agent of an
+    earlier release), or sends one that does not parse (logged)."""
+    try:
+        found = response.json().get("feeder_clock")
+        return None if found is None else FeederClock.model_validate(found)
+    except (ValueError, AttributeError, ValidationError) as exc:
+        logger.warning("the grid agent's answer at %s has no usable feeder_clock: %s", response.url, exc)
+        return None
+
+
 async def register_forever(
     agents: DeviceAgent | list[DeviceAgent],
     client: httpx.AsyncClient,
     settings: DeviceSettings,
     base_url: str | None = None,
 ) -> None:
-    """Register with the grid agent, then heartbeat; retry with back-off and jitter while it is away.
-
-    One agent registers through the contract's ``POST /agents/{agent_id}/status``; a process
-    hosting many sends them all in one ``POST /registrations``. Either way the grid agent learns
-    the per-agent URL and the process's batch URL.
-    """
+    """Register with the grid agent, then heartbeat (``register_once``); retry with back-off and jitter while
+    it is away."""
     agents = [agents] if isinstance(agents, DeviceAgent) else agents
     base_url = base_url or settings.own_url
     delay_s = 0.25
@@ -77,17 +113,7 @@ async def register_forever(
             await asyncio.sleep(settings.heartbeat_s)
             continue
         try:
-            reports = [
-                AgentReport(
-                    url=agent.url(base_url, len(agents) == 1), batch_url=base_url, status=agent.status()
-                ).model_dump(mode="json")
-                for agent in agents
-            ]
-            if len(agents) == 1:
-                response = await client.post(f"/agents/{agents[0].agent_id}/status", json=reports[0], headers=headers)
-            else:
-                response = await client.post("/registrations", json={"reports": reports}, headers=headers)
-            response.raise_for_status()
+            await register_once(agents, client, base_url, headers)
         except httpx.HTTPStatusError as exc:
             for agent in agents:
                 agent.metrics.peer_error(settings.grid_url, exc)
@@ -114,8 +140,6 @@ async def register_forever(
             await asyncio.sleep(delay_s * random.uniform(0.8, 1.2))
             delay_s = min(delay_s * 2, settings.heartbeat_s)
             continue
-        for agent in agents:
-            agent.heard_from_grid()
         answered_at = time.monotonic()
         if not registered:
             logger.info("%s: registered with the grid agent at %s", who, settings.grid_url)
