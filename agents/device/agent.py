@@ -119,6 +119,14 @@ class DeviceAgent:
         saved = self.store.load(self.agent_id)
         self._seen.update(self.store.commands(self.agent_id, SEEN_COMMANDS_LIMIT))
         path = self.store.path
+        if saved:  # what it answered and was told is kept even before its first step
+            self.commands_this_step = int(saved.get("commands_this_step", 0))
+            self.active = {c["command_id"]: ActiveCommand.model_validate(c) for c in saved.get("active_commands", [])}
+            self.control_reason = saved.get("control_reason")
+            self.last_cycle_id = saved.get("last_cycle_id")
+            if self.battery is not None and saved.get("soc_start_fraction") is not None:
+                self.battery.soc_fraction = float(saved["soc_start_fraction"])
+                self.battery.begin_step()
         if not saved or not int(saved["step"]):
             if self.settings.fresh:
                 self._why_new = f"--fresh: started without the state in {path}"
@@ -131,17 +139,9 @@ class DeviceAgent:
         self.step = int(saved["step"])
         self.logged_step = int(saved.get("logged_step", self.step - 1))
         self.start_index = int(saved.get("start_index", self.start_index))
-        self.commands_this_step = int(saved.get("commands_this_step", 0))
-        self.active = {c["command_id"]: ActiveCommand.model_validate(c) for c in saved.get("active_commands", [])}
-        self.control_reason = saved.get("control_reason")
-        self.last_cycle_id = saved.get("last_cycle_id")
-        if self.battery is not None and saved.get("soc_start_fraction") is not None:
-            self.battery.soc_fraction = float(saved["soc_start_fraction"])
-            self.battery.begin_step()
-        if self.step > 0:
-            self.row = self._read_row(self.start_index + self.step - 1)
-            self._follow_local_policy(self.row)
-            self._restore_operating_point(saved)
+        self.row = self._read_row(self.start_index + self.step - 1)
+        self._follow_local_policy(self.row)
+        self._restore_operating_point(saved)
         self.started_from = StartedFrom.saved_state
         self.start_note = f"resumed at step {self.step} ({self.timestamp.isoformat()}) from its state in {path}"
         logger.info("%s: %s", self.agent_id, self.start_note)
