@@ -253,6 +253,32 @@ async def test_batch_routes_answer_as_fastapi_does(tmp_path, scenario_file, monk
         assert (await c.get("/agents/h1/status")).json()["step"] == 0  # nothing refused was stepped
 
 
+async def test_batch_answers_leave_the_start_note_to_status(tmp_path, scenario_file):
+    app = create_home_app(make_home_settings(tmp_path, scenario=scenario_file), register=False)
+    async with (
+        LifespanManager(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://homes") as c,
+    ):
+        stepped = (await c.post("/batch/simulate", json={"agent_ids": ["h1", "h2"]})).json()["statuses"]
+        commanded = (
+            await c.post(
+                "/batch/curtail",
+                json={
+                    "commands": [
+                        {"agent_id": "h1", "command": {"command_id": "c1", "action": "shed_load", "power_kw": 0.1}}
+                    ]
+                },
+            )
+        ).json()["results"]
+        status = (await c.get("/agents/h1/status")).json()
+    assert [("start_note" in s, s["started_from"]) for s in stepped] == [(False, "start"), (False, "start")]
+    assert ("start_note" in commanded[0]["agent_status"], commanded[0]["agent_status"]["started_from"]) == (
+        False,
+        "start",
+    )
+    assert status["started_from"] == "start" and status["start_note"].startswith("--fresh: started without the state")
+
+
 async def test_an_agent_steps_at_most_once_a_cycle(tmp_path, scenario_file):
     """``X-Cycle-Id``: a repeated call for a cycle, or a late one for an earlier cycle of the same grid agent's run
     (a request the grid agent gave up on, delivered after a partition healed), steps nothing; a new run does."""

@@ -83,8 +83,9 @@ async def test_agent_with_lost_state_joins_a_running_feeder_at_its_step(make_fee
     await register_once([home], grid, f"http://{HOME_ID}", feeder.headers)  # a heartbeat: no second warning
     await feeder.coordinate()
     assert home.current_status().timestamp.isoformat() == (await feeder.device_status(BATTERY_ID))["timestamp"]
-    assert afresh_warnings(caplog) == [
-        f"agent home_1 joined the running feeder afresh, not from saved state: {note} 2025-07-15T12:45:00"
+    assert afresh_warnings(caplog) == [  # from the step's batch answer, which leaves the note to /status
+        "agent home_1 joined the running feeder afresh, not from saved state: started afresh at the feeder's step "
+        "2025-07-15T12:45:00 (its /status names what it lacked)"
     ]
 
 

@@ -138,11 +138,10 @@ class Registry:
             self._afresh.discard(agent_id)
         elif agent_id not in self._afresh:
             self._afresh.add(agent_id)
-            logger.warning(
-                "agent %s joined the running feeder afresh, not from saved state: %s",
-                agent_id,
-                (status.start_note or "")[:500],
-            )
+            # a batch answer leaves the note out (models.schemas.BATCH_STATUS_EXCLUDE); a registration carries it
+            when = status.timestamp.isoformat() if status.timestamp is not None else "its first step"
+            note = status.start_note or f"started afresh at the feeder's step {when} (its /status names what it lacked)"
+            logger.warning("agent %s joined the running feeder afresh, not from saved state: %s", agent_id, note[:500])
 
     def agents(self) -> list[AgentRecord]:
         """Every registered agent; one unheard of for ``stale_after_s`` counts as unhealthy, for ``forget_after_s``

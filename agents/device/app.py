@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from agents.common.auth import require_token_dependency
 from agents.common.errors import AgentError, NotFoundError, error_responses, install_error_handlers
 from agents.common.metrics import mount_metrics
-from agents.common.server import TELEMETRY_OFF, json_response
+from agents.common.server import TELEMETRY_OFF
 from agents.common.settings import DeviceSettings, StartupError, agent_token_from_env
 from agents.common.state import StateStore
 from agents.device.agent import DeviceAgent
@@ -222,7 +222,7 @@ def _add_batch_routes(app: FastAPI, hosted: Hosted, authorized: Any) -> None:
     )
     async def batch_simulate(body: BatchSimulate, x_cycle_id: CycleIdHeader = None) -> Response:
         """Step many hosted agents at once (one state commit for them all), at most once a cycle (``X-Cycle-Id``)."""
-        return json_response(hosted.simulate(body, x_cycle_id))
+        return Response(content=hosted.simulate(body, x_cycle_id).to_json(), media_type="application/json")
 
     @app.post(
         "/batch/curtail",
@@ -232,7 +232,7 @@ def _add_batch_routes(app: FastAPI, hosted: Hosted, authorized: Any) -> None:
     )
     async def batch_curtail(body: BatchCurtail) -> Response:
         """Command many hosted agents at once; each command as POST /curtail would take it."""
-        return json_response(hosted.curtail(body))
+        return Response(content=hosted.curtail(body).to_json(), media_type="application/json")
 
 
 def _add_host_routes(app: FastAPI, hosted: Hosted) -> None:

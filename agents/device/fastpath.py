@@ -24,8 +24,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agents.common.auth import bearer_accepted
 from models.schemas import CYCLE_ID_PATTERN
 
-#: A fast route: the body's model and the handler that answers it (given the body and ``X-Cycle-Id`` or None).
-Route = tuple[type[BaseModel], Callable[[Any, str | None], BaseModel]]
+#: A fast route: the body's model and the handler that answers it (given the body and ``X-Cycle-Id`` or None) with
+#: a batch result, whose ``to_json`` is the answer.
+Route = tuple[type[BaseModel], Callable[[Any, str | None], Any]]
 
 _CYCLE_ID = re.compile(CYCLE_ID_PATTERN)
 _JSON_HEADERS = [(b"content-type", b"application/json")]
@@ -81,7 +82,7 @@ class BatchFastPath:
             request = model.model_validate_json(body)
         except ValidationError:
             return None
-        return handler(request, cycle_id).model_dump_json().encode()
+        return handler(request, cycle_id).to_json()
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
