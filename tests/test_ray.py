@@ -8,7 +8,7 @@ does; the test reads the grid agent from the machine's own namespace through the
 node is a SIGKILL of every process in its namespace: its raylet, its object store and its actors.
 Where namespaces cannot be made (not root, no iproute2) the same tests run on ``ray.cluster_utils.Cluster``
 (two raylets on loopback, told apart by node id), and say so; under CI namespaces must work.
-One cluster serves the whole module (about 16 s to start, about 1 GB); it is shut down after.
+One cluster serves the whole module (7-16 s to start, 0.8 GB before the agents); it is shut down after.
 """
 
 from __future__ import annotations
