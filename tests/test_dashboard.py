@@ -147,6 +147,41 @@ def test_cycle_history_is_bounded():
     assert [row["cycle"] for row in history.since(6)] == [7, 8]
 
 
+def test_soc_series_are_storage_first_then_homes_and_stay_the_same_once_chosen():
+    from datetime import UTC, datetime
+
+    from models.schemas import AgentRecord, AgentStatus, AgentType, BatteryStatus, CoordinationResult
+
+    def record(agent_id: str, kind: AgentType, soc: float) -> AgentRecord:
+        battery = BatteryStatus(
+            soc_fraction=soc, power_kw=0.0, capacity_kwh=10.0, max_charge_kw=5.0, max_discharge_kw=5.0,
+            soc_min_fraction=0.1, soc_max_fraction=0.9,
+        )  # fmt: skip
+        status = AgentStatus(
+            agent_id=agent_id, agent_type=kind, transformer_id="T1", step=1, timestamp=None, step_s=900.0,
+            net_power_kw=0.0, battery=battery,
+        )  # fmt: skip
+        return AgentRecord(
+            agent_id=agent_id, agent_type=kind, url="http://x", transformer_id="T1", healthy=True,
+            last_seen=datetime.now(UTC), last_status=status,
+        )  # fmt: skip
+
+    def result(cycle: int) -> CoordinationResult:
+        return CoordinationResult(
+            cycle=cycle, timestamp=None, planner="rule", transformers=[], actions=[], unreachable=[],
+            agents_stepped=0, duration_ms=1.0, phase_ms={},
+        )  # fmt: skip
+
+    history = CycleHistory(soc_series_limit=3)
+    homes = [record(f"home_{i}", AgentType.home, i / 10) for i in (3, 1, 2)]
+    history.append(result(1), [*homes, record("store", AgentType.battery, 0.5)])
+    assert history.soc_agents == ["store", "home_1", "home_2"]
+    later = [record("home_0", AgentType.home, 0.9), *homes, record("store", AgentType.battery, 0.6)]
+    history.append(result(2), later)  # the series are full: a new home joins none
+    assert history.soc_agents == ["store", "home_1", "home_2"]
+    assert list(history.since(1)[0]["soc_fraction"].items()) == [("store", 0.6), ("home_1", 0.1), ("home_2", 0.2)]
+
+
 async def test_dashboard_data_without_a_network_has_none(feeder):
     await feeder.coordinate()
     data = (await feeder.client.get("/dashboard/data")).json()

@@ -44,14 +44,24 @@ class CycleHistory:
     def append(self, result: CoordinationResult, records: Iterable[AgentRecord]) -> None:
         """Remember one finished cycle; ``records`` are the registered agents as the cycle left them."""
         soc: dict[str, float] = {}
-        for record in sorted(records, key=lambda r: (r.agent_type.value != "battery", r.agent_id)):
+        full = len(self.soc_agents) >= self.soc_series_limit
+        # storage systems first, then homes, by id; once the series are chosen, only they are looked at (sorting
+        # every agent every cycle was a fiftieth of the grid agent's time at 10,000 homes)
+        chosen = set(self.soc_agents)
+        ordered = records if full else sorted(records, key=lambda r: (r.agent_type.value != "battery", r.agent_id))
+        for record in ordered:
+            if full and record.agent_id not in chosen:
+                continue
             status = record.last_status
             if status is None or status.battery is None:
                 continue
-            if record.agent_id not in self.soc_agents and len(self.soc_agents) < self.soc_series_limit:
+            if not full and record.agent_id not in chosen and len(self.soc_agents) < self.soc_series_limit:
                 self.soc_agents.append(record.agent_id)
-            if record.agent_id in self.soc_agents:
+                chosen.add(record.agent_id)
+            if record.agent_id in chosen:
                 soc[record.agent_id] = status.battery.soc_fraction
+        if full:  # in the series' order, as the sorted pass gives them
+            soc = {agent_id: soc[agent_id] for agent_id in self.soc_agents if agent_id in soc}
         row = {
             "cycle": result.cycle,
             "timestamp": result.timestamp.isoformat() if result.timestamp else None,
