@@ -5,8 +5,10 @@ store per node, one CPU each), places the agents as run_distributed_simulation.p
 every actor process of node k to core k (so that a node is one core, and Ray's own overhead is
 measured, not hidden by spare cores), runs the cycles back to back through POST /coordinate and
 prints one table: cycle median and p95, CPU seconds per node (the actor processes on it), CPU per
-home-cycle, bytes the agents' sockets sent per home-cycle (from each actor process's
-``/proc/PID/io``: ``wchar`` less what the logs grew, so an estimate) and memory. With several
+home-cycle, bytes on the wire per home-cycle (what the loopback interface carried, from
+``/proc/net/dev``: every call between agents, both ways, and Ray's own traffic; and what the actor
+processes wrote, ``wchar`` from ``/proc/PID/io`` less what the run's folder grew, which also counts
+SQLite's write-ahead log) and memory. With several
 ``--homes`` it then sizes: for each node count and a cycle budget of 1 s and of 5 s, the largest
 feeder measured whose p95 met the budget, homes per node, and the nodes that implies for 100,000
 homes (a ladder of measured sizes, so a lower bound between rungs).
@@ -69,6 +71,16 @@ def written_bytes(pid: int) -> int:
     return 0
 
 
+def loopback_bytes() -> int:
+    """Bytes the loopback interface has carried (each counted once, as received), from /proc/net/dev: on a
+    one-machine cluster every call between agents, and Ray's own traffic, crosses it."""
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        name, _, counters = line.partition(":")
+        if name.strip() == "lo":
+            return int(counters.split()[0])
+    return 0
+
+
 def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -111,9 +123,11 @@ def run_nodes(nodes: int, homes: int, cycles: int, homes_per_process: int, lose_
                 return {**lose_node(cluster, coordinator, grid, cycles, lose_node_interval), "homes": homes}
             cpu_before = {n: sum(cpu_s(p) for p in ps) for n, ps in pids.items()}
             wrote_before, logs_before = sum(written_bytes(p) for p in everyone), folder_bytes(work)
+            loopback_before = loopback_bytes()
             latencies, results = timed_cycles(coordinator.http, grid, cycles)
             cpu = {n: sum(cpu_s(p) for p in ps) - cpu_before[n] for n, ps in pids.items()}
             sent = sum(written_bytes(p) for p in everyone) - wrote_before - (folder_bytes(work) - logs_before)
+            carried = loopback_bytes() - loopback_before
             return {
                 "nodes": nodes,
                 "homes": homes,
@@ -123,6 +137,7 @@ def run_nodes(nodes: int, homes: int, cycles: int, homes_per_process: int, lose_
                 "cpu_per_node_s": " / ".join(f"{cpu[n]:.1f}" for n in node_ids),
                 "cpu_ms_per_home_cycle": sum(cpu.values()) / (cycles * homes) * 1000,
                 "bytes_per_home_cycle": max(sent, 0) / (cycles * homes),
+                "loopback_per_home_cycle": carried / (cycles * homes),
                 "rss_mb": sum(rss_mb(p) for p in everyone),
                 "unreachable": sum(len(r["unreachable"]) for r in results),
             }
@@ -224,7 +239,8 @@ def main() -> None:
         ("cycle p95 ms", "p95_ms", "{:.0f}"),
         ("CPU s per node", "cpu_per_node_s", "{}"),
         ("CPU ms/home-cycle", "cpu_ms_per_home_cycle", "{:.3f}"),
-        ("bytes sent/home-cycle", "bytes_per_home_cycle", "{:.0f}"),
+        ("bytes written/home-cycle", "bytes_per_home_cycle", "{:.0f}"),
+        ("bytes on loopback/home-cycle", "loopback_per_home_cycle", "{:.0f}"),
         ("actors' RSS MB", "rss_mb", "{:.0f}"),
         ("agent-cycles unreachable", "unreachable", "{}"),
     ]
