@@ -136,10 +136,11 @@ class Agent:
 
 @pytest.fixture
 def spawn(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
-    """Start agent scripts on free ports with logs and state under tmp_path; every one is stopped afterwards."""
+    """Start agent scripts on free ports with logs and state under tmp_path (``env``: more environment for the
+    child); every one is stopped afterwards."""
     started: list[Agent] = []
 
-    def start(script: str, *args: str, port: int | None = None) -> Agent:
+    def start(script: str, *args: str, port: int | None = None, env: dict[str, str] | None = None) -> Agent:
         port = port or free_port()
         output = tmp_path / f"{Path(script).stem}-{len(started)}.out"
         with output.open("w", encoding="utf-8") as sink:
@@ -155,7 +156,12 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Agent]]:
                 *args,
             ]
             process = subprocess.Popen(
-                command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=child_env()
+                command,
+                cwd=ROOT,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=child_env(**(env or {})),
             )
         agent = Agent(script, port, process, output)
         started.append(agent)

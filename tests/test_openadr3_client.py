@@ -15,13 +15,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.test_e2e import ROOT, Agent, child_env, free_port, stop
+from tests.test_e2e import ROOT, Agent, child_env, spawn  # noqa: F401 (spawn: a fixture)
 
 pytestmark = pytest.mark.e2e
 
@@ -70,40 +69,19 @@ def client_python(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def grid(tmp_path: Path) -> Iterator[Agent]:
+def grid(spawn: Callable[..., Agent]) -> Agent:
     """A grid agent with the VTN on, a 15 kW transformer and the three clients; stopped afterwards."""
-    port = free_port()
-    output = tmp_path / "grid.out"
-    command = [
-        sys.executable,
+    agent = spawn(
         "grid_agent_server.py",
-        "--port",
-        str(port),
-        "--log-dir",
-        str(tmp_path / "logs"),
-        "--state-dir",
-        str(tmp_path / "state"),
         "--openadr3",
         "--transformer-rating-kw",
         "15",
         "--planner",
         "optimal",
-    ]
-    with output.open("w", encoding="utf-8") as sink:
-        process = subprocess.Popen(
-            command,
-            cwd=ROOT,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=child_env(OPENADR3_CLIENTS=json.dumps(CLIENTS)),
-        )
-    agent = Agent("grid_agent_server.py", port, process, output)
-    try:
-        agent.wait_healthy()
-        yield agent
-    finally:
-        stop(process)
+        env={"OPENADR3_CLIENTS": json.dumps(CLIENTS)},
+    )
+    agent.wait_healthy()
+    return agent
 
 
 def drive(python: str, grid: Agent, *args: str, timeout_s: float = 300.0) -> list[dict]:
