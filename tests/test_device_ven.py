@@ -43,6 +43,20 @@ def test_openadr3_needs_the_client_secret_in_the_environment(tmp_path, monkeypat
         home.create_app(settings)
 
 
+async def coordinate_once_joined(client: httpx.AsyncClient, vens: list[DeviceVen], cycles: int) -> list[dict]:
+    """Wait until every VEN has joined the feeder (from the next cycle on it is on it), then run ``cycles``
+    cycles; their results."""
+    async with asyncio.timeout(10):
+        while not all(ven.telemetry_id for ven in vens):
+            await asyncio.sleep(0.01)
+    results = []
+    for _ in range(cycles):
+        response = await client.post("/coordinate")
+        assert response.status_code == 200, response.text
+        results.append(response.json())
+    return results
+
+
 async def run_feeder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cycles: int, rating_kw: float) -> list[dict]:
     """A grid agent with the VTN and one home agent as its VEN, in process; the results of ``cycles`` cycles."""
     monkeypatch.setenv("OPENADR3_CLIENTS", json.dumps(CLIENTS))
@@ -61,14 +75,7 @@ async def run_feeder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cycles: in
         ven = DeviceVen(home_app.state.agent, settings, Vtn(to_vtn, "home_1", "home-1-s3cret"))
         task = asyncio.create_task(ven.run())
         try:
-            async with asyncio.timeout(10):
-                while not ven.telemetry_id:  # joined: from the next cycle on it is on the feeder
-                    await asyncio.sleep(0.01)
-            results = []
-            for _ in range(cycles):
-                response = await client.post("/coordinate")
-                assert response.status_code == 200, response.text
-                results.append(response.json())
+            results = await coordinate_once_joined(client, [ven], cycles)
             async with asyncio.timeout(10):
                 while home_app.state.agent.step <= cycles:  # it follows the last cycle's events, then steps on
                     await asyncio.sleep(0.01)
@@ -205,14 +212,7 @@ async def run_homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, openadr: se
         ]
         tasks = [asyncio.create_task(ven.run()) for ven in vens]
         try:
-            async with asyncio.timeout(10):
-                while not all(ven.telemetry_id for ven in vens):
-                    await asyncio.sleep(0.01)
-            results = []
-            for _ in range(cycles):
-                response = await client.post("/coordinate")
-                assert response.status_code == 200, response.text
-                results.append(response.json())
+            results = await coordinate_once_joined(client, vens, cycles)
         finally:
             for task in tasks:
                 task.cancel()
