@@ -420,12 +420,17 @@ class DeviceAgent:
             local_setpoint_kw=self.local_setpoint_kw,
         )
 
-    def _flexibility(self) -> Flexibility:
-        if self.battery is None or self.step == 0:
+    def _flexibility(self, **own_kw: float) -> Flexibility:
+        """This step's headroom: the battery's, and what the kind of agent adds (``own_kw``); none before the
+        first step."""
+        if self.step == 0:
             return Flexibility()
+        if self.battery is None:
+            return Flexibility(**own_kw)
         return Flexibility(
             charge_battery_kw=self.battery.charge_headroom_kw,
             discharge_battery_kw=self.battery.discharge_headroom_kw,
+            **own_kw,
         )
 
     def status(self) -> AgentStatus:

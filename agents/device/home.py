@@ -14,7 +14,7 @@ from agents.common.state import StateStore
 from agents.device.agent import DeviceAgent
 from models.devices import BatteryModule, BatterySpec, LoadModule, SolarModule
 from models.policies import net_power_kw, self_consumption_setpoint_kw
-from models.schemas import AgentStatus, AgentType, CurtailAction, Flexibility, LoadStatus, SolarStatus
+from models.schemas import AgentStatus, AgentType, CurtailAction, LoadStatus, SolarStatus
 
 #: The data file's solar_kw is for this PV size and its load_kw for this annual consumption.
 DATA_PV_KWP = 6.0
@@ -106,16 +106,7 @@ class HomeAgent(DeviceAgent):
         return net_power_kw(self.load.served_kw, self.solar.output_kw, battery_kw)
 
     def status(self) -> AgentStatus:
-        if self.step == 0:
-            flexibility = Flexibility()
-        else:
-            battery = self.battery
-            flexibility = Flexibility(
-                curtail_solar_kw=self.solar.output_kw,
-                shed_load_kw=self.load.shed_headroom_kw,
-                charge_battery_kw=battery.charge_headroom_kw if battery is not None else 0.0,
-                discharge_battery_kw=battery.discharge_headroom_kw if battery is not None else 0.0,
-            )
+        flexibility = self._flexibility(curtail_solar_kw=self.solar.output_kw, shed_load_kw=self.load.shed_headroom_kw)
         return AgentStatus(
             **self._common_status(),
             net_power_kw=self.net_power_kw,
