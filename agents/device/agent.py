@@ -15,6 +15,7 @@ from agents.common.errors import ConflictError
 from agents.common.metrics import DeviceMetrics
 from agents.common.settings import DeviceSettings, StartupError
 from agents.common.state import StateStore
+from agents.device.timeline import cycle_number, feeder_index, split_cycle_id, start_index
 from models.devices import POWER_TOLERANCE_KW, BatteryModule
 from models.schemas import (
     ActiveCommand,
@@ -71,7 +72,7 @@ class DeviceAgent:
         self.agent_id = settings.agent_id
         self.data = data
         self.battery = battery
-        self.start_index = _start_index(data, settings.start) if settings.start else 0
+        self.start_index = start_index(data, settings.start) if settings.start else 0
         self.step = 0
         self.logged_step = 0
         self.row: dict[str, float] = {}
@@ -164,7 +165,7 @@ class DeviceAgent:
         assert clock is not None, "follow_feeder keeps the clock before the first step"
         try:
             when = clock.timestamp.replace(tzinfo=None) + timedelta(seconds=clock.step_s * (cycle - clock.cycle))
-            index, caveats = _feeder_index(self.data, when)
+            index, caveats = feeder_index(self.data, when)
         except (OverflowError, ValueError) as exc:  # a clock no data could follow: stay where it is, and say why
             logger.warning("%s: cannot follow the feeder's clock %s: %s", self.agent_id, clock.model_dump_json(), exc)
             return
@@ -255,7 +256,7 @@ class DeviceAgent:
         if cycle_id is not None and self._stepped_for(cycle_id):
             return self.current_status()
         if self._feeder_clock is not None:  # a new agent on a running feeder: its first step is the feeder's
-            self._join_feeder(_cycle_number(cycle_id, self._feeder_clock))
+            self._join_feeder(cycle_number(cycle_id, self._feeder_clock))
             self._feeder_clock = None
         if cycle_id is not None:
             self.last_cycle_id = cycle_id
@@ -281,9 +282,9 @@ class DeviceAgent:
         """Whether this agent has stepped for ``cycle_id`` or a later cycle of the same grid agent's run."""
         if self.last_cycle_id is None:
             return False
-        run, _, number = cycle_id.rpartition(":")
-        last_run, _, last_number = self.last_cycle_id.rpartition(":")
-        if run != last_run or int(number) > int(last_number):
+        run, number = split_cycle_id(cycle_id)
+        last_run, last_number = split_cycle_id(self.last_cycle_id)
+        if run != last_run or number > last_number:
             return False
         logger.info("%s: no step for cycle %s, already stepped for %s", self.agent_id, cycle_id, self.last_cycle_id)
         return True
@@ -484,46 +485,3 @@ class DeviceAgent:
         self.log.close()
         if self.own_store:
             self.store.close()
-
-
-def _start_index(data: TimeSeries, text: str) -> int:
-    """The data row a ``--start`` time names; a clear StartupError otherwise."""
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError:
-        raise StartupError(f"--start {text!r}: not an ISO 8601 time such as 2025-07-15T17:00") from None
-    if when.tzinfo is not None:
-        raise StartupError(f"--start {text!r}: give the data's local time without a UTC offset")
-    try:
-        return data.index_of(when)
-    except ValueError as exc:
-        raise StartupError(f"--start {text!r}: {exc}") from None
-
-
-def _cycle_number(cycle_id: str | None, clock: FeederClock) -> int:
-    """The grid agent's cycle that ``X-Cycle-Id`` names, on the clock's count; the clock's next without one, or
-    from another run of the grid agent."""
-    if cycle_id is not None:
-        run, _, number = cycle_id.rpartition(":")
-        if run == clock.run_id:
-            return int(number)
-    return clock.cycle + 1
-
-
-def _feeder_index(data: TimeSeries, when: datetime) -> tuple[int, list[str]]:
-    """The data row for the feeder's time ``when``, and what the agent does where its data lacks that time.
-
-    A time before the data's start or past its end wraps as a long run does past the end: the data's row
-    ``index % len(data)``, while the agent's clock says ``when``. A time between two rows takes the one before.
-    """
-    steps, rest_s = divmod((when - data.start).total_seconds(), data.step_s)
-    index, caveats = int(steps), []
-    if not 0 <= index < len(data):
-        last = data.timestamp(len(data) - 1).isoformat()
-        caveats.append(
-            f"{when.isoformat()} is outside its data ({data.start.isoformat()} to {last}): its data wraps, "
-            f"row {index % len(data)} of {len(data)}"
-        )
-    if rest_s:
-        caveats.append(f"{when.isoformat()} falls between two rows of its data: it takes the one before")
-    return index, caveats
