@@ -61,9 +61,9 @@ async def register_once(
     agent with nothing saved follows before its first step (``DeviceAgent.follow_feeder``).
     """
     reports = [
-        AgentReport(url=agent.url(base_url, len(agents) == 1), batch_url=base_url, status=agent.status()).model_dump(
-            mode="json"
-        )
+        AgentReport(
+            url=agent.url(base_url, len(agents) == 1), batch_url=base_url, status=agent.current_status()
+        ).model_dump(mode="json")
         for agent in agents
     ]
     if len(agents) == 1:
