@@ -46,26 +46,24 @@ def say(**fields: object) -> None:
     print(json.dumps(fields, default=str), flush=True)
 
 
+def _client_options(vtn: str, client_id: str, secret: str) -> dict:
+    """What either kind of client needs: the VTN, the credentials and its token endpoint, OpenADR 3.0.1."""
+    return {
+        "vtn_base_url": vtn,
+        "client_id": client_id,
+        "client_secret": secret,
+        "token_url": f"{vtn}/auth/token",
+        "allow_insecure_http": True,
+        "version": OADRVersion.OADR_301,
+    }
+
+
 def ven_client(vtn: str, client_id: str, secret: str):
-    return VirtualEndNodeHttpClientFactory.create_http_ven_client(
-        vtn_base_url=vtn,
-        client_id=client_id,
-        client_secret=secret,
-        token_url=f"{vtn}/auth/token",
-        allow_insecure_http=True,
-        version=OADRVersion.OADR_301,
-    )
+    return VirtualEndNodeHttpClientFactory.create_http_ven_client(**_client_options(vtn, client_id, secret))
 
 
 def bl_client(vtn: str, client_id: str, secret: str):
-    return BusinessLogicHttpClientFactory.create_http_bl_client(
-        vtn_base_url=vtn,
-        client_id=client_id,
-        client_secret=secret,
-        token_url=f"{vtn}/auth/token",
-        allow_insecure_http=True,
-        version=OADRVersion.OADR_301,
-    )
+    return BusinessLogicHttpClientFactory.create_http_bl_client(**_client_options(vtn, client_id, secret))
 
 
 def feeder_program(ven):
